@@ -1,0 +1,64 @@
+"""Autoregressive sampling: the reference for correctness and speed.
+
+Prefill, then one jitted `lax.while_loop` emitting one target token per row
+per iteration, with the same buffers, stopping rules and sampling transforms
+as the speculative loop.
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from specsample.decoding import common
+from specsample.decoding.sampling import sample
+from specsample.models import transformer as tr
+
+
+@flax.struct.dataclass(kw_only=True)
+class ARState:
+  tokens: jax.Array        # [B, L] prompt + generated
+  length: jax.Array        # [B] committed tokens
+  done: jax.Array          # [B] bool
+  cache: tr.KVCache        # target cache, length - 1 valid positions
+  key: jax.Array
+  target_calls: jax.Array  # [B] iterations in which the row was active
+
+
+def autoregressive_loop(target_cfg: tr.TransformerConfig, spec: common.DecodeSpec,
+                        target_params, prompts_BP: jax.Array, prompt_len_B: jax.Array,
+                        key: jax.Array) -> ARState:
+  """Generates until every row is done. Jit with `spec` and configs static.
+
+  Args:
+    target_cfg: the model's config.
+    spec: static decode settings (num_draft is ignored).
+    target_params: parameter pytree.
+    prompts_BP: [B, P] right-padded prompts.
+    prompt_len_B: [B] true prompt lengths, each >= 1.
+    key: PRNG key.
+
+  Returns:
+    The final ARState; generated tokens of row b are
+    tokens[b, prompt_len[b] : length[b]].
+  """
+  B, P = prompts_BP.shape
+  tokens_BL = common.init_buffer(prompts_BP, spec.buffer_len)
+  state = ARState(
+      tokens=tokens_BL, length=prompt_len_B, done=jnp.zeros((B,), bool),
+      cache=common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P),
+      key=key, target_calls=jnp.zeros((B,), jnp.int32))
+
+  def body(s: ARState) -> ARState:
+    key, step_key = jax.random.split(s.key)
+    current_B1 = common.read_rows(s.tokens, s.length - 1, 1)
+    logits_B1V, cache = tr.forward(target_cfg, target_params, current_B1,
+                                   s.cache.with_lengths(s.length - 1))
+    token_B = sample(step_key, spec.sampling.probs(logits_B1V[:, 0]))
+    tokens, length, done, _ = common.commit(
+        s.tokens, s.length, s.done, prompt_len_B, token_B[:, None], jnp.ones((B,), jnp.int32), spec)
+    return s.replace(tokens=tokens, length=length, done=done, cache=cache, key=key,
+                     target_calls=s.target_calls + (~s.done).astype(jnp.int32))
+
+  return jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, state)

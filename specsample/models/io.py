@@ -1,0 +1,79 @@
+"""Saving and loading a model for decoding: config.json + orbax params.
+
+A model folder holds:
+  config.json   the TransformerConfig fields, the tokenizer fingerprint and
+                the dtype the params were stored in
+  params/       orbax StandardCheckpointer tree
+
+The embedded pair is stored in bfloat16 to keep the repository small and is
+loaded back as the config's param_dtype (float32 on CPU). Saving goes to a
+temporary sibling folder renamed into place, so an interrupted export never
+leaves a half-written model where a complete one was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from specsample.decoding.api import LM
+from specsample.models import transformer as tr
+
+
+def save_lm(directory: str, config: tr.TransformerConfig, params, *,
+            tokenizer_id: str | None = None, store_dtype: str = "bfloat16",
+            extra: dict | None = None) -> str:
+  """Writes a model folder atomically (replacing an existing one only on success)."""
+  directory = os.path.abspath(directory)
+  tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, store_dtype), params)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(tmp, "params"), params)
+    ckptr.wait_until_finished()
+  meta = {"config": dataclasses.asdict(config), "tokenizer_id": tokenizer_id,
+          "store_dtype": store_dtype, **(extra or {})}
+  with open(os.path.join(tmp, "config.json"), "w") as f:
+    json.dump(meta, f, indent=2)
+  old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
+  if os.path.exists(directory):
+    os.rename(directory, old)
+  os.rename(tmp, directory)
+  shutil.rmtree(old, ignore_errors=True)
+  return directory
+
+
+def load_config(directory: str) -> tuple[tr.TransformerConfig, dict]:
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no model at {directory}: {path} is missing")
+  with open(path) as f:
+    meta = json.load(f)
+  return tr.TransformerConfig(**meta["config"]).validate(), meta
+
+
+def load_lm(directory: str, **config_overrides) -> LM:
+  """Loads a model folder into an LM (params cast to the config's param_dtype).
+
+  Args:
+    directory: folder written by `save_lm`.
+    **config_overrides: e.g. dtype='bfloat16' or a larger max_seq_len.
+  """
+  config, meta = load_config(directory)
+  config = config.replace(**config_overrides).validate()
+  abstract = jax.tree_util.tree_map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, jnp.dtype(meta["store_dtype"])), tr.param_shapes(config))
+  with ocp.StandardCheckpointer() as ckptr:
+    try:
+      params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), abstract)
+    except Exception as e:
+      raise RuntimeError(f"model params in {directory} are unreadable or do not match "
+                         f"config.json: {type(e).__name__}: {e}") from e
+  params = jax.tree_util.tree_map(lambda x: x.astype(config.param_dtype), params)
+  return LM(config=config, params=params, tokenizer_id=meta.get("tokenizer_id"))

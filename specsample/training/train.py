@@ -1,0 +1,221 @@
+"""Language-model training: AdamW + warmup/cosine, clipped grads, orbax resume.
+
+`train(config, workdir)` is the whole loop; scripts/train.py only parses flags.
+Everything a run needs to be resumed lives in `workdir`:
+
+  workdir/checkpoints/<step>/   orbax: params, optimizer state, step
+  workdir/metrics.jsonl         one JSON object per logged step (process 0)
+  workdir/config.json           the resolved config
+
+The data order is a pure function of (seed, step) (see training/data.py), so a
+run killed at any point and restarted from its last checkpoint sees exactly the
+batches it would have seen, and ends with identical parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from specsample import checkpoint as ckpt_lib
+from specsample.models import transformer as tr
+from specsample.training import losses
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> tr.TransformerConfig:
+  """TransformerConfig from `config.model`, validated (errors name `model.<field>`)."""
+  fields = {f.name for f in tr.dataclasses.fields(tr.TransformerConfig)}
+  unknown = sorted(set(config.model.keys()) - fields)
+  if unknown:
+    raise ValueError(f"unknown model fields {unknown}; allowed: {sorted(fields)}")
+  return tr.TransformerConfig(**config.model.to_dict()).validate()
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the training fields before anything is compiled or written."""
+  for name in ("num_steps", "eval_every", "eval_batches", "checkpoint_every",
+               "keep_checkpoints", "log_every"):
+    value = config[name]
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"config.{name} must be a positive int, got {value!r}")
+  for name in ("seq_len", "batch_size"):
+    value = config.data[name]
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"config.data.{name} must be a positive int, got {value!r}")
+  opt = config.optim
+  if not opt.peak_lr > 0:
+    raise ValueError(f"config.optim.peak_lr must be > 0, got {opt.peak_lr}")
+  if not 0 <= opt.warmup_steps < config.num_steps:
+    raise ValueError(f"config.optim.warmup_steps must be in [0, num_steps), got {opt.warmup_steps}")
+  if not 0 <= opt.min_lr_ratio <= 1:
+    raise ValueError(f"config.optim.min_lr_ratio must be in [0, 1], got {opt.min_lr_ratio}")
+  if not opt.grad_clip > 0:
+    raise ValueError(f"config.optim.grad_clip must be > 0, got {opt.grad_clip}")
+  model = model_config_from(config)
+  if config.data.seq_len > model.max_seq_len:
+    raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds "
+                     f"model.max_seq_len={model.max_seq_len}")
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  opt = config.optim
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt.peak_lr, warmup_steps=opt.warmup_steps,
+      decay_steps=config.num_steps, end_value=opt.peak_lr * opt.min_lr_ratio)
+  # No weight decay on norm scales (1-D parameters).
+  decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+  return optax.chain(
+      optax.clip_by_global_norm(opt.grad_clip),
+      optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
+
+
+def make_train_step(model_cfg: tr.TransformerConfig, optimizer) -> Callable:
+  """Jitted (state, batch) -> (state, metrics); the state is donated.
+
+  A batch is a dict of `inputs`, `targets` [B, L] int32 and `weights` [B, L].
+  """
+
+  def loss_fn(params, batch):
+    logits_BTV, _ = tr.forward(model_cfg, params, batch["inputs"])
+    loss, _ = losses.cross_entropy(logits_BTV, batch["targets"], batch["weights"])
+    return loss
+
+  def step(state: TrainState, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(model_cfg: tr.TransformerConfig) -> Callable:
+  def eval_step(params, batch):
+    logits_BTV, _ = tr.forward(model_cfg, params, batch["inputs"])
+    loss, count = losses.cross_entropy(logits_BTV, batch["targets"], batch["weights"])
+    return loss * count, count
+  return jax.jit(eval_step)
+
+
+def init_state(model_cfg: tr.TransformerConfig, optimizer, seed: int) -> TrainState:
+  params = tr.init_params(model_cfg, jax.random.key(seed))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def evaluate(eval_step, params, val_batches) -> float:
+  """Token-weighted mean validation loss (nats/token) over fixed batches."""
+  total, count = 0.0, 0.0
+  for batch in val_batches:
+    loss_sum, n = eval_step(params, batch)
+    total, count = total + float(loss_sum), count + float(n)
+  return total / max(count, 1.0)
+
+
+class CorpusData:
+  """Training and validation data of the offline Python corpus."""
+
+  def __init__(self, config: ml_collections.ConfigDict, vocab_size: int):
+    from specsample import corpus as corpus_lib
+    from specsample import tokenizer as tokenizer_lib
+    from specsample.training import data as data_lib
+    tok = tokenizer_lib.Tokenizer.load(config.tokenizer)
+    if tok.vocab_size != vocab_size:
+      raise ValueError(f"model.vocab_size={vocab_size} does not match the tokenizer "
+                       f"{config.tokenizer} (vocab {tok.vocab_size})")
+    corpus = corpus_lib.build_corpus(config.data.include_site_packages)
+    streams = data_lib.tokenize_corpus(corpus, tok, config.data.cache_dir)
+    self._data_lib, self._val = data_lib, streams["val"]
+    self.train = data_lib.PackedDataset(streams["train"], config.data.seq_len,
+                                        config.data.batch_size, seed=config.seed)
+    self.seq_len, self.batch_size = config.data.seq_len, config.data.batch_size
+
+  def batch_at(self, step: int) -> dict:
+    return self.train.batch_at(step)
+
+  def val_batches(self, n: int) -> list[dict]:
+    it = self._data_lib.eval_batches(self._val, self.seq_len, self.batch_size)
+    return [b for _, b in zip(range(n), it)]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
+          stop_after_step: int | None = None) -> dict:
+  """Trains (or resumes) a model; returns the last logged metrics.
+
+  Args:
+    config: see configs/train.py.
+    workdir: output folder; an existing checkpoint there is resumed.
+    datasets: optional object with `batch_at(step)` and `val_batches(n)`
+      (see CorpusData, built from `config.data` and the tokenizer otherwise).
+    stop_after_step: tests only: return right after this step as if the
+      process had been killed (no final save), to exercise resumption.
+  """
+  validate(config)
+  model_cfg = model_config_from(config)
+  if datasets is None:
+    datasets = CorpusData(config, vocab_size=model_cfg.vocab_size)
+  train_data = val_data = datasets
+  is_main = jax.process_index() == 0
+
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  optimizer = make_optimizer(config)
+  train_step, eval_step = make_train_step(model_cfg, optimizer), make_eval_step(model_cfg)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       save_every=config.checkpoint_every,
+                                       keep=config.keep_checkpoints)
+  state = init_state(model_cfg, optimizer, config.seed)
+  if checkpointer.latest_step() is not None:
+    _, state, _ = checkpointer.restore(state)
+  start = int(state.step)
+  val_batches = list(val_data.val_batches(config.eval_batches))
+  tokens_per_step = config.data.batch_size * config.data.seq_len
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  last: dict = {}
+  t_last, steps_since = time.perf_counter(), 0
+  bar = tqdm(range(start, config.num_steps), initial=start, total=config.num_steps,
+             desc=f"train {os.path.basename(workdir.rstrip('/'))}", disable=not is_main,
+             mininterval=2.0)
+  for step in bar:
+    state, metrics = train_step(state, train_data.batch_at(step))
+    steps_since += 1
+    done = step + 1
+    if done % config.log_every == 0 or done == config.num_steps or done % config.eval_every == 0:
+      metrics = {k: float(v) for k, v in metrics.items()}  # blocks on this step only
+      now = time.perf_counter()
+      metrics.update(step=done, tokens_per_s=steps_since * tokens_per_step / (now - t_last))
+      t_last, steps_since = now, 0
+      if done % config.eval_every == 0 or done == config.num_steps:
+        metrics["val_loss"] = evaluate(eval_step, state.params, val_batches)
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", val=metrics.get("val_loss", float("nan")))
+      if is_main:
+        with open(metrics_path, "a") as f:
+          f.write(json.dumps(metrics) + "\n")
+      last = metrics
+    checkpointer.save(done, state, {"step": done}, force=done == config.num_steps)
+    if stop_after_step is not None and done >= stop_after_step:
+      break
+  checkpointer.wait()
+  checkpointer.close()
+  last["params"] = state.params
+  return last

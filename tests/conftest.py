@@ -1,0 +1,33 @@
+"""Shared test set-up: 8 fake CPU devices (for sharding tests) and tiny models.
+
+XLA_FLAGS must be set before jax is imported anywhere, hence at module top.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from specsample.decoding import LM  # noqa: E402
+from specsample.models import transformer as tr  # noqa: E402
+from specsample.models.presets import get_preset  # noqa: E402
+
+
+def _random_lm(config, seed: int, scale: float) -> LM:
+  # Untied embeddings and scaled weights give random models whose next-token
+  # distributions are neither uniform nor one-hot: good test cases.
+  params = jax.tree_util.tree_map(lambda x: x * scale, tr.init_params(config, jax.random.key(seed)))
+  return LM(config, params)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair():
+  """(target, draft): random 2-layer / 1-layer models over a 16-token vocabulary."""
+  target_cfg = get_preset("tiny", tie_embeddings=False, vocab_size=16)
+  draft_cfg = target_cfg.replace(num_layers=1)
+  return _random_lm(target_cfg, 0, 2.0), _random_lm(draft_cfg, 1, 2.0)

@@ -3,8 +3,10 @@ r"""Exports trained target and draft checkpoints as the embedded pair.
   python scripts/export_pair.py --target_workdir=workdirs/target_small \
       --draft_workdir=workdirs/draft_small --out=assets/pair
 
-Writes <out>/target and <out>/draft (config.json + bfloat16 params), copies
-each run's metrics.jsonl and config.json beside them, and the tokenizer.
+Writes <out>/target and <out>/draft (config.json with the training config and
+tokenizer fingerprint, bfloat16 params) and copies each run's metrics.jsonl
+beside them. The tokenizer stays at assets/tokenizer/. Then measure the pair:
+python scripts/pair_metrics.py (writes results/pair.json).
 """
 
 import os

@@ -101,7 +101,7 @@ def make_train_step(model_cfg: tr.TransformerConfig, optimizer) -> Callable:
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.jit(step, donate_argnums=0)
@@ -155,6 +155,16 @@ class CorpusData:
     return [b for _, b in zip(range(n), it)]
 
 
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops rows logged after `step` by a run that died before its next
+  checkpoint: the resumed run logs those steps again (atomic rewrite)."""
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(rows)
+  os.replace(path + ".tmp", path)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
           stop_after_step: int | None = None) -> dict:
   """Trains (or resumes) a model; returns the last logged metrics.
@@ -164,10 +174,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
     workdir: output folder; an existing checkpoint there is resumed.
     datasets: optional object with `batch_at(step)` and `val_batches(n)`
       (see CorpusData, built from `config.data` and the tokenizer otherwise).
-    stop_after_step: tests only: return right after this step as if the
-      process had been killed (no final save), to exercise resumption.
+    stop_after_step: return right after this step as if the process had
+      been killed (no final save; a checkpoint only if the step is due), to
+      exercise resumption or train in stages; default `config.stop_after_step`
+      (0 = off).
   """
   validate(config)
+  if stop_after_step is None and config.get("stop_after_step", 0):
+    stop_after_step = config.stop_after_step
   model_cfg = model_config_from(config)
   if datasets is None:
     datasets = CorpusData(config, vocab_size=model_cfg.vocab_size)
@@ -191,6 +205,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
   tokens_per_step = config.data.batch_size * config.data.seq_len
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if is_main and start and os.path.exists(metrics_path):
+    _truncate_metrics(metrics_path, start)
   last: dict = {}
   t_last, steps_since = time.perf_counter(), 0
   bar = tqdm(range(start, config.num_steps), initial=start, total=config.num_steps,

@@ -19,7 +19,7 @@ from specsample.models.presets import get_preset  # noqa: E402
 
 
 def _random_lm(config, seed: int, scale: float) -> LM:
-  # Untied embeddings and scaled weights give random models whose next-token
+  # Untied embeddings give random models whose next-token
   # distributions are neither uniform nor one-hot: good test cases.
   params = jax.tree_util.tree_map(lambda x: x * scale, tr.init_params(config, jax.random.key(seed)))
   return LM(config, params)
@@ -30,4 +30,4 @@ def tiny_pair():
   """(target, draft): random 2-layer / 1-layer models over a 16-token vocabulary."""
   target_cfg = get_preset("tiny", tie_embeddings=False, vocab_size=16)
   draft_cfg = target_cfg.replace(num_layers=1)
-  return _random_lm(target_cfg, 0, 2.0), _random_lm(draft_cfg, 1, 2.0)
+  return _random_lm(target_cfg, 0, 1.0), _random_lm(draft_cfg, 1, 1.0)

@@ -64,6 +64,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.b2 = 0.95
   c.optim.grad_clip = 1.0                  # global-norm clipping
 
+  # Device mesh (specsample/sharding.py). Every axis 1: one device, no sharding.
+  # E.g. --config.mesh.data=-1 splits each batch over all devices; on a TPU slice
+  # see docs/tpu.md. data x fsdp must divide data.batch_size.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1                          # batch split, parameters replicated; -1 = all devices left
+  c.mesh.fsdp = 1                          # batch split and parameters' embed dim split (ZeRO-3)
+  c.mesh.tensor = 1                        # heads / kv heads / MLP / vocab split (Megatron)
+  c.sharding_rules = "tensor_parallel"     # sharding.RULES name: logical axis -> mesh axes
+
   c.num_steps = _STEPS.get(args["model"], 600)  # total optimizer steps (sets the cosine length)
   c.stop_after_step = 0                    # > 0: stop (resumably) after this step; 0 = off
   c.log_every = 10                         # metrics.jsonl cadence

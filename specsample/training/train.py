@@ -28,6 +28,7 @@ import optax
 from tqdm import tqdm
 
 from specsample import checkpoint as ckpt_lib
+from specsample import sharding as sh
 from specsample.models import transformer as tr
 from specsample.training import losses
 
@@ -165,6 +166,42 @@ def _truncate_metrics(path: str, step: int) -> None:
   os.replace(path + ".tmp", path)
 
 
+def make_mesh(config: ml_collections.ConfigDict):
+  """The training mesh of `config.mesh`, or None: every axis 1 (or no `mesh`
+  field) means one device and the unsharded steps, exactly as without meshes.
+
+  Raises:
+    ValueError: unknown axis names, or a size that does not match the devices.
+  """
+  mesh_cfg = config.get("mesh")
+  if mesh_cfg is None or all(size == 1 for size in mesh_cfg.values()):
+    return None
+  return sh.make_mesh(dict(mesh_cfg))
+
+
+def make_sharded_steps(config: ml_collections.ConfigDict, model_cfg: tr.TransformerConfig,
+                       optimizer, mesh, rules: sh.Rules):
+  """(train_step, eval_step, place) on a mesh: jitted with in/out shardings.
+
+  `place(batch)` turns a host batch that every process computed in full (the
+  data order is a pure function of (seed, step)) into global arrays split over
+  the 'batch' rule's axes; each process keeps only its own devices' rows.
+
+  Raises:
+    ValueError: a batch or parameter dimension its mesh axes do not divide.
+  """
+  shape = (config.data.batch_size, config.data.seq_len)
+  train_step = sh.make_sharded_train_step(model_cfg, optimizer, mesh, rules,
+                                          batch_size=shape[0], seq_len=shape[1])
+  batch_sharding = sh.batch_sharding(mesh, rules, shape, what="training batch [B, L]")
+  # Replicated scalars: every process can read the loss.
+  eval_step = jax.jit(make_eval_step(model_cfg),
+                      in_shardings=(sh.param_shardings(model_cfg, mesh, rules), batch_sharding),
+                      out_shardings=sh.replicated(mesh))
+  place = lambda batch: {k: sh.put_global(v, batch_sharding) for k, v in batch.items()}
+  return train_step, eval_step, place
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
           stop_after_step: int | None = None) -> dict:
   """Trains (or resumes) a model; returns the last logged metrics.
@@ -183,6 +220,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
   if stop_after_step is None and config.get("stop_after_step", 0):
     stop_after_step = config.stop_after_step
   model_cfg = model_config_from(config)
+  mesh = make_mesh(config)  # None: one device; bad meshes fail before any write
+  rules = None if mesh is None else sh.get_rules(config.get("sharding_rules", "tensor_parallel"))
   if datasets is None:
     datasets = CorpusData(config, vocab_size=model_cfg.vocab_size)
   train_data = val_data = datasets
@@ -193,15 +232,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
   optimizer = make_optimizer(config)
-  train_step, eval_step = make_train_step(model_cfg, optimizer), make_eval_step(model_cfg)
+  if mesh is None:
+    train_step, eval_step = make_train_step(model_cfg, optimizer), make_eval_step(model_cfg)
+    place = lambda batch: batch
+  else:
+    train_step, eval_step, place = make_sharded_steps(config, model_cfg, optimizer, mesh, rules)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                        save_every=config.checkpoint_every,
                                        keep=config.keep_checkpoints)
-  state = init_state(model_cfg, optimizer, config.seed)
+  if mesh is None:
+    state = init_state(model_cfg, optimizer, config.seed)
+  else:  # created already sharded; orbax restores into the same shardings
+    state = sh.init_train_state(model_cfg, optimizer, config.seed, mesh, rules)
   if checkpointer.latest_step() is not None:
     _, state, _ = checkpointer.restore(state)
   start = int(state.step)
-  val_batches = list(val_data.val_batches(config.eval_batches))
+  val_batches = [place(b) for b in val_data.val_batches(config.eval_batches)]
   tokens_per_step = config.data.batch_size * config.data.seq_len
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -213,7 +259,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
              desc=f"train {os.path.basename(workdir.rstrip('/'))}", disable=not is_main,
              mininterval=2.0)
   for step in bar:
-    state, metrics = train_step(state, train_data.batch_at(step))
+    state, metrics = train_step(state, place(train_data.batch_at(step)))
     steps_since += 1
     done = step + 1
     if done % config.log_every == 0 or done == config.num_steps or done % config.eval_every == 0:

@@ -1,0 +1,192 @@
+"""Autoregressive and speculative sampling on a device mesh (one or many hosts).
+
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 4})
+    target = LM(cfg, sharding.init_params(cfg, mesh, sharding.TENSOR_PARALLEL, key))
+    out = sharded_generate(target, prompts, draft=draft, mesh=mesh,
+                           draft_rules=sharding.REPLICATED, num_draft=4, ...)
+
+The same pure loops as `api.generate` (autoregressive_loop, speculative_loop)
+run under one `jax.jit` whose in_shardings put each model's parameters on the
+mesh by its own rules and split prompts over the 'batch' rule's axes; the loop
+state follows by XLA's sharding propagation. The final KV caches are outputs
+too, with out_shardings from the rules: that pins the while-loop carry of each
+cache to [B over batch axes, S, K over tensor, H] (checked in
+tests/test_sharding.py) instead of leaving it to propagation. The small
+results (tokens, lengths, counters) come back replicated, so every process of a
+multi-host run can read them. Every setting and every divisibility is checked
+before compiling.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specsample import sharding as sh
+from specsample.decoding import api, autoregressive, common, speculative
+from specsample.decoding.sampling import Sampling
+from specsample.models import transformer as tr
+
+# Traces (= compilations) per method in this process; tests check reuse.
+TRACE_COUNT = {"autoregressive": 0, "speculative": 0}
+
+
+def _buffer_len(prompt_width: int, max_new_tokens: int, num_draft: int, method: str,
+                pad_to: int) -> int:
+  # Same as api.generate: padded prompt + new tokens + one block of overshoot.
+  slack = (num_draft + 1) if method == "speculative" else 1
+  return -(-(prompt_width + max_new_tokens + slack) // pad_to) * pad_to
+
+
+def loop_shardings(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig | None,
+                   mesh, target_rules: sh.Rules, draft_rules: sh.Rules | None, batch: int,
+                   prompt_width: int, buffer_len: int) -> dict[str, Any]:
+  """Every sharding of one compiled loop, validated (ValueError before compiling).
+
+  Returns:
+    dict with target_params, draft_params (None for autoregressive), prompts,
+    prompt_len, target_cache, draft_cache (KVCache of NamedShardings or None)
+    and replicated.
+  """
+  out = {
+      "target_params": sh.param_shardings(target_cfg, mesh, target_rules),
+      "prompts": sh.batch_sharding(mesh, target_rules, (batch, prompt_width), what="prompts [B, P]"),
+      "prompt_len": sh.batch_sharding(mesh, target_rules, (batch,), what="prompt lengths [B]"),
+      "target_cache": sh.cache_shardings(target_cfg, mesh, target_rules, batch, buffer_len),
+      "draft_params": None, "draft_cache": None, "replicated": sh.replicated(mesh),
+  }
+  if draft_cfg is not None:
+    out["draft_params"] = sh.param_shardings(draft_cfg, mesh, draft_rules)
+    out["draft_cache"] = sh.cache_shardings(draft_cfg, mesh, draft_rules, batch, buffer_len)
+  return out
+
+
+@functools.lru_cache(maxsize=32)
+def make_sharded_loop(method: str, target_cfg: tr.TransformerConfig,
+                      draft_cfg: tr.TransformerConfig | None, spec: common.DecodeSpec, mesh,
+                      target_rules: sh.Rules, draft_rules: sh.Rules | None, batch: int,
+                      prompt_width: int):
+  """The jitted loop for one (method, configs, spec, mesh, rules, shape).
+
+  Returns:
+    fn(target_params, draft_params, prompts [B, P], prompt_len [B], seed []) ->
+    (tokens [B, L], length [B], target_calls [B], drafted [B], accepted [B],
+    caches), results replicated, caches sharded by the rules. draft_params is
+    ignored (pass None) for method='autoregressive'.
+  """
+  s = loop_shardings(target_cfg, draft_cfg if method == "speculative" else None, mesh,
+                     target_rules, draft_rules, batch, prompt_width, spec.buffer_len)
+  rep = s["replicated"]
+  results = (rep,) * 5
+
+  if method == "speculative":
+    def run(target_params, draft_params, prompts_BP, prompt_len_B, seed):
+      TRACE_COUNT["speculative"] += 1
+      state = speculative.speculative_loop(target_cfg, draft_cfg, spec, target_params,
+                                           draft_params, prompts_BP, prompt_len_B,
+                                           jax.random.key(seed))
+      return (state.tokens, state.length, state.target_calls, state.drafted, state.accepted,
+              (state.target_cache, state.draft_cache))
+    caches = (s["target_cache"], s["draft_cache"])
+    draft_in = s["draft_params"]
+  else:
+    def run(target_params, draft_params, prompts_BP, prompt_len_B, seed):
+      del draft_params
+      TRACE_COUNT["autoregressive"] += 1
+      state = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
+                                                 prompt_len_B, jax.random.key(seed))
+      zeros = jnp.zeros_like(state.target_calls)
+      return (state.tokens, state.length, state.target_calls, zeros, zeros, (state.cache,))
+    caches = (s["target_cache"],)
+    draft_in = None
+  return jax.jit(run,
+                 in_shardings=(s["target_params"], draft_in, s["prompts"], s["prompt_len"], rep),
+                 out_shardings=results + (caches,))
+
+
+def sharded_generate(target: api.LM, prompts: Sequence[Sequence[int]], *, mesh,
+                     target_rules: sh.Rules = sh.TENSOR_PARALLEL, draft: api.LM | None = None,
+                     draft_rules: sh.Rules | None = None, method: str = "speculative",
+                     num_draft: int = 4, sampling: Sampling = Sampling(),
+                     max_new_tokens: int = 64, eos_id: int | None = None, seed: int = 0,
+                     pad_to: int = 16) -> api.GenerateOutput:
+  """`api.generate` on a mesh; same arguments and output, plus:
+
+  Args:
+    mesh: a jax.sharding.Mesh (sharding.make_mesh), possibly spanning hosts.
+    target_rules: logical-axis rules of the target's parameters, the batch
+      and its KV cache (sharding.TENSOR_PARALLEL by default).
+    draft_rules: the draft's rules; default: target_rules.
+
+  Multi-host, every process calls this with the same prompts and LMs whose
+  params are global arrays (sharding.init_params / shard_params /
+  load_sharded_lm); every process gets the full output. Parameters not yet
+  laid out by the rules are placed first (sharding.shard_params).
+
+  Raises:
+    ValueError: any api.generate error, or a mesh/rules/shape mismatch
+      (naming the parameter or array and dimension), before compiling.
+  """
+  api.check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id)
+  target_rules = sh.canonical_rules(target_rules)
+  draft_rules = target_rules if draft_rules is None else sh.canonical_rules(draft_rules)
+  prompts_BP, prompt_len = api.pad_prompts(prompts, target.config.vocab_size, pad_to)
+  buffer_len = _buffer_len(prompts_BP.shape[1], max_new_tokens, num_draft, method, pad_to)
+  speculative_ = method == "speculative"
+  for name, m in (("target", target), ("draft", draft if speculative_ else None)):
+    if m is not None and buffer_len > m.config.max_seq_len:
+      raise ValueError(
+          f"prompt length {int(prompt_len.max())} + max_new_tokens {max_new_tokens} needs a "
+          f"{name} cache of {buffer_len} positions, above its max_seq_len={m.config.max_seq_len}")
+  spec = common.DecodeSpec(sampling=sampling, max_new_tokens=max_new_tokens,
+                           eos_id=-1 if eos_id is None else int(eos_id),
+                           num_draft=num_draft if speculative_ else 0, buffer_len=buffer_len)
+  draft_cfg = draft.config if speculative_ else None
+  B, P = prompts_BP.shape
+  # Validates every sharding (raises before any compilation).
+  s = loop_shardings(target.config, draft_cfg, mesh, target_rules, draft_rules, B, P, buffer_len)
+  loop = make_sharded_loop(method, target.config, draft_cfg, spec, mesh, target_rules,
+                           draft_rules if speculative_ else None, B, P)
+  target_params = sh.shard_params(target.params, target.config, mesh, target_rules)
+  draft_params = (sh.shard_params(draft.params, draft.config, mesh, draft_rules)
+                  if speculative_ else None)
+  out = loop(target_params, draft_params, sh.put_global(prompts_BP, s["prompts"]),
+             sh.put_global(prompt_len, s["prompt_len"]),
+             sh.put_global(np.uint32(seed), s["replicated"]))
+  # Results are replicated: every process can read them; caches are dropped.
+  tokens, length, target_calls, drafted, accepted = (
+      np.asarray(x) for x in jax.device_get(out[:5]))
+  rows = [tokens[b, prompt_len[b]:length[b]].tolist() for b in range(B)]
+  new_tokens = length - prompt_len
+  stats = {
+      "target_calls": target_calls, "drafted": drafted, "accepted": accepted,
+      "new_tokens": new_tokens,
+      "tokens_per_call": new_tokens / np.maximum(target_calls, 1),
+      "acceptance_rate": accepted / np.maximum(drafted, 1),
+  }
+  return api.GenerateOutput(tokens=rows, stats=stats)
+
+
+def load_sharded_lm(directory: str, mesh, rules: sh.Rules = sh.TENSOR_PARALLEL,
+                    **config_overrides) -> api.LM:
+  """models.io.load_lm, but each process reads only its shards (orbax restores
+  into ShapeDtypeStructs that carry the rules' shardings): for models too big
+  for one host."""
+  import orbax.checkpoint as ocp
+  from specsample.models import io
+  import os
+  config, meta = io.load_config(directory)
+  config = config.replace(**config_overrides).validate()
+  shardings = sh.param_shardings(config, mesh, rules)
+  abstract = jax.tree_util.tree_map(
+      lambda s, shd: jax.ShapeDtypeStruct(s.shape, jnp.dtype(meta["store_dtype"]), sharding=shd),
+      tr.param_shapes(config), shardings)
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), abstract)
+  cast = jax.jit(lambda p: jax.tree_util.tree_map(lambda x: x.astype(config.param_dtype), p),
+                 out_shardings=shardings)
+  return api.LM(config=config, params=cast(params), tokenizer_id=meta.get("tokenizer_id"))

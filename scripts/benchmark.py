@@ -1,0 +1,39 @@
+r"""Speed of speculative vs autoregressive sampling. See configs/benchmark.py for every field.
+
+  nice -n 10 python scripts/benchmark.py --config=configs/benchmark.py
+  python scripts/benchmark.py --config=configs/benchmark.py:runlocal \
+      --config.target_dir=/tmp/pair/target --config.draft_dir=/tmp/pair/draft \
+      --config.output_dir=/tmp/bench
+
+Writes <output_dir>/benchmark.json and <output_dir>/benchmark.md (atomically).
+"""
+
+import sys
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from specsample.eval import speed
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config file.",
+                                          lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  speed.check_benchmark_config(config)  # before loading or compiling anything
+  if config.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+  logging.info("devices: %s", jax.devices())
+  results = speed.run_benchmark(config, command=" ".join(["python"] + sys.argv))
+  json_path, md_path = speed.write_results(results, config.output_dir)
+  print(speed.format_markdown(results))
+  print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

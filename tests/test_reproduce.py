@@ -1,0 +1,279 @@
+"""Tests for the Table 1 reproduction: config checks, the grid, parity, resume, the report.
+
+One end-to-end run of the runlocal setting on a tiny random pair (vocab 4096,
+so the real tokenizer works), shrunk to batch 1 and no sweep, with XSum
+nucleus set to HumanEval's so both tasks share the four compiled loops. The
+batched rows and the K sweep are covered by the planning and report tests on
+fabricated records, which need no compilation.
+"""
+
+import copy
+import importlib.util
+import json
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax
+import numpy as np
+import pytest
+
+from specsample.decoding import api
+from specsample.eval import reproduce
+from specsample.models import io as model_io
+from specsample.models import transformer as tr
+from specsample.models.presets import get_preset
+from specsample.tokenizer import Tokenizer
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER = os.path.join(REPO_ROOT, "assets", "tokenizer", "tokenizer.model")
+FIXTURE = os.path.join(REPO_ROOT, "tests", "fixtures", "xsum_fixture.jsonl")
+_spec = importlib.util.spec_from_file_location(
+    "reproduce_config", os.path.join(REPO_ROOT, "configs", "reproduce.py"))
+reproduce_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reproduce_config)
+
+
+def _random_params(config, seed: int):
+  """Random parameters drawn with numpy (flax init costs ~30 s here on a loaded CPU).
+
+  Norm scales 1, dense weights N(0, 1 / fan_in), embeddings N(0, 0.3^2): the
+  next-token distributions are neither uniform nor one-hot.
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, shape):
+    name = jax.tree_util.keystr(path)
+    if "scale" in name:
+      return np.ones(shape.shape, np.float32)
+    std = 0.3 if "embedding" in name else np.prod(shape.shape[:-1]) ** -0.5
+    return (rng.standard_normal(shape.shape) * std).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, tr.param_shapes(config))
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory):
+  """A random tiny target (2 layers) and draft (1 layer) saved with io.save_lm."""
+  root = tmp_path_factory.mktemp("pair")
+  fingerprint = Tokenizer.load(TOKENIZER).fingerprint
+  target_cfg = get_preset("tiny", vocab_size=4096, max_seq_len=1024)
+  for name, cfg, seed in (("target", target_cfg, 0),
+                          ("draft", target_cfg.replace(num_layers=1), 1)):
+    model_io.save_lm(str(root / name), cfg, _random_params(cfg, seed), tokenizer_id=fingerprint)
+  return root
+
+
+def _config(pair_dir, **overrides):
+  """The runlocal config on the test pair; overrides use dotted field names."""
+  c = reproduce_config.get_config("runlocal")
+  c.target_dir, c.draft_dir = str(pair_dir / "target"), str(pair_dir / "draft")
+  c.tokenizer, c.xsum.path = TOKENIZER, FIXTURE
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = c
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return c
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_config_settings_and_unknown_argument():
+  assert reproduce_config.get_config().setting == "default"
+  full = reproduce_config.get_config("full")
+  assert (full.humaneval.num_problems, full.humaneval.num_samples,
+          full.humaneval.max_new_tokens, full.xsum.max_new_tokens) == (164, 100, 512, 128)
+  with pytest.raises(ValueError, match="runlocal, full"):
+    reproduce_config.get_config("fast")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("tasks", ("mbpp",), r"config\.tasks .*humaneval"),
+    ("samplings", ("beam",), r"config\.samplings .*greedy"),
+    ("num_draft", 0, r"config\.num_draft .*>= 1"),
+    ("k_sweep", (0, 2), r"config\.k_sweep"),
+    ("batch_sizes", (8,), r"config\.batch_sizes .*includes 1"),
+    ("humaneval.num_problems", 200, r"config\.humaneval\.num_problems .*\[1, 164\]"),
+    ("humaneval.top_p", 1.5, r"config\.humaneval\.top_p .*\(0, 1\]"),
+    ("xsum.temperature", 0.0, r"config\.xsum\.temperature"),
+    ("xsum.path", "/nonexistent/xsum.jsonl", r"config\.xsum\.path"),
+    ("humaneval.max_new_tokens", 1000, r"config\.humaneval\.max_new_tokens=1000 .*max_seq_len"),
+])
+def test_bad_config_fails_before_models_load(pair_dir, monkeypatch, field, value, match):
+  def no_load(*args, **kwargs):
+    raise AssertionError("a model was loaded before the config was checked")
+  monkeypatch.setattr(model_io, "load_lm", no_load)
+  traces = dict(api.TRACE_COUNT)
+  with pytest.raises(ValueError, match=match):
+    reproduce.run(_config(pair_dir, **{field: value}), "/nonexistent/wd", "/nonexistent/res")
+  assert api.TRACE_COUNT == traces
+
+
+def test_missing_model_names_the_field(pair_dir):
+  with pytest.raises(FileNotFoundError, match="config.draft_dir"):
+    reproduce.check_config(_config(pair_dir, draft_dir="/nonexistent/draft"))
+
+
+# ------------------------------------------------------------------ grid
+
+
+def test_plan_has_paper_rows_batched_rows_and_sweep(pair_dir):
+  c = reproduce_config.get_config()
+  keys = [cell.key for cell in reproduce.plan_cells(c)]
+  assert keys[:4] == ["humaneval-greedy-autoregressive-K0-B1-n1",
+                      "humaneval-greedy-speculative-K4-B1-n1",
+                      "humaneval-nucleus-autoregressive-K0-B1-n4",
+                      "humaneval-nucleus-speculative-K4-B1-n4"]
+  assert "humaneval-canonical-loglik" in keys
+  assert "humaneval-nucleus-speculative-K4-B8-n4" in keys
+  assert "humaneval-nucleus-speculative-K6-B1-n1" in keys
+  assert "humaneval-greedy-speculative-K4-B1-n1" in keys  # main cell doubles as sweep point
+  assert not any(k.startswith("xsum") for k in keys)      # no data path: no XSum cells
+  assert len(keys) == len(set(keys))
+  c.xsum.path = FIXTURE
+  assert "xsum-nucleus-speculative-K4-B1-n1" in [cell.key for cell in reproduce.plan_cells(c)]
+
+
+def test_t_quantile_matches_tables():
+  for df, expected in ((1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042)):
+    assert reproduce.t_quantile(0.95, df) == pytest.approx(expected, abs=1e-3)
+
+
+# ------------------------------------------------------------------ parity
+
+
+def _record(scores, tokens=None, logprob=-1.0):
+  items = [{"problem": p, "sample": 0, "score": s, "logprob": logprob * 10, "logprob_tokens": 10,
+            **({"tokens": tokens[p]} if tokens else {})} for p, s in enumerate(scores)]
+  return {"items": items}
+
+
+def test_parity_catches_a_greedy_mismatch():
+  ar = _record([0, 1, 0], tokens=[[5, 6, 7], [8, 9], [4]])
+  same = reproduce.check_parity(ar, copy.deepcopy(ar), greedy=True, task="humaneval")
+  assert same[0]["passed"] and same[0]["identical"] == 3
+  sp = copy.deepcopy(ar)
+  sp["items"][0]["tokens"] = [5, 6, 99]
+  [check] = reproduce.check_parity(ar, sp, greedy=True, task="humaneval")
+  assert not check["passed"]
+  assert check["mismatches"] == [{"problem": 0, "sample": 0, "first_difference_at": 2}]
+
+
+def test_parity_catches_a_sampled_shift_and_passes_noise():
+  noise = [0.1, 0.3, 0.2, 0.25, 0.15, 0.35, 0.2, 0.3, 0.1, 0.2]
+  ar = _record(noise)
+  shifted = _record([x + 0.3 for x in noise], logprob=-1.5)
+  checks = reproduce.check_parity(ar, shifted, greedy=False, task="xsum")
+  assert [c["passed"] for c in checks] == [False, False]
+  assert checks[0]["difference"] == pytest.approx(0.3)
+  jittered = _record(noise[1:] + noise[:1])  # same values, other problems: paired noise only
+  checks = reproduce.check_parity(ar, jittered, greedy=False, task="xsum")
+  assert all(c["passed"] for c in checks)
+  assert checks[0]["interval"][0] < 0 < checks[0]["interval"][1]
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def _cell_files(workdir):
+  cells = os.path.join(workdir, "cells")
+  return {name: os.stat(os.path.join(cells, name)).st_mtime_ns for name in os.listdir(cells)}
+
+
+def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
+  config = _config(pair_dir, batch_sizes=(1,), k_sweep=())
+  config.xsum.temperature, config.xsum.top_p = config.humaneval.temperature, config.humaneval.top_p
+  workdir, results_dir = str(tmp_path / "wd"), str(tmp_path / "results")
+  calls = []
+  real_generate = api.generate
+  monkeypatch.setattr(api, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+
+  first = reproduce.run(config, workdir, results_dir, command="test", progress=False)
+  planned = [c.key for c in reproduce.plan_cells(config)]
+  assert sorted(first["computed"]) == sorted(planned) and first["reused"] == []
+  assert calls
+  for name in ("table1.md", "table1.csv", "table1.json", "table1_speedup_vs_k.png",
+               "table1_acceptance_vs_k.png", "table1_ms_per_token.png"):
+    assert os.path.getsize(os.path.join(results_dir, name)) > 0, name
+  md = first["markdown"]
+  # Paper numbers (Table 1) beside ours, and the machine each number was measured on.
+  for paper_number in ("pass@100 45.1%", "pass@100 47.0%", "ROUGE-2 0.157", "5.73", "2.46x"):
+    assert paper_number in md
+  assert "| HumanEval | greedy | AR | 1 |" in md and "| XSum | nucleus | SpS | 1 | 2 |" in md
+  assert f"jax {jax.__version__}" in md and "backend cpu" in md
+  assert first["canonical_loglik"]["mean_loglik_per_token"] < 0
+  greedy = [c for p in first["parity"] if p["sampling"] == "greedy" for c in p["checks"]]
+  assert greedy and all(c["passed"] for c in greedy)
+  with open(os.path.join(results_dir, "table1.json")) as f:
+    stored = json.load(f)
+  assert stored["machines"]["M1"]["jax_version"] == jax.__version__
+  assert {r["machine"] for r in stored["rows"]} == {"M1"}
+
+  # A rerun recomputes nothing: no generate call, no cell file rewritten.
+  before, calls[:] = _cell_files(workdir), []
+  second = reproduce.run(config, workdir, results_dir, progress=False)
+  assert second["computed"] == [] and calls == [] and _cell_files(workdir) == before
+  assert second["rows"] == first["rows"]
+
+  # A half-written record is redone, not trusted; the others stay.
+  victim = "humaneval-nucleus-speculative-K2-B1-n2.json"
+  path = os.path.join(workdir, "cells", victim)
+  with open(path) as f:
+    text = f.read()
+  with open(path, "w") as f:
+    f.write(text[:len(text) // 2])
+  third = reproduce.run(config, workdir, results_dir, progress=False)
+  assert third["computed"] == [victim[:-len(".json")]]
+  assert len(calls) == 4  # 2 problems x 2 samples at batch 1, no recompilation
+  assert json.load(open(path))["complete"] is True
+
+  # A deliberate mismatch in a stored greedy output is caught by the parity check.
+  ar_path = os.path.join(workdir, "cells", "humaneval-greedy-autoregressive-K0-B1-n1.json")
+  record = json.load(open(ar_path))
+  record["items"][0]["tokens"][-1] = (record["items"][0]["tokens"][-1] + 1) % 4096
+  with open(ar_path, "w") as f:
+    json.dump(record, f)
+  fourth = reproduce.run(config, workdir, results_dir, progress=False)
+  assert fourth["computed"] == [] and not fourth["parity_ok"]
+  assert "1 parity check(s) FAILED" in fourth["markdown"]
+
+
+def test_report_renders_batched_rows_and_sweep(pair_dir):
+  """build_rows / format_markdown / plots on fabricated records: no compilation."""
+  config = _config(pair_dir, batch_sizes=(1, 2), k_sweep=(1, 3), tasks=("humaneval",))
+  machine = {"cpu_model": "Test CPU", "cpu_count": 2, "jax_version": jax.__version__,
+             "backend": "cpu", "jax_devices": ["cpu:0"], "load_average_1_5_15": [1.0, 1.0, 1.0]}
+  records = {}
+  for cell in reproduce.plan_cells(config):
+    if cell.kind != "generate":
+      continue
+    ms = 10.0 if cell.method == "autoregressive" else 10.0 / (1 + cell.num_draft / 4)
+    records[cell.key] = {
+        "items": [{"problem": p, "sample": s, "score": float(p == 0), "logprob": -20.0,
+                   "logprob_tokens": 10, "tokens": [1, 2, 3]}
+                  for p in range(2) for s in range(cell.num_samples)],
+        "timing": {"ms_per_token": ms, "compiled_calls": 0},
+        "stats": {"acceptance_rate": 0.5 if cell.num_draft else None, "tokens_per_call": 2.0,
+                  "new_tokens": 3 * 2 * cell.num_samples},
+        "machine": machine}
+  cells = reproduce.plan_cells(config)
+  rows, parity, machines = reproduce.build_rows(cells, records, config)
+  assert list(machines) == ["M1"]
+  sweep = {r["K"]: r["speedup"] for r in rows if r["role"] == "sweep" and r["sampling"] == "greedy"}
+  assert sweep == {1: pytest.approx(1.25), 3: pytest.approx(1.75)}
+  batched = [r for r in rows if r["batch_size"] == 2 and r["method"] == "speculative"]
+  assert len(batched) == 2 and all(r["paper_value"] is None for r in batched)
+  assert all(c["passed"] for p in parity for c in p["checks"])
+  results = {"config": config.to_dict(), "rows": rows, "parity": parity, "machines": machines,
+             "command": "x", "finished": "now", "elapsed_s": 1.0, "computed": [], "reused": [],
+             "workdir": "wd", "models": {"target": "t", "draft": "d"}, "parity_ok": True,
+             "parity_failures": 0, "canonical_loglik": None, "paths": {"plots": []}}
+  md = reproduce.format_markdown(results)
+  assert "| HumanEval | nucleus | SpS | 2 | 2 |" in md           # batched row
+  assert "## K sweep" in md and "| HumanEval | greedy | 3 |" in md
+  assert "| XSum | greedy | SpS | 1 | 4 | not run |" in md     # paper rows stay visible
+  assert "M1**: Test CPU, 2 cores" in md

@@ -10,15 +10,18 @@ Seconds-long smoke test (use any pair, e.g. a random one saved with io.save_lm):
       --config.target_dir=/tmp/pair/target --config.draft_dir=/tmp/pair/draft \
       --config.output_dir=/tmp/bench
 
-Size of the default run, chosen to finish in about 10 minutes on a quiet
-2-core CPU with the embedded pair (target 7.8M params, d320 L6; draft 0.9M,
-d128 L2): 8 HumanEval prompts cut to 96 tokens, 64 new tokens each, K = 1..8,
-greedy and nucleus, batch 1 (8 calls of one prompt) and batch 8 (one call).
-That is 2 batch sizes x 2 samplings x (1 autoregressive + 8 K) = 36 decode
-loops, each compiled once (~1 to 3 s apiece on this CPU, the bulk of the
-run), generated once to warm up and `repeats` times to time (each pass is
-8 x 64 = 512 tokens per row group, about 0.5 to 2 s), plus ~40 compiled
-forward-timing loops of `forward_seconds` x `forward_repeats` each.
+Size of the default run: 8 HumanEval prompts cut to their last 96 tokens, 64
+new tokens each, K = 1..8, greedy and nucleus, batch 1 (8 calls of one prompt)
+and batch 8 (one call). That is 2 batch sizes x 2 samplings x (1 AR + 8 K) =
+36 decode loops, each compiled once. Estimated from CPU time measured with a
+random pair of the embedded shapes (target d320 L6, 7.8M params; draft d128
+L2, 0.9M) on this 2-core EPYC while it was shared: about 9 to 11 minutes
+cold on a quiet machine, of which roughly 5 compiling (4 to 8 s per AR loop,
+8 to 13 s per speculative loop), 4 generating (a batch-1 pass of 8 x 64
+tokens takes about 3 s, a batch-8 pass about 1.5 s; each K: warm-up + 1 timed
+pass, plus 1 AR pass) and 1 timing forwards and sampling; about 5 minutes
+when `compilation_cache_dir` already holds the loops. A trained pair (tau
+above 1) makes speculative passes shorter than the random pair's.
 
 Arguments after the colon (comma separated):
   runlocal   2 prompts of 16 tokens, 8 new tokens, K = 2 only, one call of batch 2,
@@ -64,8 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0                 # PRNG seed of every generate call
 
   # --- Timing ---
-  # Timed speculative passes per K after its warm-up (best kept). Autoregressive
-  # passes are interleaved, one per K, so AR gets len(num_draft) + 1 of them.
+  # Timed speculative passes per K after its warm-up (each call's fastest is
+  # kept). Autoregressive passes are interleaved, one per K, so AR gets
+  # len(num_draft) + 1 of them. On a loaded machine use 2 or 3 (+2 to 4 min).
   c.repeats = 1
   c.pad_to = 16              # generate's pad_to (prompt and buffer rounding)
   c.forward_seconds = 0.1    # each c / v_K / prefill / sampling measurement runs about this long
@@ -82,6 +86,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_prompts, c.prompt_tokens, c.max_new_tokens = 2, 16, 8
     c.num_draft, c.batch_sizes = (2,), (2,)
     c.samplings = ml_collections.ConfigDict({"nucleus": c.samplings.nucleus.to_dict()})
-    c.repeats, c.forward_seconds, c.forward_repeats = 1, 0.005, 1
+    c.repeats, c.forward_seconds, c.forward_repeats = 1, 0.005, 2
     c.compilation_cache_dir = ""
   return c

@@ -23,8 +23,10 @@ from specsample.decoding import LM, Sampling
 from specsample.models import transformer as tr
 from specsample.models.presets import get_preset
 
-TARGET_CFG = get_preset("tiny", vocab_size=32, num_heads=8, num_kv_heads=4, head_dim=4,
-                        tie_embeddings=False)
+# One layer each: XLA compile time, the cost of these tests, grows with depth,
+# and every layer is laid out alike.
+TARGET_CFG = get_preset("tiny", vocab_size=32, num_layers=1, num_heads=8, num_kv_heads=4,
+                        head_dim=4, tie_embeddings=False)
 DRAFT_CFG = get_preset("tiny", vocab_size=32, d_model=16, num_layers=1, num_heads=4,
                        num_kv_heads=4, head_dim=4, mlp_dim=32)
 

@@ -112,6 +112,21 @@ def test_best_k_and_bad_alpha():
     speed.expected_tokens(1.2, 4)
 
 
+def test_summarise_keeps_each_calls_fastest_wall():
+  def out(n):  # one row with n new tokens in n // 2 target calls
+    stats = {k: np.array([v]) for k, v in dict(new_tokens=n, target_calls=n // 2).items()}
+    return api.GenerateOutput(tokens=[[5] * n], stats=stats)
+  outputs = [out(8), out(4)]
+  passes = [speed.Pass(wall_ms=50.0, tokens=12.0, outputs=outputs, call_ms=[40.0, 10.0]),
+            speed.Pass(wall_ms=80.0, tokens=12.0, outputs=outputs, call_ms=[20.0, 60.0])]
+  timing = speed.summarise(passes, warmup_s=1.0, recompiled=False)
+  assert timing.wall_ms == 30.0  # 20 (call 0, pass 1) + 10 (call 1, pass 0)
+  assert timing.ms_per_token == pytest.approx(30.0 / 12.0)
+  assert timing.ms_per_token_runs == pytest.approx([50 / 12, 80 / 12])
+  assert timing.loop_iterations == [4, 2] and timing.mean_new_tokens == 6.0
+  assert speed.tokens_per_iteration(timing, [1, 1]) == pytest.approx(12 / 6)
+
+
 def test_measure_alpha_is_the_overlap_at_generated_positions(tiny_pair):
   target, draft = tiny_pair
   sampling = Sampling(temperature=1.0)

@@ -50,7 +50,9 @@ def main(argv):
       "process_count": count, "global_devices": jax.device_count(),
       "local_devices": jax.local_device_count(),
       "mesh": {k: int(v) for k, v in mesh.shape.items()},
-      "mesh_processes": sorted({d.process_index for d in mesh.devices.flat}),
+      # mesh.devices is [data, fsdp, tensor]: which processes hold each fsdp slice.
+      "processes_by_fsdp": [sorted({d.process_index for d in mesh.devices[:, i].flat})
+                            for i in range(mesh.shape["fsdp"])],
       "tokens": out.tokens, "target_calls": out.stats["target_calls"].tolist(),
       "written_by": pid, "seconds": round(time.perf_counter() - start, 1),
   }

@@ -78,7 +78,8 @@ def test_two_processes_decode_like_one(tmp_path):
   assert result["written_by"] == 0                  # process 0 alone writes
   assert (result["process_count"], result["global_devices"], result["local_devices"]) == (2, 8, 4)
   assert result["mesh"] == case.MESH_SHAPES[case.MULTIHOST_MESH]
-  assert result["mesh_processes"] == [0, 1]         # one mesh across both processes
+  # One mesh across both processes; fsdp crosses the process boundary.
+  assert result["processes_by_fsdp"] == [[0], [1]]
   lines = [next(l for l in out.splitlines() if l.startswith(f"process {i}/2:"))
            for i, out in enumerate(outputs)]
   print("\n".join(lines))                           # shown with pytest -s

@@ -16,10 +16,10 @@ tests/test_multihost.py reuses the (2, 4) speculative loop.
 
 import functools
 import importlib.util
+import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -53,7 +53,7 @@ def _tokens(seed: int, shape=(8, 16)) -> np.ndarray:
 
 # ------------------------------------------------------------ parameters and forward
 
-def test_params_and_train_state_created_sharded():
+def test_params_and_train_state_created_sharded(reference_training):
   """jax.jit(init, out_shardings=...): each device creates only its shards, and
   the values equal the unsharded init (JAX's partitionable threefry). One mesh:
   random-init compiles are the slowest here."""
@@ -65,13 +65,14 @@ def test_params_and_train_state_created_sharded():
   q = params["layer_0"]["attn"]["q"]               # [D, N, H]: embed over fsdp, heads over tensor
   assert q.sharding.spec == P("fsdp", "tensor", None)
   assert q.addressable_shards[0].data.shape == (32 // 2, 8 // 4, 4)
-  reference = jax.jit(tr.init_params, static_argnums=0)(cfg, jax.random.key(0))
+  reference = reference_training[0].params          # jax.jit(init_state) on one device, seed 0
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, reference)
 
   # init_train_state's out_shardings (checked without a further compile): Adam
   # moments are laid out like their parameters, counters replicated.
-  state = sh.train_state_shardings(cfg, _optimizer(), mesh, case.TARGET_RULES)
-  adam = state.opt_state[0]
+  state = sh.train_state_shardings(cfg, train_lib.make_optimizer(_train_config()), mesh,
+                                   case.TARGET_RULES)
+  adam = state.opt_state[1][0]                      # chain(clip, adamw(scale_by_adam, ...))
   assert state.params == expected and adam.mu == expected and adam.nu == expected
   assert adam.count.is_fully_replicated and state.step.is_fully_replicated
 
@@ -103,12 +104,25 @@ def test_forward_logits_match_unsharded(pair, reference_logits, mesh_name):
 
 # ------------------------------------------------------------------------- training
 
-def _optimizer():
-  # The training recipe's AdamW with its decay mask, at a constant rate so that
-  # the first step already moves the parameters. No clipping (1.5 s more
-  # compile): the step's grad_norm metric is the same sharded global norm.
-  decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
-  return optax.adamw(1e-2, b1=0.9, b2=0.95, weight_decay=0.1, mask=decay_mask)
+def _load_config(path: str, arg: str | None):
+  spec = importlib.util.spec_from_file_location(
+      os.path.basename(path)[:-3] + "_config", os.path.join(os.path.dirname(__file__), "..", path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _train_config(mesh_shape: dict | None = None):
+  """configs/train.py for TARGET_CFG: 2 steps of 8 x 16 tokens at a constant rate
+  of 1e-2 (no warmup: the first step already moves the weights)."""
+  c = _load_config("configs/train.py", "model=tiny,runlocal")
+  c.model = dict(case.TARGET_CFG.__dict__)
+  c.data.batch_size, c.data.seq_len = 8, 16
+  c.num_steps, c.optim.warmup_steps, c.optim.peak_lr, c.optim.min_lr_ratio = 2, 0, 1e-2, 1.0
+  c.log_every, c.eval_every, c.eval_batches, c.checkpoint_every = 1, 2, 1, 2
+  if mesh_shape is not None:
+    c.mesh.update(mesh_shape)
+  return c
 
 
 def _batches():
@@ -120,26 +134,46 @@ def _batches():
   return out
 
 
+class _Data:
+  """train()'s `datasets`: the two batches above; validation is the first."""
+
+  def batch_at(self, step: int) -> dict:
+    return _batches()[step]
+
+  def val_batches(self, n: int) -> list[dict]:
+    return _batches()[:n]
+
+
 @pytest.fixture(scope="module")
-def reference_training(pair):
-  target, _ = pair
-  optimizer = _optimizer()
-  state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=target.params,
-                               opt_state=jax.jit(optimizer.init)(target.params))
+def reference_training():
+  """Two unsharded steps from the jitted init (the init every mesh reproduces)."""
+  config = _train_config()
+  optimizer = train_lib.make_optimizer(config)
+  state = jax.jit(lambda: train_lib.init_state(case.TARGET_CFG, optimizer, config.seed))()
   initial = jax.device_get(state)  # host copy: the step donates its input state
   step = train_lib.make_train_step(case.TARGET_CFG, optimizer)
   metrics = []
   for batch in _batches():
     state, m = step(state, batch)
     metrics.append({k: float(v) for k, v in m.items()})
-  return initial, jax.device_get(state), metrics
+  val_loss = train_lib.evaluate(train_lib.make_eval_step(case.TARGET_CFG), state.params,
+                                _Data().val_batches(1))
+  return initial, jax.device_get(state), metrics, val_loss
+
+
+def _assert_state_close(got, want):
+  # AdamW divides by sqrt(v): where a weight's two gradients nearly cancel, float32
+  # rounding of the (differently ordered) sharded sums is amplified, up to ~3e-5
+  # here; a missing reduction would move weights by ~lr = 1e-2 and change the loss.
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("mesh_name", MESHES)
 def test_train_steps_match_unsharded(reference_training, mesh_name):
-  initial, ref_state, ref_metrics = reference_training
+  initial, ref_state, ref_metrics, _ = reference_training
   mesh = mesh_named(mesh_name)
-  optimizer = _optimizer()
+  optimizer = train_lib.make_optimizer(_train_config())
   shardings = sh.train_state_shardings(case.TARGET_CFG, optimizer, mesh, case.TARGET_RULES)
   state = jax.device_put(initial, shardings)
   step = sh.make_sharded_train_step(case.TARGET_CFG, optimizer, mesh, case.TARGET_RULES,
@@ -150,11 +184,26 @@ def test_train_steps_match_unsharded(reference_training, mesh_name):
       np.testing.assert_allclose(float(metrics[k]), ref[k], rtol=1e-5, err_msg=k)
   assert int(state.step) == 2
   assert jax.tree_util.tree_map(lambda x: x.sharding, state) == shardings  # out_shardings kept
-  # Adam divides by sqrt(v): where a weight's two gradients nearly cancel, float32
-  # rounding of the (differently ordered) sharded sums is amplified, up to ~3e-5
-  # here; a missing reduction would move weights by ~lr = 1e-2 and change the loss.
-  for got, want in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(ref_state)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-4)
+  _assert_state_close(state, ref_state)
+
+
+def test_train_loop_on_a_mesh(reference_training, tmp_path):
+  """training.train with config.mesh: state created sharded (init_train_state),
+  sharded steps and evaluation, orbax checkpoint, metrics from process 0; the
+  same numbers as the unsharded reference."""
+  initial, ref_state, ref_metrics, ref_val_loss = reference_training
+  mesh_shape = case.MESH_SHAPES[case.MULTIHOST_MESH]
+  last = train_lib.train(_train_config(mesh_shape), str(tmp_path), datasets=_Data())
+  np.testing.assert_allclose(last["loss"], ref_metrics[1]["loss"], rtol=1e-5)
+  np.testing.assert_allclose(last["val_loss"], ref_val_loss, rtol=1e-5)
+  mesh = sh.make_mesh(mesh_shape)
+  assert (jax.tree_util.tree_map(lambda x: x.sharding, last["params"])
+          == sh.param_shardings(case.TARGET_CFG, mesh, case.TARGET_RULES))
+  _assert_state_close(last["params"], ref_state.params)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert json.loads((tmp_path / "config.json").read_text())["mesh"] == mesh_shape
+  assert (tmp_path / "checkpoints" / "2").is_dir()
 
 
 # ------------------------------------------------------------------------- decoding
@@ -265,25 +314,17 @@ def test_indivisible_dimensions_raise_before_compiling(pair):
     sharded.sharded_generate(target, case.PROMPTS[:3], draft=draft, mesh=mesh_named("data8"),
                              **case.DECODE)
   with pytest.raises(ValueError, match="training batch"):
-    sh.make_sharded_train_step(case.TARGET_CFG, _optimizer(), mesh_named("data8"),
+    sh.make_sharded_train_step(case.TARGET_CFG, optax.sgd(0.1), mesh_named("data8"),
                                case.TARGET_RULES, batch_size=4, seq_len=16)
   assert sharded.TRACE_COUNT == before
 
 
 # -------------------------------------------------------------------------- dry run
 
-def _tpu_config(arg):
-  spec = importlib.util.spec_from_file_location(
-      "tpu_config", os.path.join(os.path.dirname(__file__), "..", "configs", "tpu.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def test_dry_run_counts_shards_without_allocating():
   """The paper's pair at 2 of its 80 / 8 layers (abstract traces of the full
   depth take seconds each; the per-layer arithmetic is the same)."""
-  config = _tpu_config("slice=v4-32")
+  config = _load_config("configs/tpu.py", "slice=v4-32")
   config.target.overrides.num_layers = config.draft.overrides.num_layers = 2
   report = dry_run.memory_report(config)
   assert report.mesh == {"data": 2, "fsdp": 1, "tensor": 8} and report.fits

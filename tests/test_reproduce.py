@@ -16,10 +16,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from specsample.decoding import api
+from specsample.decoding.sampling import Sampling
 from specsample.eval import reproduce
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
@@ -146,9 +148,9 @@ def test_t_quantile_matches_tables():
 # ------------------------------------------------------------------ parity
 
 
-def _record(scores, tokens=None, logprob=-1.0):
-  items = [{"problem": p, "sample": 0, "score": s, "logprob": logprob * 10, "logprob_tokens": 10,
-            **({"tokens": tokens[p]} if tokens else {})} for p, s in enumerate(scores)]
+def _record(scores, tokens=None):
+  items = [{"problem": p, "sample": 0, "score": s, **({"tokens": tokens[p]} if tokens else {})}
+           for p, s in enumerate(scores)]
   return {"items": items}
 
 
@@ -166,14 +168,49 @@ def test_parity_catches_a_greedy_mismatch():
 def test_parity_catches_a_sampled_shift_and_passes_noise():
   noise = [0.1, 0.3, 0.2, 0.25, 0.15, 0.35, 0.2, 0.3, 0.1, 0.2]
   ar = _record(noise)
-  shifted = _record([x + 0.3 for x in noise], logprob=-1.5)
-  checks = reproduce.check_parity(ar, shifted, greedy=False, task="xsum")
-  assert [c["passed"] for c in checks] == [False, False]
-  assert checks[0]["difference"] == pytest.approx(0.3)
+  shifted = _record([x + 0.3 for x in noise])
+  [check] = reproduce.check_parity(ar, shifted, greedy=False, task="xsum")
+  assert not check["passed"] and check["difference"] == pytest.approx(0.3)
   jittered = _record(noise[1:] + noise[:1])  # same values, other problems: paired noise only
-  checks = reproduce.check_parity(ar, jittered, greedy=False, task="xsum")
-  assert all(c["passed"] for c in checks)
-  assert checks[0]["interval"][0] < 0 < checks[0]["interval"][1]
+  [check] = reproduce.check_parity(ar, jittered, greedy=False, task="xsum")
+  assert check["passed"] and check["interval"][0] < 0 < check["interval"][1]
+
+
+def _ancestral_samples(model, sampling, prompts, steps, seed):
+  """Exact reference sampler: full forward per token (no cache), inverse-CDF draws in float64."""
+  rng = np.random.default_rng(seed)
+  width = 32
+  tokens = np.zeros((len(prompts), width), np.int32)
+  for b, p in enumerate(prompts):
+    tokens[b, :len(p)] = p
+  step = jax.jit(lambda t, pos: jnp.take_along_axis(
+      sampling.probs(tr.forward(model.config, model.params, t)[0]), pos[:, None, None], axis=1)[:, 0])
+  lengths = np.array([len(p) for p in prompts])
+  for i in range(steps):
+    probs = np.asarray(step(tokens, jnp.asarray(lengths + i - 1)), np.float64)
+    cdf = np.cumsum(probs / probs.sum(-1, keepdims=True), axis=-1)
+    draw = (cdf < rng.random((len(prompts), 1))).sum(-1).clip(0, probs.shape[-1] - 1)
+    tokens[np.arange(len(prompts)), lengths + i] = draw
+  return [tokens[b, len(p):len(p) + steps].tolist() for b, p in enumerate(prompts)]
+
+
+def test_calibration_passes_exact_samples_and_catches_wrong_ones(pair_dir):
+  """check_calibration at confidence 0.999: the exact case fails falsely 0.1% of the time."""
+  model = model_io.load_lm(str(pair_dir / "target"))
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(5, 4096, size=int(n)).tolist() for n in rng.integers(1, 8, size=64)]
+  nucleus, hot = Sampling(temperature=0.8, top_p=0.95), Sampling(temperature=1.0)
+  exact = _ancestral_samples(model, nucleus, prompts, steps=20, seed=1)
+  wrong = _ancestral_samples(model, hot, prompts, steps=20, seed=2)
+  check = lambda conts, sampling: reproduce.check_calibration({"items": [
+      {"calibration": t} for t in reproduce.sample_calibration(
+          model, sampling, prompts, conts, rows=64, width_multiple=32)]}, confidence=0.999)
+  ok = check(exact, nucleus)
+  assert ok["passed"] and ok["tokens"] == 64 * 20 and ok["outside_support"] == 0, ok["detail"]
+  bad = check(wrong, nucleus)  # temperature 1, no top-p, tested against t 0.8, p 0.95
+  assert not bad["passed"] and bad["outside_support"] > 0, bad["detail"]
+  colder = check(exact, Sampling(temperature=1.0, top_p=0.95))  # no outside tokens: z alone
+  assert not colder["passed"] and colder["outside_support"] == 0 and colder["z"] > 0, colder["detail"]
 
 
 # ------------------------------------------------------------------ end to end
@@ -208,6 +245,10 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
   assert first["canonical_loglik"]["mean_loglik_per_token"] < 0
   greedy = [c for p in first["parity"] if p["sampling"] == "greedy" for c in p["checks"]]
   assert greedy and all(c["passed"] for c in greedy)
+  # Every sampled cell, AR included, is calibrated against the target. |z| < 5 fails
+  # falsely with probability 6e-7 per cell (the report's own bound is Bonferroni 95%).
+  calibration = [c for p in first["parity"] for c in p["checks"] if "z" in c]
+  assert len(calibration) == 4 and all(abs(c["z"]) < 5 for c in calibration), calibration
   with open(os.path.join(results_dir, "table1.json")) as f:
     stored = json.load(f)
   assert stored["machines"]["M1"]["jax_version"] == jax.__version__
@@ -239,7 +280,11 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
     json.dump(record, f)
   fourth = reproduce.run(config, workdir, results_dir, progress=False)
   assert fourth["computed"] == [] and not fourth["parity_ok"]
-  assert "1 parity check(s) FAILED" in fourth["markdown"]
+  failed = [(p["cell"], c["check"]) for p in fourth["parity"] for c in p["checks"]
+            if not c["passed"]]
+  assert ("humaneval-greedy-speculative-K2-B1-n1", "greedy outputs identical") in failed
+  assert f"{fourth['parity_failures']} parity check(s) FAILED" in fourth["markdown"]
+  assert fourth["parity_failures"] == third["parity_failures"] + 1
 
 
 def test_report_renders_batched_rows_and_sweep(pair_dir):
@@ -253,8 +298,9 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
       continue
     ms = 10.0 if cell.method == "autoregressive" else 10.0 / (1 + cell.num_draft / 4)
     records[cell.key] = {
-        "items": [{"problem": p, "sample": s, "score": float(p == 0), "logprob": -20.0,
-                   "logprob_tokens": 10, "tokens": [1, 2, 3]}
+        "items": [{"problem": p, "sample": s, "score": float(p == 0), "tokens": [1, 2, 3],
+                   "calibration": {"u": 0.1 * (-1) ** s, "variance": 1.0, "tokens": 3,
+                                   "outside": 0}}
                   for p in range(2) for s in range(cell.num_samples)],
         "timing": {"ms_per_token": ms, "compiled_calls": 0},
         "stats": {"acceptance_rate": 0.5 if cell.num_draft else None, "tokens_per_call": 2.0,
@@ -268,10 +314,17 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
   batched = [r for r in rows if r["batch_size"] == 2 and r["method"] == "speculative"]
   assert len(batched) == 2 and all(r["paper_value"] is None for r in batched)
   assert all(c["passed"] for p in parity for c in p["checks"])
+  # Calibration of 6 sampled cells (AR at B=1, 2; SpS K=2 at B=1, 2; sweep K=1, 3) and
+  # the quality check of the 4 SpS ones: 10 checks, each at 1 - 0.05 / 10.
+  assert "99.5% t interval" in parity[-1]["checks"][1]["detail"]
+  assert "|z| <= 2.81 (99.5%)" in parity[-1]["checks"][0]["detail"]
+  assert sum(p["method"] == "autoregressive" for p in parity) == 2
   results = {"config": config.to_dict(), "rows": rows, "parity": parity, "machines": machines,
              "command": "x", "finished": "now", "elapsed_s": 1.0, "computed": [], "reused": [],
              "workdir": "wd", "models": {"target": "t", "draft": "d"}, "parity_ok": True,
-             "parity_failures": 0, "canonical_loglik": None, "paths": {"plots": []}}
+             "parity_failures": 0, "canonical_loglik": None, "paths": {"plots": []},
+             "num_sampled_checks": sum(len(p["checks"]) for p in parity
+                                       if p["sampling"] != "greedy")}
   md = reproduce.format_markdown(results)
   assert "| HumanEval | nucleus | SpS | 2 | 2 |" in md           # batched row
   assert "## K sweep" in md and "| HumanEval | greedy | 3 |" in md

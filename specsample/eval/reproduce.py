@@ -27,11 +27,13 @@ acceptance = accepted / drafted and tokens/call = new tokens / target calls,
 both pooled over rows (see speed.py: accepted / drafted is not alpha for K > 1).
 
 Quality is checked, not assumed (section "Parity" of the report): greedy
-speculative outputs must equal greedy autoregressive token for token; for
-sampled cells the paired (per problem / per article) difference of the
-quality metric and of the target's mean log-likelihood of the sampled
-continuations must have a confidence interval (Student t over the paired
-differences) containing 0.
+speculative outputs must equal greedy autoregressive token for token; every
+sampled cell, autoregressive included, must pass a per-token calibration test
+against the target's exact sampling distribution (check_calibration), and a
+sampled speculative cell's quality metric must agree with autoregressive
+(paired per problem / article, Student t interval containing 0). All sampled
+checks together are Bonferroni-corrected to a false failure rate of
+1 - config.confidence.
 
 HumanEval: prompt = BOS + the problem's prompt; generation stops at EOS or
 max_new_tokens; the decoded continuation is truncated at STOP_SEQUENCES and
@@ -52,6 +54,7 @@ import io as io_lib
 import json
 import math
 import os
+import statistics
 import time
 from typing import Any, Sequence
 
@@ -71,7 +74,7 @@ from specsample.tokenizer import Tokenizer
 TASKS = ("humaneval", "xsum")
 SAMPLINGS = ("greedy", "nucleus")
 METHODS = api.METHODS
-SCHEMA_VERSION = 1  # bump when a record's meaning changes: old records are then recomputed
+SCHEMA_VERSION = 2  # bump when a record's meaning changes: old records are then recomputed
 
 # Chen et al. 2023, Table 1 (PAPERS.md section 1): Chinchilla 70B target, 4B
 # draft, 16 TPU v4, batch 1, K = 4. XSum nucleus p = 0.8 (temperature not
@@ -377,16 +380,36 @@ def _token_logprobs(config: tr.TransformerConfig, params, tokens_BL: jax.Array) 
   return jnp.take_along_axis(logp_BLV, tokens_BL[:, 1:, None], axis=-1)[..., 0]
 
 
-def continuation_logprobs(model: api.LM, prompts: Sequence[Sequence[int]],
-                          continuations: Sequence[Sequence[int]], *, rows: int = 8,
-                          width_multiple: int = 128) -> list[tuple[float, int]]:
-  """(sum of log-probs, token count) of each continuation given its prompt.
+@functools.partial(jax.jit, static_argnames=("config", "sampling"))
+def _calibration_terms(config: tr.TransformerConfig, sampling: Sampling, params,
+                       tokens_BL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per position t, with s = sampling.probs(logits at t) and x = tokens[:, t + 1]:
 
-  Rows are scored `rows` at a time at a width rounded up to `width_multiple`
-  (the last chunk is padded with copies), so a task needs one or two compiles.
+  u = log s(x) + H(s) (mean 0 when x ~ s), Var_{x ~ s}[log s(x)], and whether
+  s(x) > 0. Each [B, L - 1], float32.
+  """
+  logits_BLV, _ = tr.forward(config, params, tokens_BL)
+  s_BLV = sampling.probs(logits_BLV[:, :-1])
+  logs_BLV = jnp.log(jnp.where(s_BLV > 0, s_BLV, 1.0))   # 0 off the support (0 log 0 = 0)
+  entropy_BL = -jnp.sum(s_BLV * logs_BLV, axis=-1)
+  variance_BL = jnp.maximum(jnp.sum(s_BLV * logs_BLV ** 2, axis=-1) - entropy_BL ** 2, 0.0)
+  s_x_BL = jnp.take_along_axis(s_BLV, tokens_BL[:, 1:, None], axis=-1)[..., 0]
+  inside_BL = s_x_BL > 0
+  u_BL = jnp.where(inside_BL, jnp.log(jnp.where(inside_BL, s_x_BL, 1.0)) + entropy_BL, 0.0)
+  return u_BL, variance_BL, inside_BL
+
+
+def _score_continuations(score, config: tr.TransformerConfig, prompts: Sequence[Sequence[int]],
+                         continuations: Sequence[Sequence[int]], rows: int, width_multiple: int
+                         ) -> list[tuple[np.ndarray, ...]]:
+  """Runs `score` ([rows, width] ids -> per-position [rows, width - 1] arrays) over
+  prompt + continuation sequences; returns each continuation's slice of every array.
+
+  Rows go `rows` at a time at a width rounded up to `width_multiple` (the last
+  chunk is padded with copies), so a task needs one or two compiles.
   """
   seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
-  width = min(_round_up(max(len(s) for s in seqs), width_multiple), model.config.max_seq_len)
+  width = min(_round_up(max(len(s) for s in seqs), width_multiple), config.max_seq_len)
   out = []
   for start in range(0, len(seqs), rows):
     chunk = seqs[start:start + rows]
@@ -394,13 +417,40 @@ def continuation_logprobs(model: api.LM, prompts: Sequence[Sequence[int]],
     for b in range(rows):
       seq = chunk[min(b, len(chunk) - 1)]
       tokens_BL[b, :len(seq)] = seq
-    logp_BL = np.asarray(_token_logprobs(model.config, model.params, tokens_BL))
+    arrays = [np.asarray(a) for a in jax.device_get(score(tokens_BL))]
     for b in range(len(chunk)):
       p, n = len(prompts[start + b]), len(continuations[start + b])
       # Token t + 1 is predicted at position t: the continuation's tokens sit
-      # at positions p .. p + n - 1, so their log-probs at p - 1 .. p + n - 2.
-      out.append((float(logp_BL[b, p - 1:p - 1 + n].sum()), n))
+      # at positions p .. p + n - 1, so their scores at p - 1 .. p + n - 2.
+      out.append(tuple(a[b, p - 1:p - 1 + n] for a in arrays))
   return out
+
+
+def continuation_logprobs(model: api.LM, prompts: Sequence[Sequence[int]],
+                          continuations: Sequence[Sequence[int]], *, rows: int = 8,
+                          width_multiple: int = 128) -> list[tuple[float, int]]:
+  """(sum of log-probs, token count) of each continuation given its prompt."""
+  scored = _score_continuations(
+      lambda t: (_token_logprobs(model.config, model.params, t),), model.config, prompts,
+      continuations, rows, width_multiple)
+  return [(float(logp.sum()), len(logp)) for (logp,) in scored]
+
+
+def sample_calibration(model: api.LM, sampling: Sampling, prompts: Sequence[Sequence[int]],
+                       continuations: Sequence[Sequence[int]], *, rows: int = 8,
+                       width_multiple: int = 128) -> list[dict]:
+  """Per continuation, the terms of the per-token calibration test (check_calibration).
+
+  Returns one dict per continuation: u (sum over its tokens of log s(x) + H(s)),
+  variance (sum of Var_s[log s(x)]), tokens, and outside (tokens with s(x) = 0,
+  which exact sampling never produces; s recomputed here without a cache can
+  differ from the decode loop's by float rounding at the nucleus edge).
+  """
+  scored = _score_continuations(
+      lambda t: _calibration_terms(model.config, sampling, model.params, t), model.config,
+      prompts, continuations, rows, width_multiple)
+  return [{"u": float(u.sum(dtype=np.float64)), "variance": float(v.sum(dtype=np.float64)),
+           "tokens": int(len(u)), "outside": int((~inside).sum())} for u, v, inside in scored]
 
 
 def _timed_generate(target, prompts, kwargs) -> tuple[api.GenerateOutput, float, bool]:
@@ -476,12 +526,12 @@ def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, toke
                                   [it["text"] for it in items])
     for it, s in zip(items, scored["items"]):
       it["score"], it["prediction"] = s["rouge2"], s["prediction"]
-  if not sampling.greedy:  # the target's log-likelihood of its samples: a parity statistic
-    scores = continuation_logprobs(
-        models["target"], [task.prompt_ids[it["problem"]] for it in items], token_ids,
+  if not sampling.greedy:  # every sampled token against the target's exact distribution
+    terms = sample_calibration(
+        models["target"], sampling, [task.prompt_ids[it["problem"]] for it in items], token_ids,
         width_multiple=max(c.pad_to, 128))
-    for it, (logprob, n) in zip(items, scores):
-      it["logprob"], it["logprob_tokens"] = logprob, n
+    for it, t in zip(items, terms):
+      it["calibration"] = t
   return {
       "timing": {"wall_s": wall, "ms_per_token": 1000 * wall / max(tokens_per_row, 1e-9),
                  "calls": -(-len(order) // cell.batch_size), "compiled_calls": compiled_calls,
@@ -519,10 +569,6 @@ def _by_problem(items: Sequence[dict], value) -> dict[int, float]:
 
 def _mean_score(group: Sequence[dict]) -> float:
   return float(np.mean([it["score"] for it in group]))
-
-
-def _loglik_per_token(group: Sequence[dict]) -> float:
-  return sum(it["logprob"] for it in group) / max(sum(it["logprob_tokens"] for it in group), 1)
 
 
 def quality(task: str, record: dict, confidence: float, pass_ks: Sequence[int] = (1, 10, 100)
@@ -581,9 +627,10 @@ def check_parity(ar: dict, sp: dict, *, greedy: bool, task: str, confidence: flo
 
   Greedy: every item present in both must have identical tokens. Sampled: the
   paired per-problem difference (speculative - autoregressive) of the quality
-  metric and of the target's log-likelihood per token of the samples must
-  have a `confidence` interval containing 0 (a false failure rate of
-  1 - confidence per check when the methods are truly exact).
+  metric must have a `confidence` Student t interval containing 0 (a false
+  failure rate of 1 - confidence when the methods are truly exact). The
+  sensitive test of a sampled cell is check_calibration, which needs no
+  reference.
 
   Returns:
     One dict per check: check, passed, detail, and the numbers behind it.
@@ -603,22 +650,56 @@ def check_parity(ar: dict, sp: dict, *, greedy: bool, task: str, confidence: flo
     return [{"check": "greedy outputs identical", "passed": n > 0 and not mismatches,
              "identical": n - len(mismatches), "total": n, "mismatches": mismatches[:20],
              "detail": f"{n - len(mismatches)}/{n} identical token sequences"}]
-  checks = []
-  for name, value in ((METRIC_NAMES[task], _mean_score),
-                      ("target loglik/token of samples", _loglik_per_token)):
-    a, b = _by_problem(sp["items"], value), _by_problem(ar["items"], value)
-    common = sorted(set(a) & set(b))
-    d = stats.difference_ci([a[p] for p in common], [b[p] for p in common], paired=True,
-                            confidence=confidence)
-    if d.n >= 2:  # the t interval (see t_quantile); n < 2 keeps the unbounded one
-      half = t_quantile(confidence, d.n - 1) * d.stderr
-      d = dataclasses.replace(d, low=d.mean - half, high=d.mean + half)
-    checks.append({"check": f"{name}: SpS - AR within error", "passed": bool(d.contains(0.0)),
-                   "difference": d.mean, "num_problems": len(common),
-                   "interval": [d.low, d.high] if math.isfinite(d.low) else None,
-                   "detail": f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] "
-                             f"({confidence:.0%} t interval, {len(common)} paired)"})
-  return checks
+  name = METRIC_NAMES[task]
+  a, b = _by_problem(sp["items"], _mean_score), _by_problem(ar["items"], _mean_score)
+  common = sorted(set(a) & set(b))
+  d = stats.difference_ci([a[p] for p in common], [b[p] for p in common], paired=True,
+                          confidence=confidence)
+  if d.n >= 2:  # the t interval (see t_quantile); n < 2 keeps the unbounded one
+    half = t_quantile(confidence, d.n - 1) * d.stderr
+    d = dataclasses.replace(d, low=d.mean - half, high=d.mean + half)
+  return [{"check": f"{name}: SpS - AR within error", "passed": bool(d.contains(0.0)),
+           "difference": d.mean, "num_problems": len(common),
+           "interval": [d.low, d.high] if math.isfinite(d.low) else None,
+           "detail": f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] "
+                     f"({100 * confidence:.4g}% t interval, {len(common)} paired)"}]
+
+
+# Tokens outside the recomputed support allowed per token: exact sampling
+# never draws one, but a probability at the nucleus edge can round differently
+# in the cached decode pass and the uncached scoring pass.
+OUTSIDE_SUPPORT_TOLERANCE = 1e-3
+
+
+def check_calibration(record: dict, confidence: float = 0.95) -> dict:
+  """Tests that every sampled token was drawn from the target's sampling distribution.
+
+  For token x drawn at a prefix where the target's transformed distribution is
+  s (temperature, top-k, top-p applied: exactly what speculative sampling must
+  reproduce), u = log s(x) + H(s) has mean 0 given the prefix, whatever the
+  prefix. Summed over every token of every sample, U = sum u is a martingale
+  with conditional variance V = sum Var_s[log s(x)], so z = U / sqrt(V) is
+  standard normal for an exact sampler (martingale CLT; thousands of tokens per
+  cell). The check passes when |z| is within the two-sided `confidence` normal
+  quantile: a false failure rate of 1 - confidence.
+
+  Unlike a comparison with the autoregressive cell, this conditions on each
+  prefix, so between-problem and between-sample variation (long, skewed
+  per-sequence log-likelihoods) cancel out, and it tests the autoregressive
+  reference too.
+  """
+  terms = [it["calibration"] for it in record["items"]]
+  u, var = sum(t["u"] for t in terms), sum(t["variance"] for t in terms)
+  tokens, outside = sum(t["tokens"] for t in terms), sum(t["outside"] for t in terms)
+  z = u / math.sqrt(var) if var > 0 else 0.0
+  bound = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+  passed = abs(z) <= bound and outside <= OUTSIDE_SUPPORT_TOLERANCE * tokens
+  return {"check": "tokens drawn from the target's sampling distribution", "passed": bool(passed),
+          "z": z, "bound": bound, "tokens": tokens, "outside_support": outside,
+          "mean_u": u / max(tokens, 1),
+          "detail": f"z = {z:+.2f}, |z| <= {bound:.2f} ({100 * confidence:.4g}%); {tokens} tokens, "
+                    f"mean log s(x) + H(s) = {u / max(tokens, 1):+.4f} nats, "
+                    f"{outside} outside the support"}
 
 
 def _machine_identity(info: dict) -> dict:
@@ -658,6 +739,16 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config
     ref = Cell("generate", cell.task, cell.sampling, "autoregressive", 0, cell.batch_size, n)
     return (ref, records[ref.key]) if ref.key in records else (None, None)
 
+  # Sampled checks: calibration of every sampled cell, plus the quality
+  # comparison of every sampled speculative cell that has its AR reference.
+  # Bonferroni keeps the chance that an exact implementation fails ANY of them
+  # at 1 - confidence.
+  def sampled(cell: Cell) -> bool:
+    return cell.kind == "generate" and cell.sampling != "greedy" and cell.key in records
+
+  num_sampled = sum(sampled(c) * (1 + (c.method == "speculative" and ar_ref(c)[1] is not None))
+                    for c in cells)
+  per_check = 1 - (1 - config.confidence) / max(num_sampled, 1)
   rows, parity = [], []
   for cell in cells:
     if cell.kind != "generate" or cell.key not in records:
@@ -670,13 +761,17 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config
     same_machine = ref and _machine_identity(ref["machine"]) == _machine_identity(rec["machine"])
     speedup = (1.0 if cell.method == "autoregressive" else
                ref["timing"]["ms_per_token"] / ms if same_machine else None)
-    checks = None
+    checks = []
+    if sampled(cell):
+      checks.append(check_calibration(rec, per_check))
     if ref is not None:
-      checks = check_parity(ref, rec, greedy=cell.sampling == "greedy", task=cell.task,
-                            confidence=config.confidence)
-      parity.append({"cell": cell.key, "reference": ref_cell.key, "task": cell.task,
-                     "sampling": cell.sampling, "K": cell.num_draft,
-                     "batch_size": cell.batch_size, "checks": checks})
+      checks += check_parity(ref, rec, greedy=cell.sampling == "greedy", task=cell.task,
+                             confidence=per_check)
+    if checks:
+      parity.append({"cell": cell.key, "reference": ref_cell.key if ref_cell else None,
+                     "task": cell.task, "sampling": cell.sampling, "method": cell.method,
+                     "K": cell.num_draft, "batch_size": cell.batch_size, "checks": checks})
+    checks = checks or None
     paper = PAPER_TABLE1.get((cell.task, cell.sampling, cell.method))
     at_paper_setting = cell.batch_size == PAPER_BATCH and cell.role == "main"
     rows.append({
@@ -804,16 +899,22 @@ def format_markdown(results: dict) -> str:
               f"{len(canon['per_problem'])} problems; mean of per-problem means "
               f"{canon['mean_of_problem_means']:.3f}), machine {canon['machine']}."]
   lines += ["", "## Parity (quality is checked, not assumed)", "",
-            "Greedy: speculative must reproduce autoregressive token for token. Sampled: the "
-            f"paired per-problem difference SpS - AR must have a {cfg['confidence']:.0%} interval "
-            f"containing 0 (each such check fails falsely {1 - cfg['confidence']:.0%} of the "
-            "time).", "", "| task | sampling | batch | K | check | result | pass |",
-            "|---|---|---|---|---|---|---|"]
+            "Greedy: speculative must reproduce autoregressive token for token. Sampled, every "
+            "cell (AR too): each generated token x, drawn where the target's sampling "
+            "distribution (temperature, top-p) is s, must look like a draw from s: the sum over "
+            "all tokens of log s(x) + H(s), which has mean 0 at every prefix, divided by its "
+            "standard deviation, is z ~ N(0, 1) for an exact sampler. Sampled SpS cells also "
+            "compare the quality metric with AR (paired per problem, Student t interval). "
+            f"The {results['num_sampled_checks']} sampled checks are Bonferroni-corrected, so "
+            f"an exact implementation fails any of them at most {1 - cfg['confidence']:.0%} of "
+            "the time.", "",
+            "| task | sampling | method | batch | K | check | result | pass |",
+            "|---|---|---|---|---|---|---|---|"]
   for p in results["parity"]:
     for c in p["checks"]:
-      lines.append(f"| {TASK_TITLES[p['task']]} | {p['sampling']} | {p['batch_size']} | "
-                   f"{p['K']} | {c['check']} | {c['detail']} | "
-                   f"{'✓' if c['passed'] else '✗ FAILED'} |")
+      lines.append(f"| {TASK_TITLES[p['task']]} | {p['sampling']} | "
+                   f"{METHOD_TITLES[p['method']]} | {p['batch_size']} | {p['K'] or '—'} | "
+                   f"{c['check']} | {c['detail']} | {'✓' if c['passed'] else '✗ FAILED'} |")
   verdict = ("all parity checks passed" if results["parity_ok"] else
              f"{results['parity_failures']} parity check(s) FAILED")
   lines += ["", f"**{verdict}.**"]
@@ -1005,6 +1106,7 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
                  "fingerprints": fps},
       "machines": machines, "rows": rows, "parity": parity, "parity_ok": failures == 0,
       "parity_failures": failures, "canonical_loglik": canon_summary,
+      "num_sampled_checks": sum(len(p["checks"]) for p in parity if p["sampling"] != "greedy"),
       "computed": [c.key for c, _ in todo],
       "reused": sorted(records.keys() - {c.key for c, _ in todo}),
       "paths": paths,

@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.tensor = tensor              # heads / kv heads / MLP / vocab split (Megatron)
 
   c.target = _model("chinchilla_70b")  # 70.3B params, 80 layers, 64 heads (q)
-  c.draft = _model("draft_4b")         # 4.13B params, 8 layers, 48 heads (p)
+  c.draft = _model("draft_4b")         # 4.12B params, 8 layers, 48 heads (p)
 
   c.batch_size = ROWS_PER_REPLICA * c.mesh.data  # rows per generate call (global)
   c.seq_len = 2048                    # KV-cache positions: prompt + new tokens + num_draft + 1

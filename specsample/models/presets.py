@@ -4,7 +4,7 @@
   d_model 8192, 64 heads; 8 layers, d_model 6144, 48 heads). Chinchilla's MLP
   width and vocabulary are not in PAPERS.md; we use SwiGLU with F = 3 D and a
   32k vocabulary, which lands the target at 70.3B parameters (untied
-  embeddings) and the wide, shallow draft at 4.13B (tied), both checked with
+  embeddings) and the wide, shallow draft at 4.12B (tied), both checked with
   `jax.eval_shape` in tests/test_models.py. They are for sharded accelerator
   runs and memory dry-runs, never allocated on CPU.
 * `target_small` / `draft_small`: the CPU-trainable embedded pair. The draft is

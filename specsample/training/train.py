@@ -23,7 +23,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from tqdm import tqdm
 

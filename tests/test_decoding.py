@@ -21,6 +21,7 @@ from scipy import stats
 
 from specsample.decoding import LM, Sampling, api, generate
 from specsample.decoding.rejection import rejection_sample
+from specsample.decoding.sampling import _nucleus, sample
 from specsample.models import transformer as tr
 
 ALPHA = 1e-4
@@ -189,6 +190,111 @@ def test_new_prompts_same_shape_do_not_recompile(tiny_pair, greedy_reference):
   other = [[2, 2, 2], [5, 1], [3, 4, 5, 6, 7, 8, 9], [1], [8] * 9]   # same padded shape
   generate(target, other, seed=123, **kwargs)
   assert api.TRACE_COUNT == before
+
+
+# ------------------------------------------------------------ 5. sampling transforms
+
+def nucleus_reference(probs: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+  """The nucleus by its definition, in float64, row by row.
+
+  threshold = min{p_i : S(p_i) < top_p}, S(v) = sum of p_j over p_j > v; kept = p >= threshold.
+
+  Returns:
+    kept: [R, V] bool. margin: [R], how far S of the threshold and of the next
+    smaller value lie from top_p: below float32 rounding, either side is right.
+  """
+  top_p = float(np.float32(top_p))  # the transform compares in float32
+  kept, margin = [], []
+  for row in probs.astype(np.float64):
+    values, counts = np.unique(row, return_counts=True)                 # ascending
+    mass_above = np.cumsum((values * counts)[::-1])[::-1] - values * counts  # S(values)
+    i = np.flatnonzero(mass_above < top_p)[0]
+    kept.append(row >= values[i])
+    margin.append(min(top_p - mass_above[i], mass_above[i - 1] - top_p if i else np.inf))
+  return np.array(kept), np.array(margin)
+
+
+def _nucleus_rows(V: int = 4096) -> np.ndarray:
+  """[R, V] float32 rows from flat to one-hot, with ties and zeros."""
+  rng = np.random.default_rng(0)
+  softmax = lambda x: np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+  rows = [softmax(scale * rng.standard_normal(V))
+          for scale in (0.1, 0.5, 1, 2, 3, 5, 8, 30) for _ in range(3)]
+  rows += [np.eye(V)[7], np.full(V, 1 / V)]             # one-hot; flat (all tied)
+  for levels in (2, 3, 8):                               # a few levels: ties everywhere
+    r = rng.integers(1, levels + 1, V).astype(float) ** 4
+    rows.append(r / r.sum())
+  for support in (5, 50, 500):                           # zeros outside, as after top-k
+    r = np.zeros(V)
+    r[rng.choice(V, support, replace=False)] = softmax(2 * rng.standard_normal(support))
+    rows.append(r)
+  return np.asarray(rows, np.float32)
+
+
+_nucleus_jit = jax.jit(_nucleus)  # top_p traced: one compile for every top_p
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.95, 0.999])
+def test_nucleus_matches_definition(top_p):
+  probs = _nucleus_rows()
+  out = np.asarray(_nucleus_jit(jnp.asarray(probs), jnp.float32(top_p)))
+  kept, margin = nucleus_reference(probs, top_p)
+  # Float32 sums of a row are within ~1e-7 of the float64 ones: rows whose
+  # margin is above 1e-6 must match exactly, and they must be most rows.
+  tol = 1e-6
+  clear = margin > tol
+  assert clear.mean() > 0.8, "too few rows test the threshold exactly"
+  np.testing.assert_array_equal((out > 0)[clear], (kept & (probs > 0))[clear])
+  # Other rows: the threshold may move by one distinct value, but the kept set
+  # is {p >= t} with t (nearly) inside and the next smaller value (nearly) out.
+  top_p = float(np.float32(top_p))
+  for row, out_row in zip(probs[~clear].astype(np.float64), out[~clear]):
+    t = row[out_row > 0].min()
+    np.testing.assert_array_equal(out_row > 0, (row >= t) & (row > 0))
+    assert row[row > t].sum() < top_p + tol
+    below = row[row < t]
+    if below.size:
+      assert row[row > below.max()].sum() >= top_p - tol
+  # Renormalised over the kept set.
+  expected = np.where(out > 0, probs, 0) / np.where(out > 0, probs, 0).sum(-1, keepdims=True)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_nucleus_keeps_ties_with_the_smallest_kept_value():
+  # Dyadic values: every sum is exact in float32, so the boundaries are sharp.
+  V = 64
+  cases = [  # (nonzero probabilities, top_p, how many of them are kept)
+      ([.5, .25, .25], .5, 1),            # S(.25) = .5 is not < .5
+      ([.5, .25, .25], .6, 3),            # S(.25) = .5 < .6: both tied .25s
+      ([.25] * 4, .1, 4),                 # all tied with the most likely
+      ([.5] + [.125] * 4, .55, 5),        # S(.125) = .5 < .55: all four .125s
+      ([.5] + [.125] * 4, .5, 1),
+  ]
+  for nonzero, top_p, count in cases:
+    probs = np.zeros(V, np.float32)
+    probs[np.arange(len(nonzero)) * 7] = nonzero
+    out = np.asarray(_nucleus_jit(jnp.asarray(probs[None]), jnp.float32(top_p)))[0]
+    assert (out > 0).sum() == count, (nonzero, top_p)
+    np.testing.assert_allclose(out.sum(), 1, rtol=1e-6)
+
+
+def test_greedy_argmax_draws_equal_categorical_draws():
+  """On one-hot rows, sample(greedy=True) and the greedy rejection step give
+  exactly the tokens the categorical draws give."""
+  B, G, V = 256, 3, 50
+  k_draft, k_target, k_same, k_draw = jax.random.split(jax.random.key(4), 4)
+  draft_BG = jax.random.randint(k_draft, (B, G), 0, V)
+  other_BX = jax.random.randint(k_target, (B, G + 1), 0, V)
+  same_BX = jax.random.bernoulli(k_same, 0.7, (B, G + 1))  # mixes acceptance lengths
+  target_BX = jnp.where(same_BX, jnp.pad(draft_BG, ((0, 0), (0, 1))), other_BX)
+  p_BGV, q_BXV = jax.nn.one_hot(draft_BG, V), jax.nn.one_hot(target_BX, V)
+  jitted = jax.jit(rejection_sample, static_argnames="greedy")
+  drawn = jitted(draft_BG, p_BGV, q_BXV, k_draw)
+  greedy = jitted(draft_BG, p_BGV, q_BXV, k_draw, greedy=True)
+  for a, b in zip(drawn, greedy):
+    np.testing.assert_array_equal(a, b)
+  assert len(set(np.asarray(greedy[0]).tolist())) == G + 1  # every acceptance length occurs
+  np.testing.assert_array_equal(sample(k_draw, q_BXV, greedy=True), sample(k_draw, q_BXV))
 
 
 # -------------------------------------------------------------------------- bad input

@@ -55,7 +55,7 @@ def autoregressive_loop(target_cfg: tr.TransformerConfig, spec: common.DecodeSpe
     current_B1 = common.read_rows(s.tokens, s.length - 1, 1)
     logits_B1V, cache = tr.forward(target_cfg, target_params, current_B1,
                                    s.cache.with_lengths(s.length - 1))
-    token_B = sample(step_key, spec.sampling.probs(logits_B1V[:, 0]))
+    token_B = sample(step_key, spec.sampling.probs(logits_B1V[:, 0]), greedy=spec.sampling.greedy)
     tokens, length, done, _ = common.commit(
         s.tokens, s.length, s.done, prompt_len_B, token_B[:, None], jnp.ones((B,), jnp.int32), spec)
     return s.replace(tokens=tokens, length=length, done=done, cache=cache, key=key,

@@ -9,6 +9,11 @@ exactly as the target's.
 Vectorised over the batch: each row accepts its own number of tokens.
 Everything is float32 whatever the models computed in.
 
+Greedy (both distributions one-hot): x_t is the draft's argmax, accepted iff it
+is the target's, and the residual max(0, q - p) (or its fallback q) is the
+one-hot on the target's argmax, so with `greedy=True` the emitted token is read
+by argmax instead of drawn: the same token, without V random numbers per row.
+
 Numerical guards (it must never produce NaN):
   * acceptance is tested as `r * p < q`, which needs no division by p(x);
     p(x) = 0 (impossible in exact arithmetic, since x was drawn from p) then
@@ -23,9 +28,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from specsample.decoding.sampling import sample
+
 
 def rejection_sample(draft_tokens_BG: jax.Array, draft_probs_BGV: jax.Array,
-                     target_probs_BXV: jax.Array, key: jax.Array
+                     target_probs_BXV: jax.Array, key: jax.Array, *, greedy: bool = False
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Accepts a prefix of the draft and emits one more token per row.
 
@@ -34,6 +41,8 @@ def rejection_sample(draft_tokens_BG: jax.Array, draft_probs_BGV: jax.Array,
     draft_probs_BGV: [B, G, V], p_t, the draft distribution x_t was drawn from.
     target_probs_BXV: [B, G + 1, V], q_1..q_{G+1} from one target pass.
     key: PRNG key.
+    greedy: static; True promises one-hot p and q (Sampling.greedy): the
+      emitted token is then the residual's argmax, exactly the one drawn.
 
   Returns:
     num_accepted_B: [B] int32 in [0, G], accepted draft tokens.
@@ -63,7 +72,7 @@ def rejection_sample(draft_tokens_BG: jax.Array, draft_probs_BGV: jax.Array,
   residual_BV = jnp.maximum(q_BV - p_BV, 0.0)
   mass_B1 = residual_BV.sum(axis=-1, keepdims=True)
   residual_BV = jnp.where(mass_B1 > 0, residual_BV / jnp.where(mass_B1 > 0, mass_B1, 1.0), q_BV)
-  next_token_B = jax.random.categorical(key_residual, jnp.log(residual_BV)).astype(jnp.int32)
+  next_token_B = sample(key_residual, residual_BV, greedy=greedy)
 
   # Emitted tokens: accepted draft prefix, then next_token at index num_accepted.
   positions_X = jnp.arange(G + 1)

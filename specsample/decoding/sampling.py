@@ -9,7 +9,9 @@ PAPERS.md: "applied to BOTH models' probabilities").
 Order of composition, as in most LM samplers: temperature, then top-k on the
 scaled logits, then top-p (nucleus) on the resulting distribution.
 Temperature 0 means greedy: a one-hot on the argmax (ties to the lowest id),
-which the rejection step turns into exact greedy decoding.
+which the rejection step turns into exact greedy decoding. Greedy tokens are
+read by argmax (`sample(..., greedy=True)`): the token a categorical draw from
+a one-hot returns, without its V random numbers per row.
 
 Ties: top-k keeps every token whose logit equals the k-th largest, and top-p
 keeps every token whose probability equals the smallest kept one. This can keep
@@ -68,18 +70,77 @@ class Sampling:
     return probs
 
 
+# Non-negative float32 values below 2 (probabilities, rounding included) have
+# bit patterns below 0x40000000 = 2**30, and each bisection step at least
+# halves the candidate range of patterns: 30 steps pin it to one.
+_BISECTION_STEPS = 30
+
+
 def _nucleus(probs: jax.Array, top_p: float) -> jax.Array:
-  """Zeroes the tail outside the top-p nucleus and renormalises."""
-  sorted_desc = -jnp.sort(-probs, axis=-1)
-  mass_before = jnp.cumsum(sorted_desc, axis=-1) - sorted_desc
-  # A token is in the nucleus if the mass strictly above it is < top_p; the
-  # most likely token always is (mass_before = 0).
-  in_nucleus = mass_before < top_p
-  threshold = jnp.min(jnp.where(in_nucleus, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+  """Zeroes the tail outside the top-p nucleus and renormalises.
+
+  The nucleus is every token with p >= threshold, where
+
+      threshold = min{p_i : S(p_i) < top_p},   S(v) = sum of p_j over p_j > v,
+
+  i.e. a token is in if the mass strictly above its value is < top_p (the most
+  likely token always is: S = 0), and tokens tied with the smallest kept one
+  are all kept.
+
+  S is non-increasing and only steps at the values p_i, so {t >= 0 : S(t) <
+  top_p} is [threshold, inf) (or all t >= 0, when everything is kept), and its
+  lowest float is found by bisecting over float32 bit patterns, which order
+  non-negative floats like their values. Each step is one masked O(V) sum
+  instead of an O(V log V) sort: on a 2-core CPU, [1, 4096] rows take 0.06 ms
+  instead of 1.0 ms and [8, 4096] 0.27 ms instead of 7.2 ms.
+
+  Versus a sort and cumulative sum, only float rounding differs: S is summed
+  in XLA's reduction order over the unsorted row rather than as a cumsum over
+  the sorted one, so a value whose S is within rounding (~1e-6) of top_p may
+  fall on the other side. The computed S is still monotone in t (rounding is
+  monotone and the summation order is fixed), so the bisection is exact for
+  the S it computes, and the result is a deterministic function of the row.
+
+  Args:
+    probs: [..., V] float32 probabilities.
+    top_p: in (0, 1); a Python float or a scalar array.
+
+  Returns:
+    [..., V] float32, the renormalised nucleus.
+  """
+  bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+  # Invariant: the answer's bit pattern lies in [lo, hi]; S(max p) = 0 < top_p.
+  lo = jnp.zeros(probs.shape[:-1] + (1,), jnp.int32)
+  hi = jnp.max(bits, axis=-1, keepdims=True)
+
+  def step(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    mid_value = jax.lax.bitcast_convert_type(mid, jnp.float32)
+    mass_above = jnp.sum(jnp.where(probs > mid_value, probs, 0.0), axis=-1, keepdims=True)
+    inside = mass_above < top_p          # mid >= threshold
+    return jnp.where(inside, lo, mid + 1), jnp.where(inside, mid, hi)
+
+  _, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, step, (lo, hi))
+  threshold = jax.lax.bitcast_convert_type(hi, jnp.float32)
   kept = jnp.where(probs >= threshold, probs, 0.0)
   return kept / kept.sum(axis=-1, keepdims=True)
 
 
-def sample(key: jax.Array, probs: jax.Array) -> jax.Array:
-  """Draws token ids from [..., V] probabilities (exact for one-hot rows)."""
+def sample(key: jax.Array, probs: jax.Array, *, greedy: bool = False) -> jax.Array:
+  """Draws token ids from [..., V] probabilities.
+
+  Args:
+    key: PRNG key (unused when greedy).
+    probs: [..., V] probabilities, e.g. from Sampling.probs.
+    greedy: static; True promises one-hot rows (Sampling.greedy). The argmax is
+      then exactly the token the categorical draw returns (its Gumbel noise is
+      finite, log 0 = -inf), without generating V random numbers per row, which
+      on CPU cost more than a draft forward.
+
+  Returns:
+    [...] int32 token ids.
+  """
+  if greedy:
+    return jnp.argmax(probs, axis=-1).astype(jnp.int32)
   return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)

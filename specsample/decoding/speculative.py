@@ -61,14 +61,15 @@ def _draft(draft_cfg, spec, draft_params, s: SpecState, key):
   read_B = s.length - 1 - start_B                        # 1, or 0 for length-1 rows
   logits_BV = jnp.take_along_axis(logits_B2V, read_B[:, None, None], axis=1)[:, 0]
   probs_BV = spec.sampling.probs(logits_BV)
-  token_B = sample(keys[0], probs_BV)
+  greedy = spec.sampling.greedy
+  token_B = sample(keys[0], probs_BV, greedy=greedy)
   cache = cache.with_lengths(s.length)
 
   def step(carry, step_key):
     cache, token_B = carry
     logits_B1V, cache = tr.forward(draft_cfg, draft_params, token_B[:, None], cache)
     probs_BV = spec.sampling.probs(logits_B1V[:, 0])
-    next_B = sample(step_key, probs_BV)
+    next_B = sample(step_key, probs_BV, greedy=greedy)
     return (cache, next_B), (next_B, probs_BV)
 
   (cache, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (cache, token_B), keys[1:])
@@ -116,7 +117,8 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
     target_probs_BXV = spec.sampling.probs(logits_BXV)
 
     num_accepted_B, _, emitted_BX = rejection_sample(
-        draft_tokens_BG, draft_probs_BGV, target_probs_BXV, accept_key)
+        draft_tokens_BG, draft_probs_BGV, target_probs_BXV, accept_key,
+        greedy=spec.sampling.greedy)
     tokens, length, done, _ = common.commit(
         s.tokens, s.length, s.done, prompt_len_B, emitted_BX, num_accepted_B + 1, spec)
 

@@ -10,6 +10,11 @@ Seconds-long smoke test (use any pair, e.g. a random one saved with io.save_lm):
       --config.target_dir=/tmp/pair/target --config.draft_dir=/tmp/pair/draft \
       --config.output_dir=/tmp/bench
 
+On a device mesh (every worker of a TPU slice: add --distributed=auto; docs/tpu.md, step 5):
+
+  python scripts/benchmark.py --config=configs/benchmark.py \
+      --config.mesh.data=2 --config.mesh.tensor=4 --config.batch_sizes='(2, 8)'
+
 Size of the default run: 8 HumanEval prompts cut to their last 96 tokens, 64
 new tokens each, K = 1..8, greedy and nucleus, batch 1 (8 calls of one prompt)
 and batch 8 (one call). That is 2 batch sizes x 2 samplings x (1 AR + 8 K) =
@@ -79,7 +84,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # re-exporting the pair: params are arguments, not constants) skips it.
   c.compilation_cache_dir = ".cache/jax"
 
-  # --- Output ---
+  # --- Device mesh (specsample/sharding.py), as in configs/sample.py ---
+  # Every axis 1 (the default): one device, api.generate. Otherwise both models
+  # are read shard by shard onto one mesh over all devices (of all processes)
+  # and every generate call, forward and alpha measurement runs on it
+  # (decoding/sharded.py); data x fsdp must divide every batch size. The
+  # sampling-transform timings stay on one device per process.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1            # batch split, parameters replicated; -1 = all devices left
+  c.mesh.fsdp = 1            # batch split and parameters' embed dim split (ZeRO-3)
+  c.mesh.tensor = 1          # heads / kv heads / MLP / vocab split (Megatron)
+  c.target_rules = "tensor_parallel"  # sharding.RULES name: the target's logical axis -> mesh axes
+  c.draft_rules = "tensor_parallel"   # the draft's; 'replicated' keeps a small draft whole per device
+  c.param_dtype = ""         # "" = each model's saved param_dtype; e.g. "bfloat16" halves weight memory
+
+  # --- Output (process 0 alone writes) ---
   c.output_dir = "results"   # benchmark.json and benchmark.md, written atomically
 
   if args["runlocal"]:

@@ -4,6 +4,11 @@ r"""Sample completions of prompts from a file with the embedded pair.
       --config.input=prompts.jsonl --config.output=results/samples.jsonl
   python scripts/sample.py --config=configs/sample.py --config.input=prompts.txt \
       --config.output=/tmp/out.jsonl --config.method=autoregressive --config.temperature=0
+  # On 8 devices: batch split in 2, both models' heads / MLP / vocab split in 4.
+  python scripts/sample.py --config=configs/sample.py --config.input=prompts.txt \
+      --config.output=/tmp/out.jsonl --config.mesh.data=2 --config.mesh.tensor=4
+
+On every worker of a TPU slice add --distributed=auto (docs/tpu.md, step 5).
 
 Input: `.txt`, one prompt per line (blank lines skipped; a prompt cannot
 contain a newline), or `.jsonl`, one object per line with a string "prompt"
@@ -55,6 +60,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0                 # PRNG seed; batch i uses seed + i
   c.batch_size = 8           # prompts per generate call, >= 1
   c.pad_to = 16              # prompt/buffer length rounding (fewer compiles)
+
+  # --- Device mesh (specsample/sharding.py) ---
+  # Every axis 1 (the default): one device, api.generate, no sharding. Otherwise
+  # both models are read shard by shard onto one mesh over all devices (of all
+  # processes) and decoded by decoding/sharded.py; data x fsdp must divide
+  # batch_size, and a last, smaller batch is padded with copies of its last
+  # prompt (dropped from the output). Process 0 alone writes the output.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1            # batch split, parameters replicated; -1 = all devices left
+  c.mesh.fsdp = 1            # batch split and parameters' embed dim split (ZeRO-3)
+  c.mesh.tensor = 1          # heads / kv heads / MLP / vocab split (Megatron)
+  c.target_rules = "tensor_parallel"  # sharding.RULES name: the target's logical axis -> mesh axes
+  c.draft_rules = "tensor_parallel"   # the draft's; 'replicated' keeps a small draft whole per device
+  c.param_dtype = ""         # "" = each model's saved param_dtype; e.g. "bfloat16" halves weight memory
 
   if args["runlocal"]:
     c.limit, c.max_new_tokens, c.batch_size = 2, 8, 2

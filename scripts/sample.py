@@ -2,11 +2,14 @@ r"""Samples completions of prompts from a .txt or .jsonl file; writes JSONL with
 
   python scripts/sample.py --config=configs/sample.py \
       --config.input=prompts.jsonl --config.output=results/samples.jsonl
+  # Every worker of a TPU slice, one mesh over all chips (docs/tpu.md, step 5):
+  python scripts/sample.py --distributed=auto --config=configs/sample.py \
+      --config.mesh.data=2 --config.mesh.tensor=8 --config.batch_size=16 ...
 
-See configs/sample.py for the formats and every field. Every setting and both
-files are checked before any model is loaded or compiled; the output is
-written to a temporary sibling and renamed into place, so an existing output
-is never left half-overwritten.
+See configs/sample.py for the formats and every field. Every setting, the mesh
+and both files are checked before any model is loaded or compiled; the output
+is written by process 0 alone, to a temporary sibling renamed into place, so
+an existing output is never left half-overwritten.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
-from specsample.decoding import api
+from specsample import distributed
+from specsample import sharding as sh
+from specsample.decoding import api, sharded
 from specsample.decoding.sampling import Sampling
 from specsample.models import io as model_io
 from specsample.tokenizer import Tokenizer
@@ -124,11 +129,25 @@ def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
+def _model_configs(config) -> dict:
+  """{field: TransformerConfig} of the models used, from config.json (no params)."""
+  models = ("target_dir", "draft_dir") if config.method == "speculative" else ("target_dir",)
+  out = {}
+  for name in models:
+    model_cfg = model_io.load_config(config[name])[0]
+    if config.param_dtype:
+      try:
+        model_cfg = model_cfg.replace(param_dtype=config.param_dtype).validate()
+      except ValueError as e:
+        raise ValueError(f"param_dtype: {e}") from e
+    out[name] = model_cfg
+  return out
+
+
 def _check_lengths(config, token_prompts: list[list[int]]) -> None:
   """Rejects prompts too long for the models' caches, from config.json alone (no params)."""
   slack = config.num_draft + 1 if config.method == "speculative" else 1
-  models = ("target_dir", "draft_dir") if config.method == "speculative" else ("target_dir",)
-  max_seq_len = min(model_io.load_config(config[name])[0].max_seq_len for name in models)
+  max_seq_len = min(c.max_seq_len for c in _model_configs(config).values())
   for i, tokens in enumerate(token_prompts):
     # The buffer generate allocates for this prompt (api.generate's rounding).
     need = _round_up(_round_up(len(tokens), config.pad_to) + config.max_new_tokens + slack,
@@ -155,8 +174,13 @@ def write_jsonl_atomic(path: str, rows: list[dict]) -> None:
 
 
 def run(config) -> list[dict]:
-  """Checks everything, samples every prompt, writes config.output; returns the rows."""
+  """Checks everything, samples every prompt, writes config.output; returns the rows.
+
+  With a mesh (config.mesh), every process of a multi-host run calls this with
+  the same config, gets every row, and process 0 alone writes the file.
+  """
   check_config(config)
+  mesh = sharded.mesh_from_config(config, [config.batch_size])  # None: one device
   rows = read_prompts(config.input, config.limit)
   tokenizer = Tokenizer.load(config.tokenizer)
   if config.eos_id >= tokenizer.vocab_size:
@@ -171,28 +195,40 @@ def run(config) -> list[dict]:
   eos_id = None if config.eos_id < 0 else config.eos_id
 
   # Only now: load (and then compile).
-  target = model_io.load_lm(config.target_dir)
-  draft = model_io.load_lm(config.draft_dir) if speculative else None
+  target = sharded.load_lm_from_config(config, "target_dir", mesh)
+  draft = sharded.load_lm_from_config(config, "draft_dir", mesh) if speculative else None
   if target.config.vocab_size != tokenizer.vocab_size:
     raise ValueError(f"tokenizer: vocab {tokenizer.vocab_size} != target vocab_size "
                      f"{target.config.vocab_size}")
+  decode = dict(draft=draft, method=config.method, num_draft=config.num_draft,
+                sampling=sampling, max_new_tokens=config.max_new_tokens, eos_id=eos_id,
+                pad_to=config.pad_to)
+  is_main = jax.process_index() == 0
   out_rows = []
   starts = range(0, len(rows), config.batch_size)
-  for batch_index, start in enumerate(tqdm(starts, desc="sample", unit="batch")):
+  for batch_index, start in enumerate(tqdm(starts, desc="sample", unit="batch",
+                                           disable=not is_main)):
     batch = token_prompts[start:start + config.batch_size]
     seed = config.seed + batch_index
-    out = api.generate(target, batch, draft=draft, method=config.method,
-                       num_draft=config.num_draft, sampling=sampling,
-                       max_new_tokens=config.max_new_tokens, eos_id=eos_id, seed=seed,
-                       pad_to=config.pad_to)
-    for b, tokens in enumerate(out.tokens):
+    if mesh is None:
+      out = api.generate(target, batch, seed=seed, **decode)
+    else:
+      # Every batch the same size, divisible by the mesh's batch axes (and one
+      # compiled loop): pad with copies of the last prompt, drop their rows.
+      padded = batch + [batch[-1]] * (config.batch_size - len(batch))
+      out = sharded.sharded_generate(target, padded, mesh=mesh,
+                                     target_rules=sh.get_rules(config.target_rules),
+                                     draft_rules=sh.get_rules(config.draft_rules), seed=seed,
+                                     **decode)
+    for b, tokens in enumerate(out.tokens[:len(batch)]):
       row = dict(rows[start + b])
       row.update(prompt=rows[start + b]["prompt"], completion=tokenizer.decode(tokens),
                  method=config.method, num_draft=config.num_draft if speculative else None,
                  seed=seed, tokens=tokens)
       row.update({k: np.asarray(out.stats[k][b]).item() for k in STAT_KEYS})
       out_rows.append(row)
-  write_jsonl_atomic(config.output, out_rows)
+  if is_main:
+    write_jsonl_atomic(config.output, out_rows)
   return out_rows
 
 
@@ -201,11 +237,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   check_config(config)  # before jax.devices(), loading or compiling anything
-  logging.info("devices: %s", jax.devices())
+  distributed.maybe_initialize()
+  logging.info("process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
+               jax.devices())
   rows = run(config)
-  calls = sum(r["target_calls"] for r in rows)
-  print(f"wrote {len(rows)} rows to {config.output}: {sum(r['new_tokens'] for r in rows)} tokens, "
-        f"{calls} target calls")
+  if jax.process_index() == 0:
+    calls = sum(r["target_calls"] for r in rows)
+    print(f"wrote {len(rows)} rows to {config.output}: {sum(r['new_tokens'] for r in rows)} "
+          f"tokens, {calls} target calls")
 
 
 if __name__ == "__main__":

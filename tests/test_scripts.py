@@ -4,13 +4,17 @@ Both scripts run in-process through their absl `main` (config file, `:runlocal`
 and `--config.x=y` overrides parsed by absl as on the command line) on a tiny
 random pair saved to a temporary folder; the real tokenizer is used, so the
 pair has its 4096-token vocabulary. Every script test compiles a few decode
-loops: they share one pair and keep the runlocal shapes.
+loops: they share one pair and keep the runlocal shapes. The mesh tests use
+the 8 fake CPU devices of tests/conftest.py in this process (a 2 x 4 mesh).
 """
 
+import ast
 import importlib.util
 import json
 import math
 import os
+import re
+import shlex
 import sys
 from unittest import mock
 
@@ -19,13 +23,18 @@ import jax
 import numpy as np
 import pytest
 
-from specsample.decoding import api
+from specsample import sharding as sh
+from specsample.decoding import api, sharded
 from specsample.decoding.sampling import Sampling
 from specsample.eval import speed
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.models.presets import get_preset
 from specsample.tokenizer import Tokenizer
+
+# data=2 splits the batch (runlocal's 2), tensor=4 the target's 4 heads, MLP and
+# vocabulary; the draft is replicated: two layouts on one mesh.
+MESH_FLAGS = ["--config.mesh.data=2", "--config.mesh.tensor=4", "--config.draft_rules=replicated"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(REPO, "assets", "tokenizer", "tokenizer.model")
@@ -199,6 +208,27 @@ def test_benchmark_runlocal_via_flags(saved_pair, tmp_path):
   assert len(k_rows) == 1 + 1 and all(label in l for l in k_rows)  # summary + per-K row
 
 
+def test_benchmark_on_a_mesh(saved_pair, tmp_path):
+  """The whole benchmark on a 2 x 4 mesh: sharded generate, forwards and alpha; greedy,
+  so speculative must reproduce the autoregressive tokens."""
+  traces = dict(sharded.TRACE_COUNT)
+  _run_main("benchmark", [
+      f"--config={REPO}/configs/benchmark.py:runlocal", f"--config.target_dir={saved_pair[0]}",
+      f"--config.draft_dir={saved_pair[1]}", f"--config.tokenizer={TOKENIZER}",
+      f"--config.output_dir={tmp_path}", *MESH_FLAGS])
+  results = json.loads((tmp_path / "benchmark.json").read_text())
+  assert results["mesh"] == {"data": 2, "fsdp": 1, "tensor": 4}
+  assert "Mesh: {'data': 2" in (tmp_path / "benchmark.md").read_text()
+  # One sharded loop per method, each compiled once (no api.generate fallback).
+  assert {k: sharded.TRACE_COUNT[k] - traces[k] for k in traces} == {
+      "autoregressive": 1, "speculative": 1}
+  (s,) = results["settings"]
+  (r,) = s["speculative"]
+  assert not s["autoregressive"]["recompiled"] and not r["recompiled"]
+  assert 0 <= s["alpha"] <= 1 + 1e-6 and 1 <= r["tokens_per_call"] <= 3
+  assert all(math.isfinite(v) and v > 0 for v in (r["c"], r["v_k"], r["target_step_ms"]))
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"batch_sizes": (3,)}, "batch_sizes"),
     ({"num_draft": (0, 2)}, "num_draft"),
@@ -260,13 +290,18 @@ def test_read_prompts_text_and_jsonl(tmp_path):
 
 
 def _sample_config(saved_pair, tmp_path, **fields):
+  """The runlocal config on one prompt; `fields` may name sub-fields ("mesh.data")."""
   config = _load_module("configs/sample.py").get_config("runlocal")
   (tmp_path / "p.txt").write_text("def f(x):\n")
   config.input, config.output = str(tmp_path / "p.txt"), str(tmp_path / "out.jsonl")
   config.target_dir, config.draft_dir = saved_pair
   config.tokenizer = TOKENIZER
   for name, value in fields.items():
-    config[name] = value
+    *parents, leaf = name.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
   return config
 
 
@@ -288,12 +323,26 @@ def _sample_config(saved_pair, tmp_path, **fields):
      "output: folder '/nonexistent/folder' does not exist"),
     ({"draft_dir": "/nonexistent/draft"}, FileNotFoundError, "draft_dir: no model at"),
     ({"max_new_tokens": 120}, ValueError, "max_seq_len=128"),  # prompt + 120 > cache
+    ({"param_dtype": "int8"}, ValueError, "param_dtype: model.param_dtype must be one of"),
+    # Meshes (8 fake devices), checked before loading and compiling:
+    ({"mesh.data": 16}, ValueError, r"mesh: mesh \(data=16, fsdp=1, tensor=1\) has 16 devices "
+     r"but 8 cpu devices .*--config.mesh.data"),
+    ({"mesh.tensor": 0}, ValueError, r"mesh: mesh axis 'tensor' size must be an int >= 1"),
+    ({"mesh.data": 8}, ValueError, r"batch size 2 with target_rules='tensor_parallel': "
+     r"dimension 0 \('batch', size 2\) is not divisible by mesh axes \('data', 'fsdp'\) of size 8"),
+    ({"mesh.tensor": 8, "target_rules": "megatron"}, ValueError,
+     r"target_rules must be one of \['replicated', 'tensor_parallel'\] .*got 'megatron'"),
+    # tiny preset: 4 heads cannot be split 8 ways; named before any param is read.
+    ({"mesh.tensor": 8}, ValueError,
+     r"target_dir=.* with target_rules='tensor_parallel' on mesh .*'heads', size 4"),
 ])
 def test_sample_bad_settings_raise_before_loading(saved_pair, tmp_path, monkeypatch, fields,
                                                   error, message):
   sample = _load_module("scripts/sample.py")
   monkeypatch.setattr(model_io, "load_lm", lambda *a, **k: pytest.fail("a model was loaded"))
   monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generate was called"))
+  monkeypatch.setattr(sharded, "make_sharded_loop",
+                      lambda *a, **k: pytest.fail("a sharded loop was compiled"))
   with pytest.raises(error, match=message):
     sample.run(_sample_config(saved_pair, tmp_path, **fields))
   assert not os.path.exists(tmp_path / "out.jsonl")
@@ -303,3 +352,89 @@ def test_sample_autoregressive_ignores_missing_draft(saved_pair, tmp_path):
   sample = _load_module("scripts/sample.py")
   sample.check_config(_sample_config(saved_pair, tmp_path, method="autoregressive",
                                      draft_dir="/nonexistent/draft"))  # no error
+
+
+def test_sample_on_a_mesh_matches_one_device(saved_pair, tmp_path):
+  """scripts/sample.py on a 2 x 4 mesh, greedy: token for token the unsharded output.
+
+  3 prompts in batches of 2: the last batch is padded to 2 rows for the mesh
+  and the padding dropped, so both batches share one compiled loop.
+  """
+  prompts = ["def add(a, b):", "import os", "class Stack:"]  # .txt: one prompt per line
+  path = tmp_path / "prompts.txt"
+  path.write_text("\n".join(prompts) + "\n")
+  out = tmp_path / "out.jsonl"
+  traces = sharded.TRACE_COUNT["speculative"]
+  _run_main("sample", [
+      f"--config={REPO}/configs/sample.py:runlocal", f"--config.input={path}",
+      f"--config.output={out}", f"--config.target_dir={saved_pair[0]}",
+      f"--config.draft_dir={saved_pair[1]}", f"--config.tokenizer={TOKENIZER}",
+      "--config.limit=0", "--config.temperature=0", "--config.num_draft=3", *MESH_FLAGS])
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert sharded.TRACE_COUNT["speculative"] == traces + 1  # one loop for both batches
+  assert [r["prompt"] for r in rows] == prompts and sorted(os.listdir(tmp_path)) == [
+      "out.jsonl", "prompts.txt"]
+
+  # Reference: one device, one batch of all 3 (greedy rows do not depend on their batch).
+  tokenizer = Tokenizer.load(TOKENIZER)
+  target, draft = (model_io.load_lm(d) for d in saved_pair)
+  reference = api.generate(target, [tokenizer.encode(p, add_bos=True) for p in prompts],
+                           draft=draft, method="speculative", num_draft=3,
+                           sampling=Sampling(temperature=0.0), max_new_tokens=8,
+                           eos_id=tokenizer.eos_id)
+  assert [r["tokens"] for r in rows] == reference.tokens
+  assert [r["target_calls"] for r in rows] == reference.stats["target_calls"].tolist()
+
+
+# ---------------------------------------------------------------------------
+# The TPU launch commands of README.md and docs/tpu.md
+# ---------------------------------------------------------------------------
+
+def _tpu_commands(relpath: str) -> list[str]:
+  """The `python scripts/...` commands inside the gcloud --command="..." blocks of a file."""
+  with open(os.path.join(REPO, relpath)) as f:
+    blocks = re.findall(r'--command="cd ~/specsample &&\n(.*?)"', f.read(), re.S)
+  return [" ".join(b.replace("\\\n", " ").split()) for b in blocks]
+
+
+def test_tpu_commands_use_real_flags():
+  """Every field the README's train / sample / benchmark commands set exists, takes the
+  value's type and, on the v4-32's 16 chips, gives a mesh that divides the batch.
+  docs/tpu.md shows the same commands word for word. No model, no compile."""
+  from specsample import distributed  # noqa: F401  (defines --distributed, as every script does)
+  assert "auto" in flags.FLAGS["distributed"].parser.enum_values
+  commands = _tpu_commands("README.md")
+  assert [c.split()[1] for c in commands] == [
+      "scripts/train.py", "scripts/sample.py", "scripts/benchmark.py"]
+  assert _tpu_commands("docs/tpu.md") == commands
+  for command in commands:
+    args = shlex.split(command)[2:]
+    assert "--distributed=auto" in args  # one process per worker, one mesh over all
+    path, _, arg = next(a for a in args if a.startswith("--config="))[9:].partition(":")
+    config = _load_module(path).get_config(arg or None)
+    for a in args:
+      if not a.startswith("--config."):
+        continue
+      name, _, text = a[len("--config."):].partition("=")
+      *parents, leaf = name.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      assert leaf in node, f"{command.split()[1]}: no field {name}"
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text  # a path or a name
+      node[leaf] = value  # ConfigDict raises TypeError on a wrong type
+    sizes = config.mesh.to_dict()
+    known = math.prod(v for v in sizes.values() if v != -1)
+    mesh = sh.abstract_mesh({k: 16 // known if v == -1 else v for k, v in sizes.items()})
+    assert math.prod(mesh.shape.values()) == 16
+    batches = {"train.py": [config.get("data", {}).get("batch_size")],
+               "sample.py": [config.get("batch_size")],
+               "benchmark.py": list(config.get("batch_sizes", ()))}[os.path.basename(path)]
+    for batch in batches:
+      rules = config.get("target_rules") or config.sharding_rules  # sample, benchmark / train
+      sh.batch_sharding(mesh, sh.get_rules(rules), (batch,))  # raises if data x fsdp does not divide
+    if path.endswith("benchmark.py"):
+      assert all(config.num_prompts % b == 0 for b in config.batch_sizes)

@@ -190,3 +190,66 @@ def load_sharded_lm(directory: str, mesh, rules: sh.Rules = sh.TENSOR_PARALLEL,
   cast = jax.jit(lambda p: jax.tree_util.tree_map(lambda x: x.astype(config.param_dtype), p),
                  out_shardings=shardings)
   return api.LM(config=config, params=cast(params), tokenizer_id=meta.get("tokenizer_id"))
+
+
+# ----------------------------------------------------------------------------- from a config
+
+RULES_FIELDS = {"target_dir": "target_rules", "draft_dir": "draft_rules"}
+
+
+def mesh_from_config(config, batch_sizes: Sequence[int]):
+  """The mesh of a sampling config (configs/sample.py, configs/benchmark.py), or None.
+
+  Every `config.mesh` axis 1 means one device and api.generate, as without
+  meshes. Call after distributed.maybe_initialize(): the mesh spans every
+  process's devices.
+
+  Args:
+    config: a ConfigDict with mesh.{data,fsdp,tensor}, target_rules and
+      draft_rules (sharding.RULES names).
+    batch_sizes: the global batch sizes the loops will run with.
+
+  Raises:
+    ValueError: an unknown rules name, a bad axis size, a mesh whose size is
+      not the device count, or a batch size that the 'batch' rule's mesh axes
+      (data x fsdp) do not divide; the message names the config field.
+      Nothing is loaded or compiled.
+  """
+  for field in RULES_FIELDS.values():
+    if config[field] not in sh.RULES:
+      raise ValueError(f"{field} must be one of {sorted(sh.RULES)} (sharding.RULES), got "
+                       f"{config[field]!r}")
+  sizes = config.mesh.to_dict()
+  if all(size == 1 for size in sizes.values()):
+    return None
+  try:
+    mesh = sh.make_mesh(sizes)  # checks the sizes and the device count
+  except ValueError as e:
+    raise ValueError(f"mesh: {e}; set --config.mesh.data / fsdp / tensor (ints >= 1, one of "
+                     "them may be -1 = the devices left)") from e
+  for field in RULES_FIELDS.values():
+    for batch in batch_sizes:
+      # sharding's own divisibility check, on the global batch (prompts [B, P]).
+      sh.batch_sharding(mesh, sh.get_rules(config[field]), (batch,),
+                        what=f"batch size {batch} with {field}={config[field]!r}")
+  return mesh
+
+
+def load_lm_from_config(config, field: str, mesh) -> api.LM:
+  """Loads the model folder config[field] ('target_dir' or 'draft_dir').
+
+  Whole on one device (models.io.load_lm) when `mesh` is None, else shard by
+  shard on the mesh by config[RULES_FIELDS[field]] (load_sharded_lm: every
+  divisibility is checked before anything is read). config.param_dtype, when
+  not "", replaces the saved param_dtype.
+  """
+  from specsample.models import io
+  overrides = {"param_dtype": config.param_dtype} if config.param_dtype else {}
+  if mesh is None:
+    return io.load_lm(config[field], **overrides)
+  rules_field = RULES_FIELDS[field]
+  try:
+    return load_sharded_lm(config[field], mesh, sh.get_rules(config[rules_field]), **overrides)
+  except ValueError as e:
+    raise ValueError(f"{field}={config[field]!r} with {rules_field}={config[rules_field]!r} on "
+                     f"mesh {dict(mesh.shape)}: {e}") from e

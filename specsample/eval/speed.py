@@ -51,6 +51,12 @@ number of rows), and reports
     sampling, target forward, target sampling, and the rest (rejection,
     commit, while-loop bookkeeping), the last by subtraction from the
     measured (wall - prefill) / iterations.
+
+On a device mesh (config.mesh, one or many hosts) the models are loaded shard
+by shard and every generate call, forward and alpha measurement runs on the
+mesh (decoding/sharded.py) with each model's rules; only the sampling
+transform is timed on one device per process. Every process runs the whole
+benchmark; scripts/benchmark.py writes process 0's results.
 """
 
 from __future__ import annotations
@@ -69,11 +75,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from specsample.decoding import api
+from specsample import sharding as sh
+from specsample.decoding import api, sharded
 from specsample.decoding.api import LM
 from specsample.decoding.sampling import Sampling, sample
 from specsample.eval.humaneval import load_problems
-from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.tokenizer import Tokenizer
 
@@ -145,6 +151,20 @@ class Pass:
     return self.wall_ms / max(self.tokens, 1e-9)
 
 
+def _generate(target: LM, batch: Sequence[Sequence[int]], **generate_kwargs: Any
+              ) -> api.GenerateOutput:
+  """api.generate, or sharded.sharded_generate when the kwargs hold a `mesh`
+  (with target_rules and draft_rules)."""
+  if "mesh" in generate_kwargs:
+    return sharded.sharded_generate(target, batch, **generate_kwargs)
+  return api.generate(target, batch, **generate_kwargs)
+
+
+def _trace_counts(generate_kwargs: dict) -> dict[str, int]:
+  """The decode-loop trace counters of the generate function the kwargs select."""
+  return sharded.TRACE_COUNT if "mesh" in generate_kwargs else api.TRACE_COUNT
+
+
 def warm_up(target: LM, batches: Sequence[Sequence[Sequence[int]]], **generate_kwargs: Any
             ) -> float:
   """Runs `generate` once per distinct (batch, padded width) shape: the compiles. Returns seconds."""
@@ -154,7 +174,7 @@ def warm_up(target: LM, batches: Sequence[Sequence[Sequence[int]]], **generate_k
     shape = (len(batch), -(-max(len(p) for p in batch) // pad_to))
     if shape not in shapes:
       shapes.add(shape)
-      api.generate(target, batch, **generate_kwargs)
+      _generate(target, batch, **generate_kwargs)
   return time.perf_counter() - start
 
 
@@ -164,7 +184,7 @@ def timed_pass(target: LM, batches: Sequence[Sequence[Sequence[int]]], **generat
   call_ms, tokens, outputs = [], 0.0, []
   for batch in batches:
     start = time.perf_counter()
-    out = api.generate(target, batch, **generate_kwargs)  # numpy out: already synchronous
+    out = _generate(target, batch, **generate_kwargs)  # numpy out: already synchronous
     call_ms.append(1000 * (time.perf_counter() - start))
     tokens += float(np.mean(out.stats["new_tokens"]))
     outputs.append(out)
@@ -231,7 +251,8 @@ def time_generate(target: LM, batches: Sequence[Sequence[Sequence[int]]], *, rep
       call per batch. Batch 1 over N prompts is N batches of one.
     repeats: timed passes over all batches.
     **generate_kwargs: passed to `generate` (draft, method, num_draft,
-      sampling, max_new_tokens, eos_id, seed, pad_to).
+      sampling, max_new_tokens, eos_id, seed, pad_to), or with mesh,
+      target_rules and draft_rules to `sharded.sharded_generate`.
 
   Returns:
     GenerateTiming; ms/token = sum of walls / sum over batches of the mean new
@@ -240,9 +261,10 @@ def time_generate(target: LM, batches: Sequence[Sequence[Sequence[int]]], *, rep
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1, got {repeats}")
   warmup_s = warm_up(target, batches, **generate_kwargs)
-  traces_before = dict(api.TRACE_COUNT)
+  traces = _trace_counts(generate_kwargs)
+  traces_before = dict(traces)
   passes = [timed_pass(target, batches, **generate_kwargs) for _ in range(repeats)]
-  return summarise(passes, warmup_s, api.TRACE_COUNT != traces_before)
+  return summarise(passes, warmup_s, traces != traces_before)
 
 
 def tokens_per_iteration(timing: GenerateTiming, batch_sizes: Sequence[int]) -> float:
@@ -291,7 +313,8 @@ def _forward_loop(config: tr.TransformerConfig, params, cache: tr.KVCache, token
 
 
 def time_forward(model: LM, *, batch: int, num_tokens: int, cache_len: int, context_len: int,
-                 target_s: float = 0.25, repeats: int = 3) -> float:
+                 target_s: float = 0.25, repeats: int = 3, mesh=None,
+                 rules: sh.Rules | None = None) -> float:
   """ms per forward of `num_tokens` tokens per row on a cache, dispatch excluded.
 
   Args:
@@ -304,19 +327,31 @@ def time_forward(model: LM, *, batch: int, num_tokens: int, cache_len: int, cont
     context_len: cache positions already filled (where the T tokens go).
     target_s: each measurement runs about this long (n forwards in one call).
     repeats: measurements; the minimum is returned.
+    mesh, rules: when given, the cache and tokens are laid out on the mesh by
+      the model's rules (its params must already be: load_sharded_lm).
 
   Returns:
     Milliseconds per forward (one call of n forwards / n).
   """
   if context_len + num_tokens > cache_len:
     raise ValueError(f"context_len {context_len} + num_tokens {num_tokens} > cache_len {cache_len}")
-  cache = tr.init_cache(model.config, batch, cache_len).with_lengths(
+  make_cache = lambda: tr.init_cache(model.config, batch, cache_len).with_lengths(
       jnp.full((batch,), context_len, jnp.int32))
-  tokens_BT = jnp.ones((batch, num_tokens), jnp.int32)
+  tokens_BT = np.ones((batch, num_tokens), np.int32)
+  if mesh is None:
+    cache = make_cache()
+  else:
+    # Created in its sharding (a large target's cache fits no single device);
+    # global arrays, which every process of a multi-host run can pass to jit.
+    cache = jax.jit(make_cache, out_shardings=sh.cache_shardings(
+        model.config, mesh, rules, batch, cache_len))()
+    tokens_BT = sh.put_global(tokens_BT, sh.batch_sharding(mesh, rules, tokens_BT.shape,
+                                                           what="forward tokens [B, T]"))
 
   def run(n: int) -> float:
     start = time.perf_counter()
-    _forward_loop(model.config, model.params, cache, tokens_BT, jnp.int32(n)).block_until_ready()
+    # A numpy count: jit treats it as replicated on every process.
+    _forward_loop(model.config, model.params, cache, tokens_BT, np.int32(n)).block_until_ready()
     return time.perf_counter() - start
 
   return _best_ms_per_step(run, target_s, repeats)
@@ -329,7 +364,7 @@ def _sampling_loop(sampling: Sampling, logits_BXV: jax.Array, key: jax.Array,
 
   def body(i, logits_BXV):
     probs_BXV = sampling.probs(logits_BXV)
-    token_B = sample(jax.random.fold_in(key, i), probs_BXV[:, 0])
+    token_B = sample(jax.random.fold_in(key, i), probs_BXV[:, 0], greedy=sampling.greedy)
     # Chain the steps through both outputs (no hoisting, nothing dead).
     return logits_BXV + 1e-3 * probs_BXV + 1e-6 * token_B[:, None, None]
 
@@ -370,7 +405,7 @@ def _overlap(target_cfg, draft_cfg, sampling: Sampling, target_params, draft_par
 
 def measure_alpha(target: LM, draft: LM, prompts: Sequence[Sequence[int]],
                   completions: Sequence[Sequence[int]], sampling: Sampling,
-                  pad_to: int = 64) -> tuple[float, np.ndarray]:
+                  pad_to: int = 64, mesh=None) -> tuple[float, np.ndarray]:
   """alpha = mean over generated positions of sum_x min(p(x), q(x)).
 
   The distributions are those the generated tokens were drawn from: at the
@@ -384,6 +419,8 @@ def measure_alpha(target: LM, draft: LM, prompts: Sequence[Sequence[int]],
     completions: N generated continuations (prompt excluded).
     sampling: the transform applied to both models before comparing.
     pad_to: rows are padded to a multiple of this (fewer compiles).
+    mesh: the mesh the (sharded) params live on, if any: the tokens go there
+      replicated and the overlaps come back replicated, readable by every process.
 
   Returns:
     (alpha pooled over all generated positions, per-row alpha [N]).
@@ -397,8 +434,13 @@ def measure_alpha(target: LM, draft: LM, prompts: Sequence[Sequence[int]],
   for b, (seq, p, c) in enumerate(zip(seqs, prompts, completions)):
     tokens_BL[b, :len(seq)] = seq
     mask_BL[b, len(p) - 1:len(p) - 1 + len(c)] = True  # positions that predicted a new token
-  overlap_BL = np.asarray(_overlap(target.config, draft.config, sampling, target.params,
-                                   draft.params, tokens_BL))
+  if mesh is not None:
+    tokens_BL = sh.put_global(tokens_BL, sh.replicated(mesh))
+  overlap_BL = _overlap(target.config, draft.config, sampling, target.params, draft.params,
+                        tokens_BL)
+  if mesh is not None:
+    overlap_BL = sh.put_global(overlap_BL, sh.replicated(mesh))
+  overlap_BL = np.asarray(overlap_BL)
   per_row = (overlap_BL * mask_BL).sum(1) / np.maximum(mask_BL.sum(1), 1)
   return float((overlap_BL * mask_BL).sum() / max(mask_BL.sum(), 1)), per_row
 
@@ -528,7 +570,13 @@ def run_benchmark(config, command: str = "") -> dict:
   check_benchmark_config(config)
   started, t_start = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), time.perf_counter()
   machine = machine_info()
-  target, draft = model_io.load_lm(config.target_dir), model_io.load_lm(config.draft_dir)
+  mesh = sharded.mesh_from_config(config, config.batch_sizes)  # None: one device
+  rules = {"target": sh.get_rules(config.target_rules), "draft": sh.get_rules(config.draft_rules)}
+  placement = ({} if mesh is None else
+               dict(mesh=mesh, target_rules=rules["target"], draft_rules=rules["draft"]))
+  traces = _trace_counts(placement)
+  target = sharded.load_lm_from_config(config, "target_dir", mesh)
+  draft = sharded.load_lm_from_config(config, "draft_dir", mesh)
   tokenizer = Tokenizer.load(config.tokenizer)
   if tokenizer.vocab_size != target.config.vocab_size:
     raise ValueError(f"tokenizer: vocab {tokenizer.vocab_size} != target vocab_size "
@@ -544,7 +592,8 @@ def run_benchmark(config, command: str = "") -> dict:
     if key not in timed:
       timed[key] = time_forward({"target": target, "draft": draft}[model_name], batch=batch,
                                 num_tokens=num_tokens, cache_len=cache_len, context_len=context,
-                                target_s=config.forward_seconds, repeats=config.forward_repeats)
+                                target_s=config.forward_seconds, repeats=config.forward_repeats,
+                                mesh=mesh, rules=rules[model_name])
     return timed[key]
 
   def samp(sampling: Sampling, batch: int, positions: int) -> float:
@@ -575,32 +624,32 @@ def run_benchmark(config, command: str = "") -> dict:
     for name, sampling_fields in config.samplings.items():
       sampling = Sampling(**sampling_fields)
       common = dict(sampling=sampling, max_new_tokens=config.max_new_tokens, eos_id=eos_id,
-                    seed=config.seed, pad_to=config.pad_to)
+                    seed=config.seed, pad_to=config.pad_to, **placement)
       ar_kwargs = dict(method="autoregressive", **common)
       bar.set_postfix_str(f"B={batch_size} {name} autoregressive")
       ar_warmup = warm_up(target, batches, **ar_kwargs)
-      ar_traces = api.TRACE_COUNT["autoregressive"]
+      ar_traces = traces["autoregressive"]
       ar_passes = [timed_pass(target, batches, **ar_kwargs)]
       bar.update()
       ar_tokens = [row for o in ar_passes[0].outputs for row in o.tokens]
-      alpha, alpha_rows = measure_alpha(target, draft, prompts, ar_tokens, sampling)
+      alpha, alpha_rows = measure_alpha(target, draft, prompts, ar_tokens, sampling, mesh=mesh)
 
       spec_timings = {}
       for k in config.num_draft:
         bar.set_postfix_str(f"B={batch_size} {name} K={k}")
         spec_kwargs = dict(method="speculative", draft=draft, num_draft=k, **common)
         spec_warmup = warm_up(target, batches, **spec_kwargs)
-        spec_traces, spec_passes = api.TRACE_COUNT["speculative"], []
+        spec_traces, spec_passes = traces["speculative"], []
         for r in range(config.repeats):
           spec_passes.append(timed_pass(target, batches, **spec_kwargs))
           if r == 0:  # spec, AR, spec, ...: AR passes spread over the whole sweep
             ar_passes.append(timed_pass(target, batches, **ar_kwargs))
         spec_timings[k] = summarise(spec_passes, spec_warmup,
-                                    api.TRACE_COUNT["speculative"] != spec_traces)
+                                    traces["speculative"] != spec_traces)
         bar.update()
         tqdm.write(f"B={batch_size} {name} K={k}: {spec_timings[k].ms_per_token:.2f} ms/token, "
                    f"AR {min(p.ms_per_token for p in ar_passes):.2f}")
-      ar = summarise(ar_passes, ar_warmup, api.TRACE_COUNT["autoregressive"] != ar_traces)
+      ar = summarise(ar_passes, ar_warmup, traces["autoregressive"] != ar_traces)
 
       # The pieces: forwards and sampling transforms, on the generate shapes.
       ar_len = _round_up(width + config.max_new_tokens + 1, config.pad_to)  # as generate sizes it
@@ -664,7 +713,8 @@ def run_benchmark(config, command: str = "") -> dict:
       settings.append(setting)
   bar.close()
   return {"command": command, "started": started, "elapsed_s": time.perf_counter() - t_start,
-          "machine": machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+          "machine": machine, "mesh": None if mesh is None else dict(mesh.shape),
+          "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
           "config": config.to_dict(), "prompts": task_ids,
           "target": dataclasses.asdict(target.config), "draft": dataclasses.asdict(draft.config),
           "settings": settings}
@@ -685,6 +735,8 @@ def format_markdown(results: dict) -> str:
       f"Machine: {label}; {m['platform']}; devices {m['jax_devices']}; load average "
       f"{m['load_average_1_5_15']} at start, {results['load_average_at_end']} at end; niceness "
       f"{m['niceness']}.  ",
+      *([f"Mesh: {results['mesh']}, rules target {cfg['target_rules']}, draft "
+         f"{cfg['draft_rules']}.  "] if results.get("mesh") else []),
       f"Pair: target `{cfg['target_dir']}` ({results['target']['num_layers']} layers, d_model "
       f"{results['target']['d_model']}), draft `{cfg['draft_dir']}` "
       f"({results['draft']['num_layers']} layers, d_model {results['draft']['d_model']}). "

@@ -317,7 +317,7 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
   # Calibration of 6 sampled cells (AR at B=1, 2; SpS K=2 at B=1, 2; sweep K=1, 3) and
   # the quality check of the 4 SpS ones: 10 checks, each at 1 - 0.05 / 10.
   assert "99.5% t interval" in parity[-1]["checks"][1]["detail"]
-  assert "|z| <= 2.81 (99.5%)" in parity[-1]["checks"][0]["detail"]
+  assert "abs(z) <= 2.81 (99.5%)" in parity[-1]["checks"][0]["detail"]
   assert sum(p["method"] == "autoregressive" for p in parity) == 2
   results = {"config": config.to_dict(), "rows": rows, "parity": parity, "machines": machines,
              "command": "x", "finished": "now", "elapsed_s": 1.0, "computed": [], "reused": [],

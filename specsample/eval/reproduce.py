@@ -697,8 +697,8 @@ def check_calibration(record: dict, confidence: float = 0.95) -> dict:
   return {"check": "tokens drawn from the target's sampling distribution", "passed": bool(passed),
           "z": z, "bound": bound, "tokens": tokens, "outside_support": outside,
           "mean_u": u / max(tokens, 1),
-          "detail": f"z = {z:+.2f}, |z| <= {bound:.2f} ({100 * confidence:.4g}%); {tokens} tokens, "
-                    f"mean log s(x) + H(s) = {u / max(tokens, 1):+.4f} nats, "
+          "detail": f"z = {z:+.2f}, abs(z) <= {bound:.2f} ({100 * confidence:.4g}%); "
+                    f"{tokens} tokens, mean log s(x) + H(s) = {u / max(tokens, 1):+.4f} nats, "
                     f"{outside} outside the support"}
 
 

@@ -7,44 +7,34 @@ Writes <out>/target and <out>/draft (config.json with the training config and
 tokenizer fingerprint, bfloat16 params) and copies each run's metrics.jsonl
 beside them. The tokenizer stays at assets/tokenizer/. Then measure the pair:
 python scripts/pair_metrics.py (writes results/pair.json).
+
+A run trained on a mesh (config.mesh) is restored onto that mesh, never
+materialised on one host: on a TPU slice run this on every worker with
+--distributed=auto (docs/tpu.md). --one_device restores onto one device.
 """
 
 import os
-import shutil
 
 from absl import app, flags
-import jax
 
-from specsample.models import io as model_io
-from specsample import tokenizer as tokenizer_lib
+from specsample import distributed
 from specsample.training import train as train_lib
-import ml_collections
 
 _TARGET = flags.DEFINE_string("target_workdir", "workdirs/target_small", "Target training workdir.")
 _DRAFT = flags.DEFINE_string("draft_workdir", "workdirs/draft_small", "Draft training workdir.")
 _OUT = flags.DEFINE_string("out", "assets/pair", "Output folder.")
-
-
-def export(workdir: str, out: str) -> None:
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(__import__("json").load(f))
-  model_cfg = train_lib.model_config_from(config)
-  optimizer = train_lib.make_optimizer(config)
-  state = train_lib.init_state(model_cfg, optimizer, config.seed)
-  from specsample import checkpoint as ckpt_lib
-  step, state, _ = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).restore(state)
-  tok = tokenizer_lib.Tokenizer.load(config.tokenizer)
-  model_io.save_lm(out, model_cfg, state.params, tokenizer_id=tok.fingerprint,
-                   extra={"trained_steps": step, "train_config": config.to_dict()})
-  shutil.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
-  print(f"exported {workdir} step {step} -> {out}")
+_ONE_DEVICE = flags.DEFINE_bool(
+    "one_device", False, "Restore onto one device instead of the run's own mesh (config.mesh).")
 
 
 def main(argv):
   del argv
+  distributed.maybe_initialize()
   os.makedirs(_OUT.value, exist_ok=True)
-  export(_TARGET.value, os.path.join(_OUT.value, "target"))
-  export(_DRAFT.value, os.path.join(_OUT.value, "draft"))
+  for workdir, name in ((_TARGET.value, "target"), (_DRAFT.value, "draft")):
+    out = os.path.join(_OUT.value, name)
+    step = train_lib.export_run(workdir, out, one_device=_ONE_DEVICE.value)
+    print(f"exported {workdir} step {step} -> {out}")
 
 
 if __name__ == "__main__":

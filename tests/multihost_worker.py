@@ -9,7 +9,9 @@ Joins the cluster through specsample.distributed (the same flags every script
 takes), builds one mesh over the devices of all processes, places both models'
 parameters on it (each process holding only its own shards), and runs the
 sharded greedy speculative loop. Every process prints its tokens; process 0 alone writes
-<output_dir>/result.json.
+<output_dir>/result.json. Then both save the sharded target with models.io.save_lm
+into <output_dir>/target (one folder, written collectively) and read it back
+with load_sharded_lm.
 """
 
 import json
@@ -18,10 +20,12 @@ import time
 
 from absl import app, flags
 import jax
+import numpy as np
 
 from specsample import distributed
 from specsample import sharding as sh
 from specsample.decoding import LM, sharded
+from specsample.models import io
 
 import sharding_case as case  # tests/ is sys.path[0] when run as a script
 
@@ -46,7 +50,17 @@ def main(argv):
   out = sharded.sharded_generate(target, case.PROMPTS, draft=draft, mesh=mesh,
                                  target_rules=case.TARGET_RULES, draft_rules=case.DRAFT_RULES,
                                  method="speculative", **case.DECODE)
+  # A model folder written collectively (each process saves its own shards;
+  # process 0 writes config.json and renames), then read back shard by shard.
+  saved = io.save_lm(os.path.join(_OUTPUT_DIR.value, "target"), case.TARGET_CFG, target.params,
+                     store_dtype="float32")
+  reloaded = sharded.load_sharded_lm(saved, mesh, case.TARGET_RULES)
+  same = jax.tree_util.tree_map(
+      lambda a, b: all(np.array_equal(x.data, y.data)
+                       for x, y in zip(a.addressable_shards, b.addressable_shards)),
+      target.params, reloaded.params)
   result = {
+      "reloaded_shards_equal": all(jax.tree_util.tree_leaves(same)),
       "process_count": count, "global_devices": jax.device_count(),
       "local_devices": jax.local_device_count(),
       "mesh": {k: int(v) for k, v in mesh.shape.items()},

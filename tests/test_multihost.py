@@ -15,10 +15,13 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from specsample import sharding as sh
 from specsample.decoding import generate, sharded
+from specsample.models import io as model_io
 
 import sharding_case as case
 
@@ -74,8 +77,14 @@ def _run_workers(output_dir: str, num_processes: int = 2) -> list[str]:
 def test_two_processes_decode_like_one(tmp_path):
   outputs = _run_workers(str(tmp_path))
   result = json.loads((tmp_path / "result.json").read_text())
-  assert os.listdir(tmp_path) == ["result.json"]
+  assert sorted(os.listdir(tmp_path)) == ["result.json", "target"]  # no temporary folders left
   assert result["written_by"] == 0                  # process 0 alone writes
+  # The collectively saved model: each process read back its own shards, and
+  # the folder loads on one device as the weights both processes started from.
+  assert result["reloaded_shards_equal"]
+  saved = model_io.load_lm(str(tmp_path / "target"))
+  assert saved.config == case.TARGET_CFG
+  jax.tree_util.tree_map(np.testing.assert_array_equal, saved.params, case.target_lm().params)
   assert (result["process_count"], result["global_devices"], result["local_devices"]) == (2, 8, 4)
   assert result["mesh"] == case.MESH_SHAPES[case.MULTIHOST_MESH]
   # One mesh across both processes; fsdp crosses the process boundary.

@@ -405,11 +405,23 @@ def test_tpu_commands_use_real_flags():
   assert "auto" in flags.FLAGS["distributed"].parser.enum_values
   commands = _tpu_commands("README.md")
   assert [c.split()[1] for c in commands] == [
-      "scripts/train.py", "scripts/sample.py", "scripts/benchmark.py"]
+      "scripts/train.py", "scripts/export_pair.py", "scripts/sample.py", "scripts/benchmark.py"]
   assert _tpu_commands("docs/tpu.md") == commands
+  # The export's folders are the ones sampling and the benchmark read.
+  out = next(a for a in shlex.split(commands[1]) if a.startswith("--out="))[len("--out="):]
+  for command in commands[2:]:
+    assert f"--config.target_dir={out}/target" in command
+    assert f"--config.draft_dir={out}/draft" in command
+  with open(os.path.join(REPO, "scripts", "export_pair.py")) as f:
+    export_flags = set(re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', f.read()))
+  for arg in shlex.split(commands[1])[2:]:
+    name = arg[2:].partition("=")[0]
+    assert name == "distributed" or name in export_flags, f"export_pair.py: no flag --{name}"
   for command in commands:
     args = shlex.split(command)[2:]
     assert "--distributed=auto" in args  # one process per worker, one mesh over all
+    if command.split()[1] == "scripts/export_pair.py":
+      continue  # its flags are checked above; the mesh is the run's own
     path, _, arg = next(a for a in args if a.startswith("--config="))[9:].partition(":")
     config = _load_module(path).get_config(arg or None)
     for a in args:

@@ -20,6 +20,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -28,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from specsample import dry_run
 from specsample import sharding as sh
 from specsample.decoding import api, common, generate, sharded
+from specsample.models import io as model_io
 from specsample.models import presets
 from specsample.models import transformer as tr
 from specsample.training import train as train_lib
@@ -204,6 +206,20 @@ def test_train_loop_on_a_mesh(reference_training, tmp_path):
   assert [r["step"] for r in rows] == [1, 2]
   assert json.loads((tmp_path / "config.json").read_text())["mesh"] == mesh_shape
   assert (tmp_path / "checkpoints" / "2").is_dir()
+
+  # Export: restored onto the run's mesh from abstract shapes (no init), or onto
+  # one device; both give the trained params, stored in bfloat16.
+  stored = jax.tree_util.tree_map(
+      lambda x: np.asarray(jax.device_get(x)).astype(jnp.bfloat16).astype(np.float32),
+      last["params"])
+  for one_device in (False, True):
+    out = tmp_path / f"model-{one_device}"
+    assert train_lib.export_run(str(tmp_path), str(out), one_device=one_device) == 2
+    model = model_io.load_lm(str(out))
+    assert model.config == case.TARGET_CFG
+    jax.tree_util.tree_map(np.testing.assert_array_equal, model.params, stored)
+    assert json.loads((out / "config.json").read_text())["trained_steps"] == 2
+    assert (out / "metrics.jsonl").read_text() == (tmp_path / "metrics.jsonl").read_text()
 
 
 # ------------------------------------------------------------------------- decoding

@@ -20,6 +20,7 @@ import shutil
 import uuid
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
@@ -30,22 +31,38 @@ from specsample.models import transformer as tr
 def save_lm(directory: str, config: tr.TransformerConfig, params, *,
             tokenizer_id: str | None = None, store_dtype: str = "bfloat16",
             extra: dict | None = None) -> str:
-  """Writes a model folder atomically (replacing an existing one only on success)."""
+  """Writes a model folder atomically (replacing an existing one only on success).
+
+  Sharded params are written shard by shard. With several processes every one
+  must call this with the same directory (orbax saves collectively); process 0
+  alone writes config.json and renames the folder into place.
+  """
   directory = os.path.abspath(directory)
-  tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
-  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, store_dtype), params)
+  multi = jax.process_count() > 1
+  # The temporary name must agree across processes: they write one checkpoint.
+  tmp = f"{directory}.tmp-" + ("multihost" if multi else uuid.uuid4().hex[:8])
+  main = jax.process_index() == 0
+  if multi:
+    if main:
+      shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted export
+    multihost_utils.sync_global_devices(f"save_lm clean {tmp}")
+  cast = lambda x: x.astype(store_dtype) if isinstance(x, jax.Array) else jnp.asarray(x, store_dtype)
+  params = jax.tree_util.tree_map(cast, params)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(tmp, "params"), params)
     ckptr.wait_until_finished()
-  meta = {"config": dataclasses.asdict(config), "tokenizer_id": tokenizer_id,
-          "store_dtype": store_dtype, **(extra or {})}
-  with open(os.path.join(tmp, "config.json"), "w") as f:
-    json.dump(meta, f, indent=2)
-  old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
-  if os.path.exists(directory):
-    os.rename(directory, old)
-  os.rename(tmp, directory)
-  shutil.rmtree(old, ignore_errors=True)
+  if main:
+    meta = {"config": dataclasses.asdict(config), "tokenizer_id": tokenizer_id,
+            "store_dtype": store_dtype, **(extra or {})}
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(meta, f, indent=2)
+    old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
+    if os.path.exists(directory):
+      os.rename(directory, old)
+    os.rename(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+  if multi:
+    multihost_utils.sync_global_devices(f"save_lm done {directory}")
   return directory
 
 
@@ -67,8 +84,12 @@ def load_lm(directory: str, **config_overrides) -> LM:
   """
   config, meta = load_config(directory)
   config = config.replace(**config_overrides).validate()
+  # An explicit one-device target: a folder saved from a mesh (other devices,
+  # other processes) restores here as well.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree_util.tree_map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, jnp.dtype(meta["store_dtype"])), tr.param_shapes(config))
+      lambda s: jax.ShapeDtypeStruct(s.shape, jnp.dtype(meta["store_dtype"]), sharding=device),
+      tr.param_shapes(config))
   with ocp.StandardCheckpointer() as ckptr:
     try:
       params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), abstract)

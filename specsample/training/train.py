@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable
 
@@ -280,3 +281,40 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
   checkpointer.close()
   last["params"] = state.params
   return last
+
+
+def export_run(workdir: str, out: str, *, one_device: bool = False) -> int:
+  """Writes a training run's latest checkpoint as a model folder (models.io.save_lm).
+
+  Nothing is initialised: the train state is restored into abstract shapes,
+  laid out on the run's own mesh (`config.mesh`, the shardings training
+  saved), so a model too big for one host is exported by running this on
+  every worker of its slice. one_device=True restores onto one device instead
+  (a small run trained on a mesh, exported on a laptop). metrics.jsonl is
+  copied beside the model.
+
+  Returns:
+    The exported step.
+  """
+  from specsample.models import io as model_io  # io imports decoding, not needed to train
+  from specsample.tokenizer import Tokenizer
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  model_cfg = model_config_from(config)
+  optimizer = make_optimizer(config)
+  mesh = None if one_device else make_mesh(config)
+  abstract = jax.eval_shape(lambda: init_state(model_cfg, optimizer, config.seed))
+  if mesh is not None:
+    shardings = sh.train_state_shardings(
+        model_cfg, optimizer, mesh, sh.get_rules(config.get("sharding_rules", "tensor_parallel")))
+    abstract = jax.tree_util.tree_map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        abstract, shardings)
+  step, state, _ = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).restore(abstract)
+  model_io.save_lm(out, model_cfg, state.params,
+                   tokenizer_id=Tokenizer.load(config.tokenizer).fingerprint,
+                   extra={"trained_steps": step, "train_config": config.to_dict()})
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  if jax.process_index() == 0 and os.path.exists(metrics):
+    shutil.copy(metrics, os.path.join(out, "metrics.jsonl"))
+  return step

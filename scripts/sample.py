@@ -146,12 +146,11 @@ def _model_configs(config) -> dict:
 
 def _check_lengths(config, token_prompts: list[list[int]]) -> None:
   """Rejects prompts too long for the models' caches, from config.json alone (no params)."""
-  slack = config.num_draft + 1 if config.method == "speculative" else 1
   max_seq_len = min(c.max_seq_len for c in _model_configs(config).values())
   for i, tokens in enumerate(token_prompts):
-    # The buffer generate allocates for this prompt (api.generate's rounding).
-    need = _round_up(_round_up(len(tokens), config.pad_to) + config.max_new_tokens + slack,
-                     config.pad_to)
+    # The buffer generate allocates for this prompt.
+    need = api.buffer_len(_round_up(len(tokens), config.pad_to), config.max_new_tokens,
+                          config.num_draft, config.method, config.pad_to)
     if need > max_seq_len:
       raise ValueError(f"prompt {i} has {len(tokens)} tokens: with max_new_tokens="
                        f"{config.max_new_tokens} it needs {need} cache positions, above the "

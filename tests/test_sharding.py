@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from specsample import dry_run
 from specsample import sharding as sh
-from specsample.decoding import api, common, generate, sharded
+from specsample.decoding import api, generate, sharded
 from specsample.models import io as model_io
 from specsample.models import presets
 from specsample.models import transformer as tr
@@ -261,12 +261,10 @@ def test_sharded_loop_compiles_once_and_pins_cache_layout(pair):
   assert sharded.TRACE_COUNT == before
 
   # The same jitted loop (make_sharded_loop is cached), called directly to see its caches.
-  prompts_BP, prompt_len_B = api.pad_prompts(case.PROMPTS, case.TARGET_CFG.vocab_size, 16)
-  spec = common.DecodeSpec(
-      sampling=case.DECODE["sampling"], max_new_tokens=case.DECODE["max_new_tokens"], eos_id=-1,
-      num_draft=case.DECODE["num_draft"],
-      buffer_len=sharded._buffer_len(16, case.DECODE["max_new_tokens"], case.DECODE["num_draft"],
-                                     "speculative", 16))
+  prompts_BP, prompt_len_B, spec = api.prepare(
+      target, draft, case.PROMPTS, "speculative", case.DECODE["num_draft"],
+      case.DECODE["sampling"], case.DECODE["max_new_tokens"], eos_id=None, pad_to=16)
+  assert spec.eos_id == -1 and prompts_BP.shape[1] == 16
   target_rules = sh.canonical_rules(case.TARGET_RULES)
   loop = sharded.make_sharded_loop("speculative", case.TARGET_CFG, case.DRAFT_CFG, spec, mesh,
                                    target_rules, case.DRAFT_RULES, 8, 16)

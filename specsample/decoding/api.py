@@ -120,6 +120,55 @@ def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_to: int
   return out, lengths
 
 
+def buffer_len(prompt_width: int, max_new_tokens: int, num_draft: int, method: str,
+               pad_to: int) -> int:
+  """Token-buffer / KV-cache length of a decode loop: the padded prompt, the
+  new tokens and one block of overshoot, rounded up to `pad_to`."""
+  slack = (num_draft + 1) if method == "speculative" else 1
+  return _round_up(prompt_width + max_new_tokens + slack, pad_to)
+
+
+def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], method: str,
+            num_draft: int, sampling: Sampling, max_new_tokens: int, eos_id: int | None,
+            pad_to: int) -> tuple[np.ndarray, np.ndarray, common.DecodeSpec]:
+  """Checks every setting and pads the prompts, before anything compiles.
+
+  Returns:
+    ([B, P] padded prompts, [B] prompt lengths, the loop's DecodeSpec).
+  """
+  check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id)
+  prompts_BP, prompt_len = pad_prompts(prompts, target.config.vocab_size, pad_to)
+  length = buffer_len(prompts_BP.shape[1], max_new_tokens, num_draft, method, pad_to)
+  models = [target] + ([draft] if method == "speculative" else [])
+  for name, m in zip(("target", "draft"), models):
+    if length > m.config.max_seq_len:
+      raise ValueError(
+          f"prompt length {int(prompt_len.max())} + max_new_tokens {max_new_tokens} needs a "
+          f"{name} cache of {length} positions, above its max_seq_len={m.config.max_seq_len}; "
+          "lower max_new_tokens or shorten the prompts")
+  spec = common.DecodeSpec(sampling=sampling, max_new_tokens=max_new_tokens,
+                           eos_id=-1 if eos_id is None else int(eos_id),
+                           num_draft=num_draft if method == "speculative" else 0,
+                           buffer_len=length)
+  return prompts_BP, prompt_len, spec
+
+
+def make_output(prompt_len: np.ndarray, tokens, length, target_calls, drafted, accepted
+                ) -> GenerateOutput:
+  """GenerateOutput from a loop's final [B, L] tokens and [B] counters (device or host)."""
+  tokens, length, target_calls, drafted, accepted = (
+      np.asarray(x) for x in jax.device_get((tokens, length, target_calls, drafted, accepted)))
+  rows = [tokens[b, prompt_len[b]:length[b]].tolist() for b in range(len(prompt_len))]
+  new_tokens = length - prompt_len
+  stats = {
+      "target_calls": target_calls, "drafted": drafted, "accepted": accepted,
+      "new_tokens": new_tokens,
+      "tokens_per_call": new_tokens / np.maximum(target_calls, 1),
+      "acceptance_rate": accepted / np.maximum(drafted, 1),
+  }
+  return GenerateOutput(tokens=rows, stats=stats)
+
+
 def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None = None,
              method: str = "speculative", num_draft: int = 4, sampling: Sampling = Sampling(),
              max_new_tokens: int = 64, eos_id: int | None = None, seed: int = 0,
@@ -142,35 +191,12 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
   Returns:
     GenerateOutput with the new tokens of each row and per-row statistics.
   """
-  check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id)
-  prompts_BP, prompt_len = pad_prompts(prompts, target.config.vocab_size, pad_to)
-  slack = (num_draft + 1) if method == "speculative" else 1
-  # Buffer: padded prompt + new tokens + one block of overshoot.
-  buffer_len = _round_up(prompts_BP.shape[1] + max_new_tokens + slack, pad_to)
-  models = [target] + ([draft] if method == "speculative" else [])
-  for name, m in zip(("target", "draft"), models):
-    if buffer_len > m.config.max_seq_len:
-      raise ValueError(
-          f"prompt length {int(prompt_len.max())} + max_new_tokens {max_new_tokens} needs a "
-          f"{name} cache of {buffer_len} positions, above its max_seq_len={m.config.max_seq_len}; "
-          "lower max_new_tokens or shorten the prompts")
-  spec = common.DecodeSpec(sampling=sampling, max_new_tokens=max_new_tokens,
-                           eos_id=-1 if eos_id is None else int(eos_id),
-                           num_draft=num_draft if method == "speculative" else 0,
-                           buffer_len=buffer_len)
+  prompts_BP, prompt_len, spec = prepare(target, draft, prompts, method, num_draft, sampling,
+                                         max_new_tokens, eos_id, pad_to)
   key = jax.random.key(seed)
   if method == "speculative":
     out = _spec_jit(target.config, draft.config, spec, target.params, draft.params,
                     prompts_BP, prompt_len, key)
   else:
     out = _ar_jit(target.config, spec, target.params, prompts_BP, prompt_len, key)
-  tokens, length, target_calls, drafted, accepted = (np.asarray(x) for x in jax.device_get(out))
-  rows = [tokens[b, prompt_len[b]:length[b]].tolist() for b in range(len(prompts))]
-  new_tokens = length - prompt_len
-  stats = {
-      "target_calls": target_calls, "drafted": drafted, "accepted": accepted,
-      "new_tokens": new_tokens,
-      "tokens_per_call": new_tokens / np.maximum(target_calls, 1),
-      "acceptance_rate": accepted / np.maximum(drafted, 1),
-  }
-  return GenerateOutput(tokens=rows, stats=stats)
+  return make_output(prompt_len, *out)

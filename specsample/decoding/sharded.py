@@ -35,13 +35,6 @@ from specsample.models import transformer as tr
 TRACE_COUNT = {"autoregressive": 0, "speculative": 0}
 
 
-def _buffer_len(prompt_width: int, max_new_tokens: int, num_draft: int, method: str,
-                pad_to: int) -> int:
-  # Same as api.generate: padded prompt + new tokens + one block of overshoot.
-  slack = (num_draft + 1) if method == "speculative" else 1
-  return -(-(prompt_width + max_new_tokens + slack) // pad_to) * pad_to
-
-
 def loop_shardings(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig | None,
                    mesh, target_rules: sh.Rules, draft_rules: sh.Rules | None, batch: int,
                    prompt_width: int, buffer_len: int) -> dict[str, Any]:
@@ -131,24 +124,16 @@ def sharded_generate(target: api.LM, prompts: Sequence[Sequence[int]], *, mesh,
     ValueError: any api.generate error, or a mesh/rules/shape mismatch
       (naming the parameter or array and dimension), before compiling.
   """
-  api.check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id)
+  prompts_BP, prompt_len, spec = api.prepare(target, draft, prompts, method, num_draft, sampling,
+                                             max_new_tokens, eos_id, pad_to)
   target_rules = sh.canonical_rules(target_rules)
   draft_rules = target_rules if draft_rules is None else sh.canonical_rules(draft_rules)
-  prompts_BP, prompt_len = api.pad_prompts(prompts, target.config.vocab_size, pad_to)
-  buffer_len = _buffer_len(prompts_BP.shape[1], max_new_tokens, num_draft, method, pad_to)
   speculative_ = method == "speculative"
-  for name, m in (("target", target), ("draft", draft if speculative_ else None)):
-    if m is not None and buffer_len > m.config.max_seq_len:
-      raise ValueError(
-          f"prompt length {int(prompt_len.max())} + max_new_tokens {max_new_tokens} needs a "
-          f"{name} cache of {buffer_len} positions, above its max_seq_len={m.config.max_seq_len}")
-  spec = common.DecodeSpec(sampling=sampling, max_new_tokens=max_new_tokens,
-                           eos_id=-1 if eos_id is None else int(eos_id),
-                           num_draft=num_draft if speculative_ else 0, buffer_len=buffer_len)
   draft_cfg = draft.config if speculative_ else None
   B, P = prompts_BP.shape
   # Validates every sharding (raises before any compilation).
-  s = loop_shardings(target.config, draft_cfg, mesh, target_rules, draft_rules, B, P, buffer_len)
+  s = loop_shardings(target.config, draft_cfg, mesh, target_rules, draft_rules, B, P,
+                     spec.buffer_len)
   loop = make_sharded_loop(method, target.config, draft_cfg, spec, mesh, target_rules,
                            draft_rules if speculative_ else None, B, P)
   target_params = sh.shard_params(target.params, target.config, mesh, target_rules)
@@ -158,38 +143,20 @@ def sharded_generate(target: api.LM, prompts: Sequence[Sequence[int]], *, mesh,
              sh.put_global(prompt_len, s["prompt_len"]),
              sh.put_global(np.uint32(seed), s["replicated"]))
   # Results are replicated: every process can read them; caches are dropped.
-  tokens, length, target_calls, drafted, accepted = (
-      np.asarray(x) for x in jax.device_get(out[:5]))
-  rows = [tokens[b, prompt_len[b]:length[b]].tolist() for b in range(B)]
-  new_tokens = length - prompt_len
-  stats = {
-      "target_calls": target_calls, "drafted": drafted, "accepted": accepted,
-      "new_tokens": new_tokens,
-      "tokens_per_call": new_tokens / np.maximum(target_calls, 1),
-      "acceptance_rate": accepted / np.maximum(drafted, 1),
-  }
-  return api.GenerateOutput(tokens=rows, stats=stats)
+  return api.make_output(prompt_len, *out[:5])
 
 
 def load_sharded_lm(directory: str, mesh, rules: sh.Rules = sh.TENSOR_PARALLEL,
                     **config_overrides) -> api.LM:
-  """models.io.load_lm, but each process reads only its shards (orbax restores
-  into ShapeDtypeStructs that carry the rules' shardings): for models too big
-  for one host."""
-  import orbax.checkpoint as ocp
-  from specsample.models import io
-  import os
+  """models.io.load_lm laid out by `rules` on `mesh`: each process reads only
+  its shards, for models too big for one host. Every divisibility is checked
+  (sharding.param_shardings) before anything is read."""
+  from specsample.models import io  # io imports this package's api
   config, meta = io.load_config(directory)
   config = config.replace(**config_overrides).validate()
-  shardings = sh.param_shardings(config, mesh, rules)
-  abstract = jax.tree_util.tree_map(
-      lambda s, shd: jax.ShapeDtypeStruct(s.shape, jnp.dtype(meta["store_dtype"]), sharding=shd),
-      tr.param_shapes(config), shardings)
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), abstract)
-  cast = jax.jit(lambda p: jax.tree_util.tree_map(lambda x: x.astype(config.param_dtype), p),
-                 out_shardings=shardings)
-  return api.LM(config=config, params=cast(params), tokenizer_id=meta.get("tokenizer_id"))
+  params = io.restore_params(directory, config, meta["store_dtype"],
+                             sh.param_shardings(config, mesh, rules))
+  return api.LM(config=config, params=params, tokenizer_id=meta.get("tokenizer_id"))
 
 
 # ----------------------------------------------------------------------------- from a config

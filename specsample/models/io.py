@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import uuid
+from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
@@ -75,8 +76,26 @@ def load_config(directory: str) -> tuple[tr.TransformerConfig, dict]:
   return tr.TransformerConfig(**meta["config"]).validate(), meta
 
 
+def restore_params(directory: str, config: tr.TransformerConfig, store_dtype: str,
+                   shardings) -> Any:
+  """Reads a model folder's params laid out by `shardings` (one per parameter;
+  each process reads only its own shards), cast to config.param_dtype."""
+  abstract = jax.tree_util.tree_map(
+      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, jnp.dtype(store_dtype), sharding=sharding),
+      tr.param_shapes(config), shardings)
+  with ocp.StandardCheckpointer() as ckptr:
+    try:
+      params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), abstract)
+    except Exception as e:
+      raise RuntimeError(f"model params in {directory} are unreadable or do not match "
+                         f"config.json: {type(e).__name__}: {e}") from e
+  return jax.tree_util.tree_map(lambda x: x.astype(config.param_dtype), params)
+
+
 def load_lm(directory: str, **config_overrides) -> LM:
-  """Loads a model folder into an LM (params cast to the config's param_dtype).
+  """Loads a model folder into an LM on this process's first device (params
+  cast to the config's param_dtype). decoding.sharded.load_sharded_lm loads
+  onto a mesh.
 
   Args:
     directory: folder written by `save_lm`.
@@ -87,14 +106,6 @@ def load_lm(directory: str, **config_overrides) -> LM:
   # An explicit one-device target: a folder saved from a mesh (other devices,
   # other processes) restores here as well.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree_util.tree_map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, jnp.dtype(meta["store_dtype"]), sharding=device),
-      tr.param_shapes(config))
-  with ocp.StandardCheckpointer() as ckptr:
-    try:
-      params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), abstract)
-    except Exception as e:
-      raise RuntimeError(f"model params in {directory} are unreadable or do not match "
-                         f"config.json: {type(e).__name__}: {e}") from e
-  params = jax.tree_util.tree_map(lambda x: x.astype(config.param_dtype), params)
+  shardings = jax.tree_util.tree_map(lambda _: device, tr.param_shapes(config))
+  params = restore_params(directory, config, meta["store_dtype"], shardings)
   return LM(config=config, params=params, tokenizer_id=meta.get("tokenizer_id"))

@@ -72,12 +72,7 @@ def _config(pair_dir, **overrides):
   c = reproduce_config.get_config("runlocal")
   c.target_dir, c.draft_dir = str(pair_dir / "target"), str(pair_dir / "draft")
   c.tokenizer, c.xsum.path = TOKENIZER, FIXTURE
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = c
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

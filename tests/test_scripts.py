@@ -296,12 +296,7 @@ def _sample_config(saved_pair, tmp_path, **fields):
   config.input, config.output = str(tmp_path / "p.txt"), str(tmp_path / "out.jsonl")
   config.target_dir, config.draft_dir = saved_pair
   config.tokenizer = TOKENIZER
-  for name, value in fields.items():
-    *parents, leaf = name.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config.update_from_flattened_dict(fields)
   return config
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import reproduce
+from specsample.eval import parity, reproduce
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.models.presets import get_preset
@@ -137,7 +137,7 @@ def test_plan_has_paper_rows_batched_rows_and_sweep(pair_dir):
 
 def test_t_quantile_matches_tables():
   for df, expected in ((1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042)):
-    assert reproduce.t_quantile(0.95, df) == pytest.approx(expected, abs=1e-3)
+    assert parity.t_quantile(0.95, df) == pytest.approx(expected, abs=1e-3)
 
 
 # ------------------------------------------------------------------ parity
@@ -151,11 +151,11 @@ def _record(scores, tokens=None):
 
 def test_parity_catches_a_greedy_mismatch():
   ar = _record([0, 1, 0], tokens=[[5, 6, 7], [8, 9], [4]])
-  same = reproduce.check_parity(ar, copy.deepcopy(ar), greedy=True, task="humaneval")
+  same = parity.check_parity(ar, copy.deepcopy(ar), greedy=True, task="humaneval")
   assert same[0]["passed"] and same[0]["identical"] == 3
   sp = copy.deepcopy(ar)
   sp["items"][0]["tokens"] = [5, 6, 99]
-  [check] = reproduce.check_parity(ar, sp, greedy=True, task="humaneval")
+  [check] = parity.check_parity(ar, sp, greedy=True, task="humaneval")
   assert not check["passed"]
   assert check["mismatches"] == [{"problem": 0, "sample": 0, "first_difference_at": 2}]
 
@@ -164,10 +164,10 @@ def test_parity_catches_a_sampled_shift_and_passes_noise():
   noise = [0.1, 0.3, 0.2, 0.25, 0.15, 0.35, 0.2, 0.3, 0.1, 0.2]
   ar = _record(noise)
   shifted = _record([x + 0.3 for x in noise])
-  [check] = reproduce.check_parity(ar, shifted, greedy=False, task="xsum")
+  [check] = parity.check_parity(ar, shifted, greedy=False, task="xsum")
   assert not check["passed"] and check["difference"] == pytest.approx(0.3)
   jittered = _record(noise[1:] + noise[:1])  # same values, other problems: paired noise only
-  [check] = reproduce.check_parity(ar, jittered, greedy=False, task="xsum")
+  [check] = parity.check_parity(ar, jittered, greedy=False, task="xsum")
   assert check["passed"] and check["interval"][0] < 0 < check["interval"][1]
 
 
@@ -197,7 +197,7 @@ def test_calibration_passes_exact_samples_and_catches_wrong_ones(pair_dir):
   nucleus, hot = Sampling(temperature=0.8, top_p=0.95), Sampling(temperature=1.0)
   exact = _ancestral_samples(model, nucleus, prompts, steps=20, seed=1)
   wrong = _ancestral_samples(model, hot, prompts, steps=20, seed=2)
-  check = lambda conts, sampling: reproduce.check_calibration({"items": [
+  check = lambda conts, sampling: parity.check_calibration({"items": [
       {"calibration": t} for t in reproduce.sample_calibration(
           model, sampling, prompts, conts, rows=64, width_multiple=32)]}, confidence=0.999)
   ok = check(exact, nucleus)

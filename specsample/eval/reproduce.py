@@ -29,7 +29,7 @@ both pooled over rows (see speed.py: accepted / drafted is not alpha for K > 1).
 Quality is checked, not assumed (section "Parity" of the report): greedy
 speculative outputs must equal greedy autoregressive token for token; every
 sampled cell, autoregressive included, must pass a per-token calibration test
-against the target's exact sampling distribution (check_calibration), and a
+against the target's exact sampling distribution (parity.check_calibration), and a
 sampled speculative cell's quality metric must agree with autoregressive
 (paired per problem / article, Student t interval containing 0). All sampled
 checks together are Bonferroni-corrected to a false failure rate of
@@ -54,7 +54,6 @@ import io as io_lib
 import json
 import math
 import os
-import statistics
 import time
 from typing import Any, Sequence
 
@@ -65,7 +64,8 @@ from tqdm import tqdm
 
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import humaneval, stats, xsum
+from specsample.eval import humaneval, xsum
+from specsample.eval import parity as parity_lib
 from specsample.eval.speed import machine_info
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
@@ -439,7 +439,7 @@ def continuation_logprobs(model: api.LM, prompts: Sequence[Sequence[int]],
 def sample_calibration(model: api.LM, sampling: Sampling, prompts: Sequence[Sequence[int]],
                        continuations: Sequence[Sequence[int]], *, rows: int = 8,
                        width_multiple: int = 128) -> list[dict]:
-  """Per continuation, the terms of the per-token calibration test (check_calibration).
+  """Per continuation, the terms of the per-token calibration test (parity.check_calibration).
 
   Returns one dict per continuation: u (sum over its tokens of log s(x) + H(s)),
   variance (sum of Var_s[log s(x)]), tokens, and outside (tokens with s(x) = 0,
@@ -553,154 +553,8 @@ def compute_canonical_cell(task: TaskData, models: dict, pad_to: int) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Analysis: quality, parity, rows (pure functions of records; no JAX).
+# Rows: quality and parity per cell (pure functions of records; no JAX).
 # ---------------------------------------------------------------------------
-
-METRIC_NAMES = {"humaneval": "pass@1", "xsum": "ROUGE-2"}
-
-
-def _by_problem(items: Sequence[dict], value) -> dict[int, float]:
-  """Per problem/article: value(items of that problem)."""
-  groups: dict[int, list[dict]] = {}
-  for it in items:
-    groups.setdefault(it["problem"], []).append(it)
-  return {p: value(group) for p, group in sorted(groups.items())}
-
-
-def _mean_score(group: Sequence[dict]) -> float:
-  return float(np.mean([it["score"] for it in group]))
-
-
-def quality(task: str, record: dict, confidence: float, pass_ks: Sequence[int] = (1, 10, 100)
-            ) -> dict:
-  """The cell's quality metric with a confidence interval over problems/articles.
-
-  HumanEval: pass@1 = mean over problems of c / n (the unbiased pass@1), plus
-  pass@k for every k in pass_ks that is <= n, and k = n. XSum: mean ROUGE-2.
-  """
-  per = _by_problem(record["items"], _mean_score)
-  ci = stats.mean_ci(list(per.values()), confidence)
-  out = {"metric": METRIC_NAMES[task], "value": ci.mean, "ci": [ci.low, ci.high],
-         "num_problems": len(per)}
-  if task == "humaneval":
-    groups = _by_problem(record["items"], lambda g: (len(g), int(sum(it["score"] for it in g))))
-    n_c = list(groups.values())
-    n = min(n for n, _ in n_c)
-    out["pass@k"] = humaneval.aggregate_pass_at_k(
-        [n for n, _ in n_c], [c for _, c in n_c], sorted(set(pass_ks) | {n}))
-  return out
-
-
-def _t_coverage(t: float, df: int) -> float:
-  """P(|T| <= t) for Student's t with integer df (Abramowitz & Stegun 26.7.3-4)."""
-  theta = math.atan(t / math.sqrt(df))
-  cos2, term, total = math.cos(theta) ** 2, 1.0, 1.0
-  if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + (2*4)/(3*5) cos^4 + ...))
-    for j in range(1, (df - 1) // 2):
-      term *= cos2 * (2 * j) / (2 * j + 1)
-      total += term
-    inner = math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0
-    return 2 / math.pi * (theta + inner)
-  for j in range(1, df // 2):  # even: sin (1 + 1/2 cos^2 + (1*3)/(2*4) cos^4 + ...)
-    term *= cos2 * (2 * j - 1) / (2 * j)
-    total += term
-  return math.sin(theta) * total
-
-
-def t_quantile(confidence: float, df: int) -> float:
-  """Two-sided Student's t quantile: P(|T| <= t) = confidence (bisection, no scipy).
-
-  stats.mean_ci builds mean +- z * stderr, which covers far less than its
-  nominal level for few items (about 70% instead of 95% at n = 2); parity
-  intervals use this quantile instead.
-  """
-  lo, hi = 0.0, 1e4
-  for _ in range(100):
-    mid = (lo + hi) / 2
-    lo, hi = (mid, hi) if _t_coverage(mid, df) < confidence else (lo, mid)
-  return hi
-
-
-def check_parity(ar: dict, sp: dict, *, greedy: bool, task: str, confidence: float = 0.95
-                 ) -> list[dict]:
-  """Checks a speculative record against the autoregressive one (same task and sampling).
-
-  Greedy: every item present in both must have identical tokens. Sampled: the
-  paired per-problem difference (speculative - autoregressive) of the quality
-  metric must have a `confidence` Student t interval containing 0 (a false
-  failure rate of 1 - confidence when the methods are truly exact). The
-  sensitive test of a sampled cell is check_calibration, which needs no
-  reference.
-
-  Returns:
-    One dict per check: check, passed, detail, and the numbers behind it.
-  """
-  if greedy:
-    ar_tokens = {(it["problem"], it["sample"]): it["tokens"] for it in ar["items"]}
-    pairs = [(it, ar_tokens[(it["problem"], it["sample"])]) for it in sp["items"]
-             if (it["problem"], it["sample"]) in ar_tokens]
-    mismatches = []
-    for it, ref in pairs:
-      if it["tokens"] != ref:
-        first = next((i for i, (x, y) in enumerate(zip(it["tokens"], ref)) if x != y),
-                     min(len(it["tokens"]), len(ref)))
-        mismatches.append({"problem": it["problem"], "sample": it["sample"],
-                           "first_difference_at": first})
-    n = len(pairs)
-    return [{"check": "greedy outputs identical", "passed": n > 0 and not mismatches,
-             "identical": n - len(mismatches), "total": n, "mismatches": mismatches[:20],
-             "detail": f"{n - len(mismatches)}/{n} identical token sequences"}]
-  name = METRIC_NAMES[task]
-  a, b = _by_problem(sp["items"], _mean_score), _by_problem(ar["items"], _mean_score)
-  common = sorted(set(a) & set(b))
-  d = stats.difference_ci([a[p] for p in common], [b[p] for p in common], paired=True,
-                          confidence=confidence)
-  if d.n >= 2:  # the t interval (see t_quantile); n < 2 keeps the unbounded one
-    half = t_quantile(confidence, d.n - 1) * d.stderr
-    d = dataclasses.replace(d, low=d.mean - half, high=d.mean + half)
-  return [{"check": f"{name}: SpS - AR within error", "passed": bool(d.contains(0.0)),
-           "difference": d.mean, "num_problems": len(common),
-           "interval": [d.low, d.high] if math.isfinite(d.low) else None,
-           "detail": f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] "
-                     f"({100 * confidence:.4g}% t interval, {len(common)} paired)"}]
-
-
-# Tokens outside the recomputed support allowed per token: exact sampling
-# never draws one, but a probability at the nucleus edge can round differently
-# in the cached decode pass and the uncached scoring pass.
-OUTSIDE_SUPPORT_TOLERANCE = 1e-3
-
-
-def check_calibration(record: dict, confidence: float = 0.95) -> dict:
-  """Tests that every sampled token was drawn from the target's sampling distribution.
-
-  For token x drawn at a prefix where the target's transformed distribution is
-  s (temperature, top-k, top-p applied: exactly what speculative sampling must
-  reproduce), u = log s(x) + H(s) has mean 0 given the prefix, whatever the
-  prefix. Summed over every token of every sample, U = sum u is a martingale
-  with conditional variance V = sum Var_s[log s(x)], so z = U / sqrt(V) is
-  standard normal for an exact sampler (martingale CLT; thousands of tokens per
-  cell). The check passes when |z| is within the two-sided `confidence` normal
-  quantile: a false failure rate of 1 - confidence.
-
-  Unlike a comparison with the autoregressive cell, this conditions on each
-  prefix, so between-problem and between-sample variation (long, skewed
-  per-sequence log-likelihoods) cancel out, and it tests the autoregressive
-  reference too.
-  """
-  terms = [it["calibration"] for it in record["items"]]
-  u, var = sum(t["u"] for t in terms), sum(t["variance"] for t in terms)
-  tokens, outside = sum(t["tokens"] for t in terms), sum(t["outside"] for t in terms)
-  z = u / math.sqrt(var) if var > 0 else 0.0
-  bound = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
-  passed = abs(z) <= bound and outside <= OUTSIDE_SUPPORT_TOLERANCE * tokens
-  return {"check": "tokens drawn from the target's sampling distribution", "passed": bool(passed),
-          "z": z, "bound": bound, "tokens": tokens, "outside_support": outside,
-          "mean_u": u / max(tokens, 1),
-          "detail": f"z = {z:+.2f}, abs(z) <= {bound:.2f} ({100 * confidence:.4g}%); "
-                    f"{tokens} tokens, mean log s(x) + H(s) = {u / max(tokens, 1):+.4f} nats, "
-                    f"{outside} outside the support"}
-
 
 def _machine_identity(info: dict) -> dict:
   keys = ("cpu_model", "processor", "cpu_count", "cpus_usable", "platform", "jax_version",
@@ -754,7 +608,7 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config
     if cell.kind != "generate" or cell.key not in records:
       continue
     rec = records[cell.key]
-    q = quality(cell.task, rec, config.confidence, config.humaneval.pass_ks)
+    q = parity_lib.quality(cell.task, rec, config.confidence, config.humaneval.pass_ks)
     ref_cell, ref = ar_ref(cell) if cell.method == "speculative" else (None, None)
     ms = rec["timing"]["ms_per_token"]
     # A speedup across two machines would mean nothing (a resumed run may move).
@@ -763,9 +617,9 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config
                ref["timing"]["ms_per_token"] / ms if same_machine else None)
     checks = []
     if sampled(cell):
-      checks.append(check_calibration(rec, per_check))
+      checks.append(parity_lib.check_calibration(rec, per_check))
     if ref is not None:
-      checks += check_parity(ref, rec, greedy=cell.sampling == "greedy", task=cell.task,
+      checks += parity_lib.check_parity(ref, rec, greedy=cell.sampling == "greedy", task=cell.task,
                              confidence=per_check)
     if checks:
       parity.append({"cell": cell.key, "reference": ref_cell.key if ref_cell else None,

@@ -1,6 +1,6 @@
 r"""Table 1 of Chen et al. (2023) on the embedded pair: speed, acceptance and quality.
 
-The README's main job (about 11 minutes on the 2-core CPU, compiles included):
+The README's main job (5 to 12 minutes on the 2-core CPU, compiles included):
 
   nice -n 10 python scripts/reproduce.py --config=configs/reproduce.py
 
@@ -23,9 +23,10 @@ cells it affects.
 Arguments after the colon: `runlocal` or `full` (default: the README job).
 Any field can be overridden: --config.humaneval.num_problems=8 --config.k_sweep='(2,4)'
 
-Sizing of the default, measured on the 2-core AMD EPYC dev machine while other
-jobs shared it (load average 6 to 12): the embedded pair ran all 17 cells in
-671 s (about 11.5 minutes with start-up); a random pair of the same shapes, which
+Sizing of the default, measured on the 2-core AMD EPYC dev machine: all 17
+cells of the embedded pair took 306 s in a fresh clone on a quiet machine
+(6 minutes with `pip install -e .`), and 671 s while other jobs shared it
+(load average 6 to 12); a random pair of the same shapes, which
 never stops early at EOS and has acceptance 0 under greedy (the worst case),
 used 11 CPU-minutes in all. Half the time is compilation (17 decode loops at
 10 to 30 s each on that CPU, one prompt width thanks to pad_to=192) and half is

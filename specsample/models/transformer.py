@@ -8,7 +8,7 @@ Dimension letters, used in every einsum and shape comment of the package:
   R query heads per kv head (N = K * R)         G draft lookahead (the paper's K)
 
 Architecture (Chinchilla / Gopher family, modernised where noted):
-  * pre-norm RMSNorm, no biases anywhere;
+  * pre-norm RMSNorm, no biases (optional q/k/v biases, `attn_bias`, for Qwen2);
   * rotary position embeddings on queries and keys (split-half form);
   * MLP is SwiGLU (`down(silu(gate x) * up x)`) or GELU (`down(gelu(up x))`);
   * optional grouped-query attention (`num_kv_heads < num_heads`);
@@ -59,9 +59,17 @@ class TransformerConfig:
   tie_embeddings: bool = True
   max_seq_len: int = 1024  # positions a KV cache may hold (S upper bound)
   rope_base: float = 10_000.0
+  # Llama 3 rope scaling: (factor, low_freq_factor, high_freq_factor,
+  # original_max_position_embeddings); () is plain rotary.
+  rope_llama3: tuple[float, ...] = ()
+  attn_bias: bool = False  # q/k/v biases (Qwen2); off keeps old param trees
   norm_eps: float = 1e-6
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+
+  def __post_init__(self):
+    # config.json stores tuples as lists; a list would make the config unhashable.
+    object.__setattr__(self, "rope_llama3", tuple(self.rope_llama3))
 
   def validate(self) -> "TransformerConfig":
     """Raises ValueError naming the first invalid field; returns self."""
@@ -87,6 +95,9 @@ class TransformerConfig:
         raise ValueError(f"model.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
     if not self.rope_base > 0:
       raise ValueError(f"model.rope_base must be > 0, got {self.rope_base!r}")
+    if len(self.rope_llama3) not in (0, 4):
+      raise ValueError("model.rope_llama3 must be () or (factor, low_freq_factor, "
+                       f"high_freq_factor, original_max_position_embeddings), got {self.rope_llama3!r}")
     return self
 
   def replace(self, **kwargs) -> "TransformerConfig":
@@ -126,10 +137,24 @@ def init_cache(config: TransformerConfig, batch: int, max_len: int) -> KVCache:
   return KVCache(k=zeros(), v=zeros(), lengths=jnp.zeros((batch,), jnp.int32))
 
 
-def _rope(x_BTNH: jax.Array, positions_BT: jax.Array, base: float) -> jax.Array:
+def rope_frequencies(config: TransformerConfig) -> jax.Array:
+  """Rotary inverse frequencies [H / 2], float32, with Llama 3 scaling if set."""
+  half = config.head_dim // 2
+  freq = config.rope_base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if not config.rope_llama3:
+    return freq
+  # As transformers' _compute_llama3_parameters: long wavelengths are divided
+  # by `factor`, short ones kept, the band between interpolated smoothly.
+  factor, low, high, old_len = config.rope_llama3
+  wavelen = 2 * jnp.pi / freq
+  smooth = (old_len / wavelen - low) / (high - low)
+  scaled = jnp.where(wavelen > old_len / low, freq / factor, freq)
+  medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+  return jnp.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def _rope(x_BTNH: jax.Array, positions_BT: jax.Array, freq_H: jax.Array) -> jax.Array:
   """Rotary embedding, split-half form, computed in float32."""
-  half = x_BTNH.shape[-1] // 2
-  freq_H = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_BTH = positions_BT[..., None].astype(jnp.float32) * freq_H
   sin, cos = jnp.sin(angle_BTH)[:, :, None], jnp.cos(angle_BTH)[:, :, None]
   x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
@@ -185,8 +210,15 @@ class Attention(nn.Module):
     q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, w_q.astype(dtype))
     k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, w_k.astype(dtype))
     v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, w_v.astype(dtype))
-    q_BTNH = _rope(q_BTNH, positions_BT, cfg.rope_base)
-    k_BTKH = _rope(k_BTKH, positions_BT, cfg.rope_base)
+    if cfg.attn_bias:
+      bias = lambda name, axes, shape: self.param(
+          name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape, pdtype)
+      q_BTNH += bias("q_bias", ("heads", "head_dim"), (N, H)).astype(dtype)
+      k_BTKH += bias("k_bias", ("kv_heads", "head_dim"), (K, H)).astype(dtype)
+      v_BTKH += bias("v_bias", ("kv_heads", "head_dim"), (K, H)).astype(dtype)
+    freq_H = rope_frequencies(cfg)
+    q_BTNH = _rope(q_BTNH, positions_BT, freq_H)
+    k_BTKH = _rope(k_BTKH, positions_BT, freq_H)
 
     if layer_cache is None:
       # Training / full forward: attend within the T new tokens.

@@ -16,6 +16,8 @@ setup(
         "orbax-checkpoint>=0.11,<0.13",
         # Tokenizer, data and configs.
         "sentencepiece>=0.2",
+        "safetensors>=0.4",         # Hugging Face checkpoints in and out (models/hf.py)
+        "tokenizers>=0.15",         # Hugging Face tokenizer.json (hf_tokenizer.py)
         "datasets>=3.0",            # XSum and local JSON/Parquet loading
         "ml_collections>=1.0",
         "absl-py>=2.0",
@@ -28,5 +30,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "chex>=0.1.88", "scipy>=1.11"],  # scipy: chi-square p-values
+        # scripts/make_hf_goldens.py and the live test in tests/test_hf.py; not CI (torch is
+        # huge): install the CPU torch wheel first.
+        "hf-reference": ["torch>=2.2", "transformers>=5.0"],
     },
 )

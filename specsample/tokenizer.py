@@ -37,6 +37,8 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from specsample import hf_tokenizer
+
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 # SentencePiece's escaped-space meta symbol.
 META_SPACE = "\u2581"
@@ -67,8 +69,12 @@ class Tokenizer:
       raise ValueError("model was trained without byte_fallback")
 
   @classmethod
-  def load(cls, path: str) -> Tokenizer:
+  def load(cls, path: str) -> Tokenizer | hf_tokenizer.HFTokenizer:
     """Loads a tokenizer from a `.model` file or a folder holding one.
+
+    A Hugging Face `tokenizer.json` (the file, or a folder holding one, which
+    wins over a tokenizer.model beside it) loads as an HFTokenizer, which has
+    the same encode / decode / bos_id / eos_id / vocab_size / fingerprint.
 
     Args:
       path: a SentencePiece model file, or a folder with `tokenizer.model`.
@@ -76,6 +82,8 @@ class Tokenizer:
     Returns:
       The tokenizer.
     """
+    if path.endswith(".json") or os.path.isfile(os.path.join(path, hf_tokenizer.TOKENIZER_FILE)):
+      return hf_tokenizer.HFTokenizer.load(path)
     if os.path.isdir(path):
       path = os.path.join(path, MODEL_FILENAME)
     with open(path, "rb") as f:

@@ -1,0 +1,111 @@
+"""A Hugging Face `tokenizer.json` behind the interface of specsample.tokenizer.Tokenizer.
+
+Encoding never adds special tokens by itself (`add_special_tokens=False`);
+`add_bos` / `add_eos` add them as in the sentencepiece Tokenizer, so prompts
+are built the same way for both. Decoding skips special tokens, like
+transformers' `decode(ids, skip_special_tokens=True)`. bos / eos / pad come
+from tokenizer_config.json, else config.json, beside tokenizer.json; a
+tokenizer without a bos token (Qwen2) ignores `add_bos`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+import tokenizers
+
+TOKENIZER_FILE = "tokenizer.json"
+# Fields of tokenizer.json that decide ids and text (padding / truncation do not).
+_FINGERPRINT_FIELDS = ("added_tokens", "normalizer", "pre_tokenizer", "model", "decoder")
+
+
+def _token(value) -> str | None:
+  return value.get("content") if isinstance(value, dict) else value
+
+
+class HFTokenizer:
+  """encode / decode / bos_id / eos_id / vocab_size / fingerprint over tokenizers.Tokenizer."""
+
+  def __init__(self, tokenizer_json: str, special: dict | None = None):
+    """Builds from the text of a tokenizer.json and {'bos': ..., 'eos': ..., 'pad': ...} tokens or ids."""
+    self._json = tokenizer_json
+    self.backend = tokenizers.Tokenizer.from_str(tokenizer_json)
+    ids = {}
+    for role, value in (special or {}).items():
+      if isinstance(value, str):
+        value = self.backend.token_to_id(value)
+      ids[role] = value
+    self._ids = ids
+
+  @classmethod
+  def load(cls, path: str) -> HFTokenizer:
+    """Loads `tokenizer.json` (a file, or a folder holding it and maybe tokenizer_config.json)."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
+    with open(file, encoding="utf-8") as f:
+      text = f.read()
+    special = {}
+    for name, prefix in (("config.json", "_token_id"), ("tokenizer_config.json", "_token")):
+      meta_path = os.path.join(folder, name)
+      if os.path.exists(meta_path):
+        with open(meta_path) as f:
+          meta = json.load(f)
+        for role in ("bos", "eos", "pad"):
+          value = meta.get(role + prefix)
+          value = value[0] if isinstance(value, list) else _token(value)
+          if value is not None:
+            special[role] = value
+    return cls(text, special)
+
+  @property
+  def fingerprint(self) -> str:
+    """sha256 of the fields that decide encoding and decoding (not of the file's bytes,
+    which differ between transformers versions for the same tokenizer)."""
+    data = json.loads(self._json)
+    canon = json.dumps({k: data.get(k) for k in _FINGERPRINT_FIELDS}, sort_keys=True)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids, added tokens included."""
+    return self.backend.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def bos_id(self) -> int | None:
+    """Beginning-of-sequence id, or None when the tokenizer has none."""
+    return self._ids.get("bos")
+
+  @property
+  def eos_id(self) -> int | None:
+    """End-of-sequence id."""
+    return self._ids.get("eos")
+
+  @property
+  def pad_id(self) -> int | None:
+    """Padding id, or None."""
+    return self._ids.get("pad")
+
+  def id_to_piece(self, token_id: int) -> str:
+    """The token string of one id."""
+    return self.backend.id_to_token(token_id)
+
+  def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+    """Text to ids, with bos / eos added on request (a missing bos is skipped)."""
+    return self.encode_batch([text], add_bos, add_eos)[0]
+
+  def encode_batch(self, texts: Sequence[str], add_bos: bool = False,
+                   add_eos: bool = False) -> list[list[int]]:
+    """Encodes many texts (multi-threaded inside tokenizers)."""
+    if add_eos and self.eos_id is None:
+      raise ValueError("add_eos=True but this tokenizer has no eos token")
+    prefix = [self.bos_id] if add_bos and self.bos_id is not None else []
+    suffix = [self.eos_id] if add_eos else []
+    encoded = self.backend.encode_batch(list(texts), add_special_tokens=False)
+    return [prefix + e.ids + suffix for e in encoded]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Ids to text, special tokens skipped."""
+    return self.backend.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -252,3 +252,18 @@ def test_live_transformers(tmp_path):
     tok = transformers.AutoTokenizer.from_pretrained(out)
     text = "def f(x):\n\treturn 'ключ' + \"☕\"  \n"
     assert Tokenizer.load(out).encode(text) == tok.encode(text, add_special_tokens=False)
+
+
+def test_presets_match_hf_configs():
+  """The dry-run presets are what config_from_hf makes of the real config.json files."""
+  llama2 = dict(architectures=["LlamaForCausalLM"], hidden_size=4096, intermediate_size=11008,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                max_position_embeddings=4096, rms_norm_eps=1e-5, vocab_size=32000,
+                tie_word_embeddings=False, torch_dtype="float16", rope_theta=10000.0)
+  tinyllama = dict(llama2, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                   num_key_value_heads=4, max_position_embeddings=2048, torch_dtype="bfloat16")
+  for hf_cfg, preset, count in ((llama2, "llama2_7b", 6_738_415_616),
+                                (tinyllama, "tinyllama_1b", 1_100_048_384)):
+    config = hf.config_from_hf(hf_cfg).replace(dtype="bfloat16", param_dtype="bfloat16")
+    assert config == get_preset(preset)
+    assert tr.count_params(tr.param_shapes(config)) == count

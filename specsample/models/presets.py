@@ -11,6 +11,8 @@
   narrow and shallow so that its decode step costs well under a tenth of the
   target's (measured in results/pair.json).
 * `tiny`: a few thousand parameters for unit tests.
+* `llama2_7b` / `tinyllama_1b`: the shapes of Hugging Face's Llama-2-7b-hf and
+  TinyLlama-1.1B (models/hf.py imports the weights), for dry runs of that pair.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ PRESETS: dict[str, TransformerConfig] = {
     "tiny": TransformerConfig(
         vocab_size=32, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=8, mlp_dim=64, tie_embeddings=True, max_seq_len=64),
+    "llama2_7b": TransformerConfig(
+        vocab_size=32_000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32,
+        head_dim=128, mlp_dim=11_008, tie_embeddings=False, max_seq_len=4096, norm_eps=1e-5,
+        dtype="bfloat16", param_dtype="bfloat16"),
+    "tinyllama_1b": TransformerConfig(
+        vocab_size=32_000, d_model=2048, num_layers=22, num_heads=32, num_kv_heads=4,
+        head_dim=64, mlp_dim=5632, tie_embeddings=False, max_seq_len=2048, norm_eps=1e-5,
+        dtype="bfloat16", param_dtype="bfloat16"),
 }
 
 

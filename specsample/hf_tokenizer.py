@@ -18,8 +18,6 @@ from collections.abc import Iterable, Sequence
 import tokenizers
 
 TOKENIZER_FILE = "tokenizer.json"
-# Fields of tokenizer.json that decide ids and text (padding / truncation do not).
-_FINGERPRINT_FIELDS = ("added_tokens", "normalizer", "pre_tokenizer", "model", "decoder")
 
 
 def _token(value) -> str | None:
@@ -62,10 +60,20 @@ class HFTokenizer:
 
   @property
   def fingerprint(self) -> str:
-    """sha256 of the fields that decide encoding and decoding (not of the file's bytes,
-    which differ between transformers versions for the same tokenizer)."""
+    """sha256 of what the ids mean: the model's type, vocabulary and merges and the
+    added tokens' ids and contents.
+
+    Not of the file's bytes, nor of the normalizer / pre-tokenizer: the same
+    tokenizer converted by different transformers versions (Llama-2-7b-hf vs
+    TinyLlama) spells those differently, and a draft / target pair only needs
+    every id to mean the same piece (prompts are encoded once, by one of them).
+    """
     data = json.loads(self._json)
-    canon = json.dumps({k: data.get(k) for k in _FINGERPRINT_FIELDS}, sort_keys=True)
+    model = data.get("model") or {}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    added = sorted((t["id"], t["content"]) for t in data.get("added_tokens") or [])
+    canon = json.dumps({"type": model.get("type"), "vocab": model.get("vocab"), "merges": merges,
+                        "added": added}, sort_keys=True)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
   @property

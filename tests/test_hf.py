@@ -267,3 +267,18 @@ def test_presets_match_hf_configs():
     config = hf.config_from_hf(hf_cfg).replace(dtype="bfloat16", param_dtype="bfloat16")
     assert config == get_preset(preset)
     assert tr.count_params(tr.param_shapes(config)) == count
+
+
+def test_tokenizer_fingerprint(tmp_path):
+  """Fingerprints follow what ids mean: a respelled normalizer keeps it, a changed piece does not."""
+  from specsample.hf_tokenizer import HFTokenizer
+  with open(os.path.join(fixture("llama_tied"), "tokenizer.json")) as f:
+    data = json.load(f)
+  base = HFTokenizer(json.dumps(data)).fingerprint
+  assert base == Tokenizer.load(fixture("mistral_tied")).fingerprint
+  assert base != Tokenizer.load(fixture("qwen2_tied")).fingerprint
+  assert HFTokenizer(json.dumps(dict(data, normalizer=None, padding=None))).fingerprint == base
+  vocab = dict(data["model"]["vocab"])
+  a, b = sorted(vocab)[300:302]
+  vocab[a], vocab[b] = vocab[b], vocab[a]
+  assert HFTokenizer(json.dumps(dict(data, model=dict(data["model"], vocab=vocab)))).fingerprint != base

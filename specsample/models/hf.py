@@ -307,7 +307,7 @@ def load_params(directory: str, config: tr.TransformerConfig, shardings) -> Any:
         block = read_block(handles[file].get_slice(hf_name), layout, config.head_dim, tuple(spans))
       except Exception as e:
         raise HFCheckpointError(f"tensor {hf_name} in {file}: unreadable: {e}") from e
-      block = np.ascontiguousarray(block).astype(dtype)
+      block = np.ascontiguousarray(block).astype(dtype, copy=False)
       if block.shape != out_shape:
         block = np.pad(block, [(0, o - b) for o, b in zip(out_shape, block.shape)])
       return block

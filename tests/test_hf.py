@@ -133,13 +133,14 @@ class RecordingFile:
     raise AssertionError(f"whole tensor {name} read")
 
 
-def test_sharded_import_reads_only_slices(monkeypatch):
+@pytest.mark.parametrize("name", ["llama_untied", "qwen2_untied"])
+def test_sharded_import_reads_only_slices(monkeypatch, name):
   """On 8 devices (fsdp 4 x tensor 2) every device reads exactly its shard; values match one device."""
-  whole = model_io.load_lm(fixture("llama_untied"))
+  whole = model_io.load_lm(fixture(name))
   log = []
   monkeypatch.setattr(hf, "safe_open", lambda p, framework: RecordingFile(p, framework, log))
   mesh = sh.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
-  lm = model_io.load_sharded_lm(fixture("llama_untied"), mesh)
+  lm = model_io.load_sharded_lm(fixture(name), mesh)
   shardings = sh.param_shardings(lm.config, mesh)
   shapes = tr.param_shapes(lm.config)
   expected_reads = 0

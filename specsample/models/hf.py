@@ -86,7 +86,7 @@ def config_from_hf(hf: dict) -> tr.TransformerConfig:
   scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
   theta = hf.get("rope_theta") or scaling.get("rope_theta") or 10_000.0
   if scaling:
-    kind = scaling.get("rope_type", scaling.get("type"))
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
     if kind == "llama3":
       llama3 = (float(scaling["factor"]), float(scaling["low_freq_factor"]),
                 float(scaling["high_freq_factor"]), float(scaling["original_max_position_embeddings"]))

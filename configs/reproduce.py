@@ -1,10 +1,10 @@
 r"""Table 1 of Chen et al. (2023) on the embedded pair: speed, acceptance and quality.
 
-The README's main job (5 to 12 minutes on the 2-core CPU, compiles included):
+The README's main job (its time is in results/table1.md):
 
   nice -n 10 python scripts/reproduce.py --config=configs/reproduce.py
 
-CI smoke test (a minute on a tiny random pair; any io.save_lm folders work):
+CI smoke test (a tiny random pair; any io.save_lm folders work):
 
   python scripts/reproduce.py --config=configs/reproduce.py:runlocal \
       --config.target_dir=/tmp/pair/target --config.draft_dir=/tmp/pair/draft \
@@ -23,32 +23,20 @@ cells it affects.
 Arguments after the colon: `runlocal` or `full` (default: the README job).
 Any field can be overridden: --config.humaneval.num_problems=8 --config.k_sweep='(2,4)'
 
-Sizing of the default, measured on the 2-core AMD EPYC dev machine: all 17
-cells of the embedded pair took 306 s in a fresh clone on a quiet machine
-(6 minutes with `pip install -e .`), and 671 s while other jobs shared it
-(load average 6 to 12); a random pair of the same shapes, which
-never stops early at EOS and has acceptance 0 under greedy (the worst case),
-used 11 CPU-minutes in all. Half the time is compilation (17 decode loops at
-10 to 30 s each on that CPU, one prompt width thanks to pad_to=192) and half is
-decoding: 12 problems x (greedy 1 + nucleus 4 samples) x 128 tokens per cell.
+Half of a run is compilation (17 decode loops, one prompt width per task
+thanks to pad_to) and half decoding.
 """
 
 import ml_collections
 
-_SETTINGS = ("runlocal", "full")
-
-
-def _parse(arg: str | None) -> str:
-  setting = arg or "default"
-  if setting not in ("default",) + _SETTINGS:
-    raise ValueError(f"configs/reproduce.py: unknown argument {arg!r}; allowed: "
-                     f"{', '.join(_SETTINGS)} (or nothing for the default)")
-  return setting
-
+from specsample import config_common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The reproduction config; arg 'runlocal' shrinks it, 'full' is the paper's setting."""
-  setting = _parse(arg)
+  args = config_common.parse_arg(arg, "configs/reproduce.py", switches=("runlocal", "full"))
+  if args["runlocal"] and args["full"]:
+    raise ValueError("configs/reproduce.py: give runlocal or full, not both")
+  setting = "runlocal" if args["runlocal"] else "full" if args["full"] else "default"
   c = ml_collections.ConfigDict()
   c.setting = setting                   # informational: which preset of this file
 

@@ -23,20 +23,12 @@ Arguments after the colon (comma separated):
 
 import ml_collections
 
-
-def _parse(arg: str | None) -> dict:
-  out = {"runlocal": False}
-  for part in filter(None, (arg or "").split(",")):
-    if part == "runlocal":
-      out["runlocal"] = True
-    else:
-      raise ValueError(f"configs/sample.py: unknown argument {part!r}; allowed: runlocal")
-  return out
+from specsample import config_common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The sampling config; `arg="runlocal"` shrinks it to a smoke test."""
-  args = _parse(arg)
+  args = config_common.parse_arg(arg, "configs/sample.py", switches=("runlocal",))
   c = ml_collections.ConfigDict()
   # --- Files ---
   c.input = ""               # required: prompts, .txt (one per line) or .jsonl ("prompt" field)
@@ -61,19 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 8           # prompts per generate call, >= 1
   c.pad_to = 16              # prompt/buffer length rounding (fewer compiles)
 
-  # --- Device mesh (specsample/sharding.py) ---
-  # Every axis 1 (the default): one device, api.generate, no sharding. Otherwise
-  # both models are read shard by shard onto one mesh over all devices (of all
-  # processes) and decoded by decoding/sharded.py; data x fsdp must divide
-  # batch_size, and a last, smaller batch is padded with copies of its last
-  # prompt (dropped from the output). Process 0 alone writes the output.
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = 1            # batch split, parameters replicated; -1 = all devices left
-  c.mesh.fsdp = 1            # batch split and parameters' embed dim split (ZeRO-3)
-  c.mesh.tensor = 1          # heads / kv heads / MLP / vocab split (Megatron)
-  c.target_rules = "tensor_parallel"  # sharding.RULES name: the target's logical axis -> mesh axes
-  c.draft_rules = "tensor_parallel"   # the draft's; 'replicated' keeps a small draft whole per device
-  c.param_dtype = ""         # "" = each model's saved param_dtype; e.g. "bfloat16" halves weight memory
+  # --- Device mesh (specsample/sharding.py): mesh.*, target_rules, draft_rules, param_dtype ---
+  # Every axis 1 (the default): one device. On a mesh a last, smaller batch is
+  # padded with copies of its last prompt (dropped from the output); process 0
+  # alone writes the output.
+  config_common.add_pair_placement(c)
 
   if args["runlocal"]:
     c.limit, c.max_new_tokens, c.batch_size = 2, 8, 2

@@ -22,6 +22,8 @@ draft can be laid out differently from the target on the same mesh.
 
 import ml_collections
 
+from specsample import config_common
+
 # name -> (gcloud --accelerator-type, chips = JAX devices, hosts, HBM GiB per chip, tensor).
 # v4: 2 TensorCores per chip seen as one device (megacore), 4 chips per host.
 # v5e (v5litepod): 1 TensorCore per chip, 16 GiB HBM; multi-host slices have 4 chips per host.
@@ -41,18 +43,6 @@ SLICES = {
 ROWS_PER_REPLICA = 8  # batch rows per data replica
 
 
-def _parse(arg: str | None) -> dict:
-  out = {"slice": "v4-32"}
-  for part in filter(None, (arg or "").split(",")):
-    key, _, value = part.partition("=")
-    if key != "slice":
-      raise ValueError(f"configs/tpu.py: unknown argument {key!r}; allowed: slice=<name>")
-    if value not in SLICES:
-      raise ValueError(f"configs/tpu.py: unknown slice {value!r}; choose one of {sorted(SLICES)}")
-    out["slice"] = value
-  return out
-
-
 def _model(preset: str) -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.preset = preset                   # models/presets.py name
@@ -67,7 +57,10 @@ def _model(preset: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The pair on `slice=<name>` (see SLICES)."""
-  args = _parse(arg)
+  args = config_common.parse_arg(arg, "configs/tpu.py", options={"slice": "v4-32"})
+  if args["slice"] not in SLICES:
+    raise ValueError(f"configs/tpu.py: unknown slice {args['slice']!r}; choose one of "
+                     f"{sorted(SLICES)}")
   accelerator, chips, hosts, hbm, tensor = SLICES[args["slice"]]
   c = ml_collections.ConfigDict()
   c.slice = args["slice"]             # informational: which SLICES entry this is

@@ -20,6 +20,7 @@ Any field can be overridden: --config.num_steps=100 --config.model.num_layers=4
 
 import ml_collections
 
+from specsample import config_common
 from specsample.models import presets
 
 
@@ -27,21 +28,9 @@ from specsample.models import presets
 _STEPS = {"target_small": 800, "draft_small": 800}
 
 
-def _parse(arg: str | None) -> dict:
-  out = {"model": "target_small", "runlocal": False}
-  for part in filter(None, (arg or "").split(",")):
-    key, _, value = part.partition("=")
-    if key == "runlocal":
-      out["runlocal"] = True
-    elif key == "model":
-      out["model"] = value
-    else:
-      raise ValueError(f"configs/train.py: unknown argument {key!r}; allowed: model=<preset>, runlocal")
-  return out
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = _parse(arg)
+  args = config_common.parse_arg(arg, "configs/train.py", switches=("runlocal",),
+                                options={"model": "target_small"})
   model = presets.get_preset(args["model"])  # raises naming the known presets
   c = ml_collections.ConfigDict()
   c.preset = args["model"]                 # informational: which preset model came from
@@ -67,10 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Device mesh (specsample/sharding.py). Every axis 1: one device, no sharding.
   # E.g. --config.mesh.data=-1 splits each batch over all devices; on a TPU slice
   # see docs/tpu.md. data x fsdp must divide data.batch_size.
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = 1                          # batch split, parameters replicated; -1 = all devices left
-  c.mesh.fsdp = 1                          # batch split and parameters' embed dim split (ZeRO-3)
-  c.mesh.tensor = 1                        # heads / kv heads / MLP / vocab split (Megatron)
+  config_common.add_mesh(c)
   c.sharding_rules = "tensor_parallel"     # sharding.RULES name: logical axis -> mesh axes
 
   c.num_steps = _STEPS.get(args["model"], 600)  # total optimizer steps (sets the cosine length)

@@ -15,9 +15,9 @@ materialised on one host: on a TPU slice run this on every worker with
 
 import os
 
-from absl import app, flags
+from absl import flags
 
-from specsample import distributed
+from specsample import cli, distributed
 from specsample.training import train as train_lib
 
 _TARGET = flags.DEFINE_string("target_workdir", "workdirs/target_small", "Target training workdir.")
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

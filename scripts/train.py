@@ -3,11 +3,11 @@ r"""Train a model. See configs/train.py for the commands and every field.
   python scripts/train.py --config=configs/train.py:model=target_small --workdir=workdirs/target_small
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from specsample import distributed
+from specsample import cli, distributed
 from specsample.training import train as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -24,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

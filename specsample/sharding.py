@@ -1,34 +1,17 @@
 """Device meshes, logical-axis rules, and the shardings of parameters, batches and KV caches.
 
-A mesh has up to three named axes (the order is the device order, slowest first):
+Mesh axes (slowest first): `data` splits the batch; `fsdp` splits the batch and
+every parameter's `embed` dimension (ZeRO-3); `tensor` splits heads, kv heads,
+MLP width and vocabulary (Megatron). Parameters carry logical axis names
+(models/transformer.py); decode arrays use the same names: prompts [B, L]
+('batch', 'seq'), KV cache [B, S, K, H] ('batch', 'seq', 'kv_heads', 'head_dim').
+A `Rules` value maps each logical name to None (replicated) or mesh axes; target
+and draft may use different rules on one mesh.
 
-  data    pure data parallelism: the batch is split, parameters are replicated;
-  fsdp    the batch is split AND the `embed` dimension of every parameter is
-          split (ZeRO-3 / FSDP: XLA all-gathers a weight where it is used);
-  tensor  Megatron-style model parallelism: heads, kv heads, MLP width and
-          vocabulary are split, activations stay whole per data shard.
-
-Parameters carry logical axis names (models/transformer.py creates them with
-`nn.with_logical_partitioning`); arrays of the decode loops use the same names:
-
-  token buffer / prompts  [B, L]        ('batch', 'seq')
-  KV cache k, v           [B, S, K, H]  ('batch', 'seq', 'kv_heads', 'head_dim')
-  cache lengths           [B]           ('batch',)
-
-A `Rules` value maps every logical name to None (replicated), one mesh axis or a
-tuple of mesh axes, like flax's logical_axis_rules. Target and draft may use
-different rules on the same mesh, e.g. a tensor-parallel target and a draft
-that is replicated (`REPLICATED`) because it is small or its head count does
-not divide the tensor axis.
-
-Indivisible dimensions. A dimension whose size the product of its mesh axes
-does not divide raises ValueError naming the array (e.g. `parameter
-layer_0/attn/q`), the dimension and both sizes, before anything is compiled
--- EXCEPT logical axes listed in REPLICATE_IF_INDIVISIBLE ('kv_heads'): a
-multi-query or grouped-query model with fewer kv heads than the tensor axis
-(num_kv_heads=1 over tensor=4) keeps its K/V projections and KV cache
-replicated over that axis, the standard layout for MQA, while its query heads
-are still split.
+A dimension its mesh axes do not divide raises ValueError naming the array and
+sizes before anything compiles, except 'kv_heads' (REPLICATE_IF_INDIVISIBLE): a
+multi-query model with fewer kv heads than the tensor axis keeps its K/V
+replicated over it, the standard MQA layout, while its query heads are split.
 """
 
 from __future__ import annotations
@@ -39,7 +22,6 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-import optax
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 from specsample.models import transformer as tr
@@ -345,56 +327,3 @@ def init_params(config: tr.TransformerConfig, mesh: Mesh, rules: Rules, rng: jax
   shardings = param_shardings(config, mesh, rules)
   init = jax.jit(tr.init_params, static_argnums=0, out_shardings=shardings)
   return init(config, rng)
-
-
-# ----------------------------------------------------------------------------- training
-
-def train_state_shardings(model_cfg: tr.TransformerConfig, optimizer, mesh: AnyMesh,
-                          rules: Rules = TENSOR_PARALLEL):
-  """A training.train.TrainState of NamedShardings: optimizer moments follow
-  their parameters (optax.tree_map_params); counters are replicated."""
-  from specsample.training import train as train_lib  # training imports optax, orbax
-  params = param_shardings(model_cfg, mesh, rules)
-  opt_shapes = jax.eval_shape(optimizer.init, param_shapes(model_cfg))
-  rep = replicated(mesh)
-  opt_state = optax.tree_map_params(
-      optimizer, lambda _, sharding: sharding, opt_shapes, params,
-      transform_non_params=lambda _: rep, is_leaf=lambda x: isinstance(x, NamedSharding))
-  return train_lib.TrainState(step=rep, params=params, opt_state=opt_state)
-
-
-def init_train_state(model_cfg: tr.TransformerConfig, optimizer, seed: int, mesh: Mesh,
-                     rules: Rules = TENSOR_PARALLEL):
-  """training.train.init_state, with every array created in its sharding."""
-  from specsample.training import train as train_lib
-  shardings = train_state_shardings(model_cfg, optimizer, mesh, rules)
-  return jax.jit(lambda: train_lib.init_state(model_cfg, optimizer, seed),
-                 out_shardings=shardings)()
-
-
-def make_sharded_train_step(model_cfg: tr.TransformerConfig, optimizer, mesh: Mesh,
-                            rules: Rules = TENSOR_PARALLEL, *, batch_size: int | None = None,
-                            seq_len: int | None = None):
-  """training.train's step under jit with in/out shardings; the state is donated.
-
-  Args:
-    model_cfg, optimizer: as for train.make_train_step.
-    mesh, rules: where the state and batch live.
-    batch_size, seq_len: when given, checked against the mesh before compiling.
-
-  Returns:
-    (state, batch) -> (state, metrics). The batch dict's [B, L] arrays are
-    split over the 'batch' rule's axes (host arrays are placed by jit
-    single-process; multi-host pass global arrays, e.g. via put_global).
-  """
-  from specsample.training import train as train_lib
-  state_shardings = train_state_shardings(model_cfg, optimizer, mesh, rules)
-  if batch_size is not None:
-    batch_sharding(mesh, rules, (batch_size, seq_len or 1), what="training batch [B, L]")
-  # Shape (0, 0): only the axes are wanted here; sizes were checked above if known.
-  batch = batch_sharding(mesh, rules, (0, 0), what="training batch [B, L]")
-  step = train_lib.make_train_step(model_cfg, optimizer)  # jitted; inlined into ours
-  return jax.jit(lambda state, b: step(state, b),
-                 in_shardings=(state_shardings, batch),
-                 out_shardings=(state_shardings, replicated(mesh)),
-                 donate_argnums=0)

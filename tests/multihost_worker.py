@@ -24,7 +24,7 @@ import numpy as np
 
 from specsample import distributed
 from specsample import sharding as sh
-from specsample.decoding import LM, sharded
+from specsample.decoding import LM, generate
 from specsample.models import io
 
 import sharding_case as case  # tests/ is sys.path[0] when run as a script
@@ -47,14 +47,13 @@ def main(argv):
                                              case.DRAFT_RULES))
   q = target.params["layer_0"]["attn"]["q"]
   assert not q.is_fully_addressable and len(q.addressable_shards) == jax.local_device_count()
-  out = sharded.sharded_generate(target, case.PROMPTS, draft=draft, mesh=mesh,
-                                 target_rules=case.TARGET_RULES, draft_rules=case.DRAFT_RULES,
-                                 method="speculative", **case.DECODE)
+  out = generate(target, case.PROMPTS, draft=draft, mesh=mesh, rules=case.TARGET_RULES,
+                 draft_rules=case.DRAFT_RULES, method="speculative", **case.DECODE)
   # A model folder written collectively (each process saves its own shards;
   # process 0 writes config.json and renames), then read back shard by shard.
   saved = io.save_lm(os.path.join(_OUTPUT_DIR.value, "target"), case.TARGET_CFG, target.params,
                      store_dtype="float32")
-  reloaded = sharded.load_sharded_lm(saved, mesh, case.TARGET_RULES)
+  reloaded = io.load_sharded_lm(saved, mesh, case.TARGET_RULES)
   same = jax.tree_util.tree_map(
       lambda a, b: all(np.array_equal(x.data, y.data)
                        for x, y in zip(a.addressable_shards, b.addressable_shards)),

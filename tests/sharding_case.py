@@ -3,7 +3,7 @@
 tests/test_sharding.py, tests/test_multihost.py and tests/multihost_worker.py
 import this module, so the single-process reference and the 2-process run
 decode exactly the same thing, and the compiled loops are shared within one
-pytest session (sharded.make_sharded_loop is cached by mesh, configs, rules
+pytest session (api.make_loop is cached by mesh, configs, rules
 and shapes).
 
 The target has 8 query heads and 4 kv heads so that every mesh below splits

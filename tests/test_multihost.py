@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from specsample import sharding as sh
-from specsample.decoding import generate, sharded
+from specsample.decoding import generate
 from specsample.models import io as model_io
 
 import sharding_case as case
@@ -98,9 +98,9 @@ def test_two_processes_decode_like_one(tmp_path):
   # One process, the same 8-device mesh and rules (conftest.py: 8 CPU devices;
   # this compiled loop is shared with tests/test_sharding.py), and unsharded.
   target, draft = case.target_lm(), case.draft_lm()
-  single = sharded.sharded_generate(
+  single = generate(
       target, case.PROMPTS, draft=draft, mesh=sh.make_mesh(case.MESH_SHAPES[case.MULTIHOST_MESH]),
-      target_rules=case.TARGET_RULES, draft_rules=case.DRAFT_RULES, method="speculative",
+      rules=case.TARGET_RULES, draft_rules=case.DRAFT_RULES, method="speculative",
       **case.DECODE)
   assert result["tokens"] == single.tokens
   assert result["target_calls"] == single.stats["target_calls"].tolist()

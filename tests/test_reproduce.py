@@ -22,7 +22,8 @@ import pytest
 
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import parity, reproduce
+from specsample.eval import parity, scoring
+from specsample.eval.table1 import grid, report, reproduce
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.models.presets import get_preset
@@ -112,7 +113,7 @@ def test_bad_config_fails_before_models_load(pair_dir, monkeypatch, field, value
 
 def test_missing_model_names_the_field(pair_dir):
   with pytest.raises(FileNotFoundError, match="config.draft_dir"):
-    reproduce.check_config(_config(pair_dir, draft_dir="/nonexistent/draft"))
+    grid.check_config(_config(pair_dir, draft_dir="/nonexistent/draft"))
 
 
 # ------------------------------------------------------------------ grid
@@ -120,7 +121,7 @@ def test_missing_model_names_the_field(pair_dir):
 
 def test_plan_has_paper_rows_batched_rows_and_sweep(pair_dir):
   c = reproduce_config.get_config()
-  keys = [cell.key for cell in reproduce.plan_cells(c)]
+  keys = [cell.key for cell in grid.plan_cells(c)]
   assert keys[:4] == ["humaneval-greedy-autoregressive-K0-B1-n1",
                       "humaneval-greedy-speculative-K4-B1-n1",
                       "humaneval-nucleus-autoregressive-K0-B1-n4",
@@ -132,7 +133,7 @@ def test_plan_has_paper_rows_batched_rows_and_sweep(pair_dir):
   assert not any(k.startswith("xsum") for k in keys)      # no data path: no XSum cells
   assert len(keys) == len(set(keys))
   c.xsum.path = FIXTURE
-  assert "xsum-nucleus-speculative-K4-B1-n1" in [cell.key for cell in reproduce.plan_cells(c)]
+  assert "xsum-nucleus-speculative-K4-B1-n1" in [cell.key for cell in grid.plan_cells(c)]
 
 
 def test_t_quantile_matches_tables():
@@ -198,7 +199,7 @@ def test_calibration_passes_exact_samples_and_catches_wrong_ones(pair_dir):
   exact = _ancestral_samples(model, nucleus, prompts, steps=20, seed=1)
   wrong = _ancestral_samples(model, hot, prompts, steps=20, seed=2)
   check = lambda conts, sampling: parity.check_calibration({"items": [
-      {"calibration": t} for t in reproduce.sample_calibration(
+      {"calibration": t} for t in scoring.sample_calibration(
           model, sampling, prompts, conts, rows=64, width_multiple=32)]}, confidence=0.999)
   ok = check(exact, nucleus)
   assert ok["passed"] and ok["tokens"] == 64 * 20 and ok["outside_support"] == 0, ok["detail"]
@@ -225,7 +226,7 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(api, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
 
   first = reproduce.run(config, workdir, results_dir, command="test", progress=False)
-  planned = [c.key for c in reproduce.plan_cells(config)]
+  planned = [c.key for c in grid.plan_cells(config)]
   assert sorted(first["computed"]) == sorted(planned) and first["reused"] == []
   assert calls
   for name in ("table1.md", "table1.csv", "table1.json", "table1_speedup_vs_k.png",
@@ -288,7 +289,7 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
   machine = {"cpu_model": "Test CPU", "cpu_count": 2, "jax_version": jax.__version__,
              "backend": "cpu", "jax_devices": ["cpu:0"], "load_average_1_5_15": [1.0, 1.0, 1.0]}
   records = {}
-  for cell in reproduce.plan_cells(config):
+  for cell in grid.plan_cells(config):
     if cell.kind != "generate":
       continue
     ms = 10.0 if cell.method == "autoregressive" else 10.0 / (1 + cell.num_draft / 4)
@@ -301,8 +302,8 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
         "stats": {"acceptance_rate": 0.5 if cell.num_draft else None, "tokens_per_call": 2.0,
                   "new_tokens": 3 * 2 * cell.num_samples},
         "machine": machine}
-  cells = reproduce.plan_cells(config)
-  rows, parity, machines = reproduce.build_rows(cells, records, config)
+  cells = grid.plan_cells(config)
+  rows, parity, machines = report.build_rows(cells, records, config)
   assert list(machines) == ["M1"]
   sweep = {r["K"]: r["speedup"] for r in rows if r["role"] == "sweep" and r["sampling"] == "greedy"}
   assert sweep == {1: pytest.approx(1.25), 3: pytest.approx(1.75)}
@@ -320,7 +321,7 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
              "parity_failures": 0, "canonical_loglik": None, "paths": {"plots": []},
              "num_sampled_checks": sum(len(p["checks"]) for p in parity
                                        if p["sampling"] != "greedy")}
-  md = reproduce.format_markdown(results)
+  md = report.format_markdown(results)
   assert "| HumanEval | nucleus | SpS | 2 | 2 |" in md           # batched row
   assert "## K sweep" in md and "| HumanEval | greedy | 3 |" in md
   assert "| XSum | greedy | SpS | 1 | 4 | not run |" in md     # paper rows stay visible

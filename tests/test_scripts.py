@@ -1,4 +1,4 @@
-"""Tests for scripts/benchmark.py, scripts/sample.py and the maths of specsample/eval/speed.py.
+"""Tests for scripts/benchmark.py, scripts/sample.py, eval/bound.py and eval/timing.py.
 
 Both scripts run in-process through their absl `main` (config file, `:runlocal`
 and `--config.x=y` overrides parsed by absl as on the command line) on a tiny
@@ -23,10 +23,11 @@ import jax
 import numpy as np
 import pytest
 
+from specsample import sample_file
 from specsample import sharding as sh
-from specsample.decoding import api, sharded
+from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import speed
+from specsample.eval import benchmark, benchmark_report, bound, timing
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.models.presets import get_preset
@@ -90,35 +91,35 @@ def saved_pair(tmp_path_factory):
 
 def test_expected_tokens_hand_values():
   # (1 - 0.8^5) / 0.2 = (1 - 0.32768) / 0.2
-  assert speed.expected_tokens(0.8, 4) == pytest.approx(3.3616)
-  assert speed.expected_tokens(0.5, 1) == pytest.approx(1.5)
-  assert speed.expected_tokens(0.0, 7) == pytest.approx(1.0)   # every draft rejected
-  assert speed.expected_tokens(1.0, 7) == 8.0                  # all K + bonus
-  assert speed.expected_tokens(0.999999, 3) == pytest.approx(4.0, rel=1e-5)  # continuous at 1
+  assert bound.expected_tokens(0.8, 4) == pytest.approx(3.3616)
+  assert bound.expected_tokens(0.5, 1) == pytest.approx(1.5)
+  assert bound.expected_tokens(0.0, 7) == pytest.approx(1.0)   # every draft rejected
+  assert bound.expected_tokens(1.0, 7) == 8.0                  # all K + bonus
+  assert bound.expected_tokens(0.999999, 3) == pytest.approx(4.0, rel=1e-5)  # continuous at 1
 
 
 def test_speedup_bound_hand_values():
   # Leviathan et al.: E / (K c + 1); with v_K in place of the 1 on a CPU.
-  assert speed.speedup_bound(3.3616, 4, 0.05) == pytest.approx(3.3616 / 1.2)
-  assert speed.speedup_bound(1.5, 1, 0.1, v_k=2.0) == pytest.approx(1.5 / 2.1)
+  assert bound.speedup_bound(3.3616, 4, 0.05) == pytest.approx(3.3616 / 1.2)
+  assert bound.speedup_bound(1.5, 1, 0.1, v_k=2.0) == pytest.approx(1.5 / 2.1)
   # alpha = 0 and c > 0: speculative can only lose.
-  assert speed.speedup_bound(speed.expected_tokens(0.0, 3), 3, 0.1) < 1
+  assert bound.speedup_bound(bound.expected_tokens(0.0, 3), 3, 0.1) < 1
 
 
 def test_acceptance_rate_iid_and_inverse():
   # E[accepted] / K = (3.3616 - 1) / 4: the docstring's 0.59 for alpha 0.8, K = 4.
-  assert speed.acceptance_rate_iid(0.8, 4) == pytest.approx(0.5904)
-  assert speed.acceptance_rate_iid(1.0, 3) == 1.0
+  assert bound.acceptance_rate_iid(0.8, 4) == pytest.approx(0.5904)
+  assert bound.acceptance_rate_iid(1.0, 3) == 1.0
   for alpha in (0.1, 0.5, 0.8, 0.95):
-    assert speed.alpha_from_tokens(speed.expected_tokens(alpha, 5), 5) == pytest.approx(alpha, abs=1e-9)
-  assert speed.alpha_from_tokens(1.0, 4) == 0.0
-  assert speed.alpha_from_tokens(5.0, 4) == 1.0
+    assert bound.alpha_from_tokens(bound.expected_tokens(alpha, 5), 5) == pytest.approx(alpha, abs=1e-9)
+  assert bound.alpha_from_tokens(1.0, 4) == 0.0
+  assert bound.alpha_from_tokens(5.0, 4) == 1.0
 
 
 def test_best_k_and_bad_alpha():
-  assert speed.best_k({1: 1.2, 2: 1.5, 3: 1.5, 4: 0.9}) == 2  # ties go to the smaller K
+  assert bound.best_k({1: 1.2, 2: 1.5, 3: 1.5, 4: 0.9}) == 2  # ties go to the smaller K
   with pytest.raises(ValueError, match="alpha must be in"):
-    speed.expected_tokens(1.2, 4)
+    bound.expected_tokens(1.2, 4)
 
 
 def test_summarise_keeps_each_calls_fastest_wall():
@@ -126,14 +127,14 @@ def test_summarise_keeps_each_calls_fastest_wall():
     stats = {k: np.array([v]) for k, v in dict(new_tokens=n, target_calls=n // 2).items()}
     return api.GenerateOutput(tokens=[[5] * n], stats=stats)
   outputs = [out(8), out(4)]
-  passes = [speed.Pass(wall_ms=50.0, tokens=12.0, outputs=outputs, call_ms=[40.0, 10.0]),
-            speed.Pass(wall_ms=80.0, tokens=12.0, outputs=outputs, call_ms=[20.0, 60.0])]
-  timing = speed.summarise(passes, warmup_s=1.0, recompiled=False)
-  assert timing.wall_ms == 30.0  # 20 (call 0, pass 1) + 10 (call 1, pass 0)
-  assert timing.ms_per_token == pytest.approx(30.0 / 12.0)
-  assert timing.ms_per_token_runs == pytest.approx([50 / 12, 80 / 12])
-  assert timing.loop_iterations == [4, 2] and timing.mean_new_tokens == 6.0
-  assert speed.tokens_per_iteration(timing, [1, 1]) == pytest.approx(12 / 6)
+  passes = [timing.Pass(wall_ms=50.0, tokens=12.0, outputs=outputs, call_ms=[40.0, 10.0]),
+            timing.Pass(wall_ms=80.0, tokens=12.0, outputs=outputs, call_ms=[20.0, 60.0])]
+  summary = timing.summarise(passes, warmup_s=1.0, recompiled=False)
+  assert summary.wall_ms == 30.0  # 20 (call 0, pass 1) + 10 (call 1, pass 0)
+  assert summary.ms_per_token == pytest.approx(30.0 / 12.0)
+  assert summary.ms_per_token_runs == pytest.approx([50 / 12, 80 / 12])
+  assert summary.loop_iterations == [4, 2] and summary.mean_new_tokens == 6.0
+  assert timing.tokens_per_iteration(summary, [1, 1]) == pytest.approx(12 / 6)
 
 
 def test_measure_alpha_is_the_overlap_at_generated_positions(tiny_pair):
@@ -141,7 +142,7 @@ def test_measure_alpha_is_the_overlap_at_generated_positions(tiny_pair):
   sampling = Sampling(temperature=1.0)
   prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
   completions = [[9, 10, 11, 12], [13, 14]]  # different lengths: checks the mask
-  alpha, per_row = speed.measure_alpha(target, draft, prompts, completions, sampling)
+  alpha, per_row = bound.measure_alpha(target, draft, prompts, completions, sampling)
   # Reference: the distribution each new token was drawn from sits one position
   # earlier. Both rows have 7 tokens, so one unpadded jitted call scores them.
   seqs = np.array([p + c for p, c in zip(prompts, completions)])
@@ -152,7 +153,7 @@ def test_measure_alpha_is_the_overlap_at_generated_positions(tiny_pair):
                for j in range(len(c))] for b, (p, c) in enumerate(zip(prompts, completions))]
   np.testing.assert_allclose(per_row, [np.mean(o) for o in overlaps], rtol=1e-5)
   assert alpha == pytest.approx(np.mean(sum(overlaps, [])), rel=1e-5)  # pooled over positions
-  same, _ = speed.measure_alpha(target, target, prompts, completions, sampling)
+  same, _ = bound.measure_alpha(target, target, prompts, completions, sampling)
   assert same == pytest.approx(1.0, abs=1e-5)
 
 
@@ -161,7 +162,7 @@ def test_write_results_never_half_overwrites(tmp_path):
   json_path.write_text("old json")
   md_path.write_text("old md")
   with pytest.raises(KeyError):
-    speed.write_results({"machine": {}}, str(tmp_path))  # unformattable: nothing is written
+    benchmark_report.write_results({"machine": {}}, str(tmp_path))  # unformattable: nothing is written
   assert json_path.read_text() == "old json" and md_path.read_text() == "old md"
   assert sorted(os.listdir(tmp_path)) == ["benchmark.json", "benchmark.md"]  # no temporaries
 
@@ -211,7 +212,7 @@ def test_benchmark_runlocal_via_flags(saved_pair, tmp_path):
 def test_benchmark_on_a_mesh(saved_pair, tmp_path):
   """The whole benchmark on a 2 x 4 mesh: sharded generate, forwards and alpha; greedy,
   so speculative must reproduce the autoregressive tokens."""
-  traces = dict(sharded.TRACE_COUNT)
+  traces = dict(api.TRACE_COUNT)
   _run_main("benchmark", [
       f"--config={REPO}/configs/benchmark.py:runlocal", f"--config.target_dir={saved_pair[0]}",
       f"--config.draft_dir={saved_pair[1]}", f"--config.tokenizer={TOKENIZER}",
@@ -219,8 +220,8 @@ def test_benchmark_on_a_mesh(saved_pair, tmp_path):
   results = json.loads((tmp_path / "benchmark.json").read_text())
   assert results["mesh"] == {"data": 2, "fsdp": 1, "tensor": 4}
   assert "Mesh: {'data': 2" in (tmp_path / "benchmark.md").read_text()
-  # One sharded loop per method, each compiled once (no api.generate fallback).
-  assert {k: sharded.TRACE_COUNT[k] - traces[k] for k in traces} == {
+  # One sharded loop per method, each compiled once.
+  assert {k: api.TRACE_COUNT[k] - traces[k] for k in traces} == {
       "autoregressive": 1, "speculative": 1}
   (s,) = results["settings"]
   (r,) = s["speculative"]
@@ -231,9 +232,10 @@ def test_benchmark_on_a_mesh(saved_pair, tmp_path):
 
 @pytest.mark.parametrize("fields, message", [
     ({"batch_sizes": (3,)}, "batch_sizes"),
-    ({"num_draft": (0, 2)}, "num_draft"),
+    ({"k_sweep": (0, 2)}, "k_sweep"),
+    ({"samplings": ("beam",)}, r"samplings must be a non-empty subset of \('greedy', 'nucleus'\)"),
     ({"repeats": 0}, "repeats must be an int >= 1"),
-    ({"samplings": {"nucleus": {"temperature": 0.8, "top_p": 0.0}}}, r"samplings.nucleus: .*top_p"),
+    ({"nucleus": {"temperature": 0.8, "top_k": 0, "top_p": 0.0}}, r"nucleus: .*top_p"),
     ({"target_dir": "/nonexistent/target"}, "target_dir: no model at /nonexistent/target"),
 ])
 def test_benchmark_bad_config_raises_before_loading(saved_pair, tmp_path, monkeypatch, fields,
@@ -244,7 +246,7 @@ def test_benchmark_bad_config_raises_before_loading(saved_pair, tmp_path, monkey
     for name, value in fields.items():
       config[name] = value
   with pytest.raises((ValueError, FileNotFoundError), match=message):
-    speed.run_benchmark(config)
+    benchmark.run(config)
 
 
 # ---------------------------------------------------------------------------
@@ -277,16 +279,15 @@ def test_sample_runlocal_via_flags(saved_pair, tmp_path):
 
 
 def test_read_prompts_text_and_jsonl(tmp_path):
-  sample = _load_module("scripts/sample.py")
   txt = tmp_path / "p.txt"
   txt.write_text("def f(x):\n\n  indented = 1  \nlast")
-  assert [r["prompt"] for r in sample.read_prompts(str(txt))] == [
+  assert [r["prompt"] for r in sample_file.read_prompts(str(txt))] == [
       "def f(x):", "  indented = 1  ", "last"]  # blank lines skipped, spaces kept
-  assert len(sample.read_prompts(str(txt), limit=2)) == 2
+  assert len(sample_file.read_prompts(str(txt), limit=2)) == 2
   bad = tmp_path / "p.jsonl"
   bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
   with pytest.raises(ValueError, match=r"p.jsonl:2: .*'prompt' field"):
-    sample.read_prompts(str(bad))
+    sample_file.read_prompts(str(bad))
 
 
 def _sample_config(saved_pair, tmp_path, **fields):
@@ -333,20 +334,17 @@ def _sample_config(saved_pair, tmp_path, **fields):
 ])
 def test_sample_bad_settings_raise_before_loading(saved_pair, tmp_path, monkeypatch, fields,
                                                   error, message):
-  sample = _load_module("scripts/sample.py")
   monkeypatch.setattr(model_io, "load_lm", lambda *a, **k: pytest.fail("a model was loaded"))
   monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generate was called"))
-  monkeypatch.setattr(sharded, "make_sharded_loop",
-                      lambda *a, **k: pytest.fail("a sharded loop was compiled"))
+  monkeypatch.setattr(api, "make_loop", lambda *a, **k: pytest.fail("a loop was compiled"))
   with pytest.raises(error, match=message):
-    sample.run(_sample_config(saved_pair, tmp_path, **fields))
+    sample_file.run(_sample_config(saved_pair, tmp_path, **fields))
   assert not os.path.exists(tmp_path / "out.jsonl")
 
 
 def test_sample_autoregressive_ignores_missing_draft(saved_pair, tmp_path):
-  sample = _load_module("scripts/sample.py")
-  sample.check_config(_sample_config(saved_pair, tmp_path, method="autoregressive",
-                                     draft_dir="/nonexistent/draft"))  # no error
+  sample_file.check_config(_sample_config(saved_pair, tmp_path, method="autoregressive",
+                                          draft_dir="/nonexistent/draft"))  # no error
 
 
 def test_sample_on_a_mesh_matches_one_device(saved_pair, tmp_path):
@@ -359,14 +357,14 @@ def test_sample_on_a_mesh_matches_one_device(saved_pair, tmp_path):
   path = tmp_path / "prompts.txt"
   path.write_text("\n".join(prompts) + "\n")
   out = tmp_path / "out.jsonl"
-  traces = sharded.TRACE_COUNT["speculative"]
+  traces = api.TRACE_COUNT["speculative"]
   _run_main("sample", [
       f"--config={REPO}/configs/sample.py:runlocal", f"--config.input={path}",
       f"--config.output={out}", f"--config.target_dir={saved_pair[0]}",
       f"--config.draft_dir={saved_pair[1]}", f"--config.tokenizer={TOKENIZER}",
       "--config.limit=0", "--config.temperature=0", "--config.num_draft=3", *MESH_FLAGS])
   rows = [json.loads(l) for l in out.read_text().splitlines()]
-  assert sharded.TRACE_COUNT["speculative"] == traces + 1  # one loop for both batches
+  assert api.TRACE_COUNT["speculative"] == traces + 1  # one loop for both batches
   assert [r["prompt"] for r in rows] == prompts and sorted(os.listdir(tmp_path)) == [
       "out.jsonl", "prompts.txt"]
 

@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from specsample import dry_run
 from specsample import sharding as sh
-from specsample.decoding import api, generate, sharded
+from specsample.decoding import api, generate
 from specsample.models import io as model_io
 from specsample.models import presets
 from specsample.models import transformer as tr
@@ -72,7 +72,7 @@ def test_params_and_train_state_created_sharded(reference_training):
 
   # init_train_state's out_shardings (checked without a further compile): Adam
   # moments are laid out like their parameters, counters replicated.
-  state = sh.train_state_shardings(cfg, train_lib.make_optimizer(_train_config()), mesh,
+  state = train_lib.train_state_shardings(cfg, train_lib.make_optimizer(_train_config()), mesh,
                                    case.TARGET_RULES)
   adam = state.opt_state[1][0]                      # chain(clip, adamw(scale_by_adam, ...))
   assert state.params == expected and adam.mu == expected and adam.nu == expected
@@ -176,9 +176,9 @@ def test_train_steps_match_unsharded(reference_training, mesh_name):
   initial, ref_state, ref_metrics, _ = reference_training
   mesh = mesh_named(mesh_name)
   optimizer = train_lib.make_optimizer(_train_config())
-  shardings = sh.train_state_shardings(case.TARGET_CFG, optimizer, mesh, case.TARGET_RULES)
+  shardings = train_lib.train_state_shardings(case.TARGET_CFG, optimizer, mesh, case.TARGET_RULES)
   state = jax.device_put(initial, shardings)
-  step = sh.make_sharded_train_step(case.TARGET_CFG, optimizer, mesh, case.TARGET_RULES,
+  step = train_lib.make_sharded_train_step(case.TARGET_CFG, optimizer, mesh, case.TARGET_RULES,
                                     batch_size=8, seq_len=16)
   for batch, ref in zip(_batches(), ref_metrics):
     state, metrics = step(state, batch)
@@ -237,9 +237,8 @@ def test_greedy_decoding_matches_unsharded(pair, greedy_reference, method, mesh_
   (tests/test_decoding.py), so one unsharded reference serves both methods."""
   target, draft = pair
   mesh = mesh_named(mesh_name)
-  out = sharded.sharded_generate(target, case.PROMPTS, draft=draft, mesh=mesh, method=method,
-                                 target_rules=case.TARGET_RULES, draft_rules=case.DRAFT_RULES,
-                                 **case.DECODE)
+  out = generate(target, case.PROMPTS, draft=draft, mesh=mesh, method=method,
+                 rules=case.TARGET_RULES, draft_rules=case.DRAFT_RULES, **case.DECODE)
   assert out.tokens == greedy_reference.tokens
   assert [len(t) for t in out.tokens] == [case.DECODE["max_new_tokens"]] * len(case.PROMPTS)
   if method == "speculative":
@@ -252,29 +251,29 @@ def test_sharded_loop_compiles_once_and_pins_cache_layout(pair):
   caches come back split by each model's own rules."""
   target, draft = pair
   mesh = mesh_named(case.MULTIHOST_MESH)
-  kwargs = dict(draft=draft, mesh=mesh, target_rules=case.TARGET_RULES,
+  kwargs = dict(draft=draft, mesh=mesh, rules=case.TARGET_RULES,
                 draft_rules=case.DRAFT_RULES, **case.DECODE)
-  sharded.sharded_generate(target, case.PROMPTS, **kwargs)  # compiled by the test above
-  before = dict(sharded.TRACE_COUNT)
+  generate(target, case.PROMPTS, **kwargs)  # compiled by the test above
+  before = dict(api.TRACE_COUNT)
   other = [list(reversed(p)) for p in case.PROMPTS]
-  sharded.sharded_generate(target, other, seed=7, **kwargs)
-  assert sharded.TRACE_COUNT == before
+  generate(target, other, seed=7, **kwargs)
+  assert api.TRACE_COUNT == before
 
-  # The same jitted loop (make_sharded_loop is cached), called directly to see its caches.
+  # The same jitted loop (make_loop is cached), called directly to see its caches.
   prompts_BP, prompt_len_B, spec = api.prepare(
       target, draft, case.PROMPTS, "speculative", case.DECODE["num_draft"],
       case.DECODE["sampling"], case.DECODE["max_new_tokens"], eos_id=None, pad_to=16)
   assert spec.eos_id == -1 and prompts_BP.shape[1] == 16
   target_rules = sh.canonical_rules(case.TARGET_RULES)
-  loop = sharded.make_sharded_loop("speculative", case.TARGET_CFG, case.DRAFT_CFG, spec, mesh,
-                                   target_rules, case.DRAFT_RULES, 8, 16)
-  s = sharded.loop_shardings(case.TARGET_CFG, case.DRAFT_CFG, mesh, target_rules, case.DRAFT_RULES,
+  loop = api.make_loop("speculative", case.TARGET_CFG, case.DRAFT_CFG, spec, mesh,
+                       target_rules, case.DRAFT_RULES, 8, 16)
+  s = api.loop_shardings(case.TARGET_CFG, case.DRAFT_CFG, mesh, target_rules, case.DRAFT_RULES,
                              8, 16, spec.buffer_len)
   out = loop(sh.shard_params(target.params, case.TARGET_CFG, mesh, target_rules),
              sh.shard_params(draft.params, case.DRAFT_CFG, mesh, case.DRAFT_RULES),
              sh.put_global(prompts_BP, s["prompts"]), sh.put_global(prompt_len_B, s["prompt_len"]),
-             sh.put_global(np.uint32(0), s["replicated"]))
-  assert sharded.TRACE_COUNT == before
+             sh.put_global(np.asarray(jax.random.key_data(jax.random.key(0))), s["replicated"]))
+  assert api.TRACE_COUNT == before
   target_cache, draft_cache = out[5]
   # The target's 4 kv heads split over tensor=4; the draft's rules keep them whole.
   assert target_cache.k[0].sharding.spec == P(("data", "fsdp"), None, "tensor", None)
@@ -322,15 +321,14 @@ def test_indivisible_dimensions_raise_before_compiling(pair):
   with pytest.raises(ValueError, match=r"parameter layer_0/attn/o: dimension 0 \('heads', size 6\) "
                                        r"is not divisible by mesh axes \('tensor',\) of size 4"):
     sh.param_shardings(six_heads, mesh, sh.TENSOR_PARALLEL)
-  before = dict(sharded.TRACE_COUNT)
+  before = dict(api.TRACE_COUNT)
   with pytest.raises(ValueError, match=r"prompts \[B, P\]: dimension 0 \('batch', size 3\) is not "
                                        r"divisible by mesh axes \('data', 'fsdp'\) of size 8"):
-    sharded.sharded_generate(target, case.PROMPTS[:3], draft=draft, mesh=mesh_named("data8"),
-                             **case.DECODE)
+    generate(target, case.PROMPTS[:3], draft=draft, mesh=mesh_named("data8"), **case.DECODE)
   with pytest.raises(ValueError, match="training batch"):
-    sh.make_sharded_train_step(case.TARGET_CFG, optax.sgd(0.1), mesh_named("data8"),
+    train_lib.make_sharded_train_step(case.TARGET_CFG, optax.sgd(0.1), mesh_named("data8"),
                                case.TARGET_RULES, batch_size=4, seq_len=16)
-  assert sharded.TRACE_COUNT == before
+  assert api.TRACE_COUNT == before
 
 
 # -------------------------------------------------------------------------- dry run

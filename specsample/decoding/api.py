@@ -1,14 +1,15 @@
-"""`generate`: the one public entry point for autoregressive and speculative sampling.
+"""`generate`: the one entry point for autoregressive and speculative sampling, sharded or not.
 
-    from specsample.decoding import LM, Sampling, generate
+    from specsample.decoding import Sampling, generate
     out = generate(target, prompts, draft=draft, method="speculative", num_draft=4,
                    sampling=Sampling(temperature=0.8, top_p=0.95), max_new_tokens=128,
-                   eos_id=tokenizer.eos_id, seed=0)
+                   eos_id=tokenizer.eos_id, seed=0)               # mesh=..., rules=... to shard
     out.tokens[0], out.stats["tokens_per_call"][0]
 
-Every setting is checked before anything is compiled. Prompts are padded to a
-multiple of `pad_to` and the buffer length is rounded the same way, so calls
-with new prompts of similar length reuse the compiled loop.
+Every setting (and on a mesh every divisibility) is checked before anything
+compiles. Prompts are padded to a multiple of `pad_to` and the buffer length is
+rounded the same way, so calls with new prompts of similar length reuse the
+compiled loop (`make_loop`, cached).
 """
 
 from __future__ import annotations
@@ -21,30 +22,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specsample import sharding as sh
 from specsample.decoding import autoregressive, common, speculative
 from specsample.decoding.sampling import Sampling
 from specsample.models import transformer as tr
+from specsample.models.lm import LM
+from specsample.utils import is_positive_int, round_up
 
 METHODS = ("autoregressive", "speculative")
 
 # Number of times a decode loop was traced (= compiled) in this process. Tests
 # use it to check that new prompts of the same shape do not recompile.
 TRACE_COUNT = {"autoregressive": 0, "speculative": 0}
-
-
-@dataclasses.dataclass(frozen=True)
-class LM:
-  """A model ready for decoding.
-
-  Attributes:
-    config: its TransformerConfig.
-    params: parameter pytree (arrays, possibly sharded).
-    tokenizer_id: identifies the tokenizer (e.g. a hash of the sentencepiece
-      model); draft and target must agree when both are set.
-  """
-  config: tr.TransformerConfig
-  params: Any
-  tokenizer_id: str | None = None
 
 
 @dataclasses.dataclass
@@ -56,26 +45,6 @@ class GenerateOutput:
   """
   tokens: list[list[int]]
   stats: dict[str, np.ndarray]
-
-
-@functools.partial(jax.jit, static_argnames=("target_cfg", "spec"))
-def _ar_jit(target_cfg, spec, target_params, prompts, prompt_len, key):
-  TRACE_COUNT["autoregressive"] += 1
-  s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts, prompt_len, key)
-  zeros = jnp.zeros_like(s.target_calls)
-  return s.tokens, s.length, s.target_calls, zeros, zeros
-
-
-@functools.partial(jax.jit, static_argnames=("target_cfg", "draft_cfg", "spec"))
-def _spec_jit(target_cfg, draft_cfg, spec, target_params, draft_params, prompts, prompt_len, key):
-  TRACE_COUNT["speculative"] += 1
-  s = speculative.speculative_loop(target_cfg, draft_cfg, spec, target_params, draft_params,
-                                   prompts, prompt_len, key)
-  return s.tokens, s.length, s.target_calls, s.drafted, s.accepted
-
-
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
 
 
 def check_settings(target: LM, draft: LM | None, method: str, num_draft: int,
@@ -91,7 +60,7 @@ def check_settings(target: LM, draft: LM | None, method: str, num_draft: int,
   if method == "speculative":
     if draft is None:
       raise ValueError("method='speculative' needs a draft model (draft=LM(...))")
-    if not isinstance(num_draft, int) or isinstance(num_draft, bool) or num_draft < 1:
+    if not is_positive_int(num_draft):
       raise ValueError(f"num_draft (the paper's K) must be an int >= 1, got {num_draft!r}")
     if draft.config.vocab_size != target.config.vocab_size:
       raise ValueError(f"draft and target vocabularies differ: draft vocab_size="
@@ -110,7 +79,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_to: int
   if (lengths == 0).any():
     raise ValueError(f"prompt {int(np.argmin(lengths))} is empty: every prompt needs >= 1 token "
                      "(e.g. the tokenizer's bos id)")
-  width = _round_up(int(lengths.max()), pad_to)
+  width = round_up(int(lengths.max()), pad_to)
   out = np.zeros((len(prompts), width), np.int32)
   for i, p in enumerate(prompts):
     p = np.asarray(p)
@@ -125,7 +94,7 @@ def buffer_len(prompt_width: int, max_new_tokens: int, num_draft: int, method: s
   """Token-buffer / KV-cache length of a decode loop: the padded prompt, the
   new tokens and one block of overshoot, rounded up to `pad_to`."""
   slack = (num_draft + 1) if method == "speculative" else 1
-  return _round_up(prompt_width + max_new_tokens + slack, pad_to)
+  return round_up(prompt_width + max_new_tokens + slack, pad_to)
 
 
 def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], method: str,
@@ -169,10 +138,81 @@ def make_output(prompt_len: np.ndarray, tokens, length, target_calls, drafted, a
   return GenerateOutput(tokens=rows, stats=stats)
 
 
+def loop_shardings(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig | None,
+                   mesh, target_rules: sh.Rules, draft_rules: sh.Rules | None, batch: int,
+                   prompt_width: int, buffer_len: int) -> dict[str, Any]:
+  """Every sharding of one compiled loop on a mesh, validated (ValueError before compiling).
+
+  Returns:
+    dict with target_params, draft_params (None for autoregressive), prompts,
+    prompt_len, target_cache, draft_cache (KVCache of NamedShardings or None)
+    and replicated.
+  """
+  out = {
+      "target_params": sh.param_shardings(target_cfg, mesh, target_rules),
+      "prompts": sh.batch_sharding(mesh, target_rules, (batch, prompt_width), what="prompts [B, P]"),
+      "prompt_len": sh.batch_sharding(mesh, target_rules, (batch,), what="prompt lengths [B]"),
+      "target_cache": sh.cache_shardings(target_cfg, mesh, target_rules, batch, buffer_len),
+      "draft_params": None, "draft_cache": None, "replicated": sh.replicated(mesh),
+  }
+  if draft_cfg is not None:
+    out["draft_params"] = sh.param_shardings(draft_cfg, mesh, draft_rules)
+    out["draft_cache"] = sh.cache_shardings(draft_cfg, mesh, draft_rules, batch, buffer_len)
+  return out
+
+
+@functools.lru_cache(maxsize=128)
+def make_loop(method: str, target_cfg: tr.TransformerConfig,
+              draft_cfg: tr.TransformerConfig | None, spec: common.DecodeSpec, mesh=None,
+              target_rules: sh.Rules | None = None, draft_rules: sh.Rules | None = None,
+              batch: int = 0, prompt_width: int = 0):
+  """The jitted decode loop of one setting; cached, so a setting compiles once per shape.
+
+  Returns:
+    fn(target_params, draft_params, prompts [B, P], prompt_len [B], key_data [2]) ->
+    (tokens [B, L], length [B], target_calls [B], drafted [B], accepted [B]),
+    plus the final caches as a sixth element on a mesh. key_data is
+    jax.random.key_data of the PRNG key. draft_params is ignored (pass None)
+    for method='autoregressive'.
+
+    Without a mesh, shapes come from the arguments (batch and prompt_width
+    are unused). On a mesh the parameters are laid out by each model's rules,
+    prompts split over the 'batch' rule's axes, results replicated (every
+    process of a multi-host run can read them) and the caches returned with
+    shardings from the rules: that pins the while-loop carry of each cache to
+    [B over batch axes, S, K over tensor, H] instead of leaving it to propagation.
+  """
+  def run(target_params, draft_params, prompts_BP, prompt_len_B, key_data):
+    TRACE_COUNT[method] += 1
+    key = jax.random.wrap_key_data(key_data)
+    if method == "speculative":
+      s = speculative.speculative_loop(target_cfg, draft_cfg, spec, target_params, draft_params,
+                                       prompts_BP, prompt_len_B, key)
+      return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
+              (s.target_cache, s.draft_cache))
+    s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
+                                           prompt_len_B, key)
+    zeros = jnp.zeros_like(s.target_calls)
+    return s.tokens, s.length, s.target_calls, zeros, zeros, (s.cache,)
+
+  if mesh is None:
+    return jax.jit(lambda *args: run(*args)[:5])
+  speculative_ = method == "speculative"
+  s = loop_shardings(target_cfg, draft_cfg if speculative_ else None, mesh, target_rules,
+                     draft_rules, batch, prompt_width, spec.buffer_len)
+  rep = s["replicated"]
+  caches = (s["target_cache"], s["draft_cache"]) if speculative_ else (s["target_cache"],)
+  return jax.jit(run,
+                 in_shardings=(s["target_params"], s["draft_params"], s["prompts"],
+                               s["prompt_len"], rep),
+                 out_shardings=(rep,) * 5 + (caches,))
+
+
 def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None = None,
              method: str = "speculative", num_draft: int = 4, sampling: Sampling = Sampling(),
              max_new_tokens: int = 64, eos_id: int | None = None, seed: int = 0,
-             pad_to: int = 16) -> GenerateOutput:
+             pad_to: int = 16, mesh=None, rules: sh.Rules | None = None,
+             draft_rules: sh.Rules | None = None) -> GenerateOutput:
   """Samples continuations of token-id prompts.
 
   Args:
@@ -187,16 +227,42 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     seed: PRNG seed.
     pad_to: prompt and buffer lengths are rounded up to this multiple, so
       similar-length batches share one compilation.
+    mesh: a jax.sharding.Mesh (sharding.make_mesh), possibly spanning hosts;
+      None decodes on one device. Multi-host, every process calls this with
+      the same prompts and gets the full output.
+    rules: on a mesh, the logical-axis rules of the target's parameters, the
+      batch and its KV cache (default sharding.TENSOR_PARALLEL). Parameters
+      not yet laid out by them are placed first (sharding.shard_params).
+    draft_rules: the draft's rules on the mesh; default: `rules`.
 
   Returns:
     GenerateOutput with the new tokens of each row and per-row statistics.
+
+  Raises:
+    ValueError: a bad setting, or on a mesh a mesh/rules/shape mismatch naming
+      the parameter or array and dimension, before anything compiles.
   """
   prompts_BP, prompt_len, spec = prepare(target, draft, prompts, method, num_draft, sampling,
                                          max_new_tokens, eos_id, pad_to)
-  key = jax.random.key(seed)
-  if method == "speculative":
-    out = _spec_jit(target.config, draft.config, spec, target.params, draft.params,
-                    prompts_BP, prompt_len, key)
-  else:
-    out = _ar_jit(target.config, spec, target.params, prompts_BP, prompt_len, key)
-  return make_output(prompt_len, *out)
+  speculative_ = method == "speculative"
+  draft_cfg = draft.config if speculative_ else None
+  draft_params = draft.params if speculative_ else None
+  key_data = np.asarray(jax.random.key_data(jax.random.key(seed)))
+  if mesh is None:
+    loop = make_loop(method, target.config, draft_cfg, spec)
+    return make_output(prompt_len, *loop(target.params, draft_params, prompts_BP, prompt_len,
+                                         key_data))
+  rules = sh.canonical_rules(sh.TENSOR_PARALLEL if rules is None else rules)
+  draft_rules = rules if draft_rules is None else sh.canonical_rules(draft_rules)
+  B, P = prompts_BP.shape
+  # Validates every sharding (raises before any compilation).
+  s = loop_shardings(target.config, draft_cfg, mesh, rules, draft_rules, B, P, spec.buffer_len)
+  loop = make_loop(method, target.config, draft_cfg, spec, mesh, rules,
+                   draft_rules if speculative_ else None, B, P)
+  target_params = sh.shard_params(target.params, target.config, mesh, rules)
+  if speculative_:
+    draft_params = sh.shard_params(draft.params, draft.config, mesh, draft_rules)
+  out = loop(target_params, draft_params, sh.put_global(prompts_BP, s["prompts"]),
+             sh.put_global(prompt_len, s["prompt_len"]), sh.put_global(key_data, s["replicated"]))
+  # Results are replicated: every process can read them; caches are dropped.
+  return make_output(prompt_len, *out[:5])

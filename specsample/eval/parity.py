@@ -1,7 +1,7 @@
 """The checks of the Table 1 reproduction: quality with confidence intervals,
 and parity of speculative with autoregressive sampling.
 
-Pure functions of cell records (specsample/eval/reproduce.py writes them):
+Pure functions of cell records (specsample/eval/table1/cells.py writes them):
 no JAX, no models. Greedy cells must match token for token
 (check_parity); every sampled token must look like a draw from the target's
 sampling distribution (check_calibration); the quality metric of sampled

@@ -25,8 +25,13 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from specsample.decoding.api import LM
+from specsample import sharding as sh
 from specsample.models import transformer as tr
+from specsample.models.lm import LM
+
+
+class ModelLoadError(RuntimeError):
+  """A model folder whose params cannot be read (corrupt, or not matching config.json)."""
 
 
 def save_lm(directory: str, config: tr.TransformerConfig, params, *,
@@ -67,6 +72,15 @@ def save_lm(directory: str, config: tr.TransformerConfig, params, *,
   return directory
 
 
+def check_model_dir(directory: str, field: str) -> None:
+  """Raises FileNotFoundError naming the config `field` if `directory` holds no model."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"config.{field}: no model at {directory} ({path} is missing); export a pair with "
+        f"scripts/export_pair.py or point --config.{field} at an io.save_lm folder")
+
+
 def load_config(directory: str) -> tuple[tr.TransformerConfig, dict]:
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
@@ -87,15 +101,15 @@ def restore_params(directory: str, config: tr.TransformerConfig, store_dtype: st
     try:
       params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), abstract)
     except Exception as e:
-      raise RuntimeError(f"model params in {directory} are unreadable or do not match "
-                         f"config.json: {type(e).__name__}: {e}") from e
+      # The cause (often a long TensorStore spec) stays chained, not in the message.
+      raise ModelLoadError(f"model params in {directory} are unreadable or do not match "
+                           f"config.json ({type(e).__name__})") from e
   return jax.tree_util.tree_map(lambda x: x.astype(config.param_dtype), params)
 
 
 def load_lm(directory: str, **config_overrides) -> LM:
   """Loads a model folder into an LM on this process's first device (params
-  cast to the config's param_dtype). decoding.sharded.load_sharded_lm loads
-  onto a mesh.
+  cast to the config's param_dtype). load_sharded_lm loads onto a mesh.
 
   Args:
     directory: folder written by `save_lm`.
@@ -108,4 +122,16 @@ def load_lm(directory: str, **config_overrides) -> LM:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   shardings = jax.tree_util.tree_map(lambda _: device, tr.param_shapes(config))
   params = restore_params(directory, config, meta["store_dtype"], shardings)
+  return LM(config=config, params=params, tokenizer_id=meta.get("tokenizer_id"))
+
+
+def load_sharded_lm(directory: str, mesh, rules: sh.Rules = sh.TENSOR_PARALLEL,
+                    **config_overrides) -> LM:
+  """`load_lm` laid out by `rules` on `mesh`: each process reads only its shards,
+  for models too big for one host. Every divisibility is checked
+  (sharding.param_shardings) before anything is read."""
+  config, meta = load_config(directory)
+  config = config.replace(**config_overrides).validate()
+  params = restore_params(directory, config, meta["store_dtype"],
+                          sh.param_shardings(config, mesh, rules))
   return LM(config=config, params=params, tokenizer_id=meta.get("tokenizer_id"))

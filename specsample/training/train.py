@@ -25,11 +25,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import Mesh, NamedSharding
 from tqdm import tqdm
 
 from specsample import checkpoint as ckpt_lib
+from specsample import corpus as corpus_lib
 from specsample import sharding as sh
+from specsample import tokenizer as tokenizer_lib
+from specsample.models import io as model_io
 from specsample.models import transformer as tr
+from specsample.training import data as data_lib
 from specsample.training import losses
 
 
@@ -121,6 +126,56 @@ def init_state(model_cfg: tr.TransformerConfig, optimizer, seed: int) -> TrainSt
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
+# ----------------------------------------------------------------------------- on a mesh
+
+def train_state_shardings(model_cfg: tr.TransformerConfig, optimizer, mesh: sh.AnyMesh,
+                          rules: sh.Rules = sh.TENSOR_PARALLEL):
+  """A training.train.TrainState of NamedShardings: optimizer moments follow
+  their parameters (optax.tree_map_params); counters are replicated."""
+  params = sh.param_shardings(model_cfg, mesh, rules)
+  opt_shapes = jax.eval_shape(optimizer.init, sh.param_shapes(model_cfg))
+  rep = sh.replicated(mesh)
+  opt_state = optax.tree_map_params(
+      optimizer, lambda _, sharding: sharding, opt_shapes, params,
+      transform_non_params=lambda _: rep, is_leaf=lambda x: isinstance(x, NamedSharding))
+  return TrainState(step=rep, params=params, opt_state=opt_state)
+
+
+def init_train_state(model_cfg: tr.TransformerConfig, optimizer, seed: int, mesh: Mesh,
+                     rules: sh.Rules = sh.TENSOR_PARALLEL):
+  """training.train.init_state, with every array created in its sharding."""
+  shardings = train_state_shardings(model_cfg, optimizer, mesh, rules)
+  return jax.jit(lambda: init_state(model_cfg, optimizer, seed),
+                 out_shardings=shardings)()
+
+
+def make_sharded_train_step(model_cfg: tr.TransformerConfig, optimizer, mesh: Mesh,
+                            rules: sh.Rules = sh.TENSOR_PARALLEL, *, batch_size: int | None = None,
+                            seq_len: int | None = None):
+  """training.train's step under jit with in/out shardings; the state is donated.
+
+  Args:
+    model_cfg, optimizer: as for train.make_train_step.
+    mesh, rules: where the state and batch live.
+    batch_size, seq_len: when given, checked against the mesh before compiling.
+
+  Returns:
+    (state, batch) -> (state, metrics). The batch dict's [B, L] arrays are
+    split over the 'batch' rule's axes (host arrays are placed by jit
+    single-process; multi-host pass global arrays, e.g. via put_global).
+  """
+  state_shardings = train_state_shardings(model_cfg, optimizer, mesh, rules)
+  if batch_size is not None:
+    sh.batch_sharding(mesh, rules, (batch_size, seq_len or 1), what="training batch [B, L]")
+  # Shape (0, 0): only the axes are wanted here; sizes were checked above if known.
+  batch = sh.batch_sharding(mesh, rules, (0, 0), what="training batch [B, L]")
+  step = make_train_step(model_cfg, optimizer)  # jitted; inlined into ours
+  return jax.jit(lambda state, b: step(state, b),
+                 in_shardings=(state_shardings, batch),
+                 out_shardings=(state_shardings, sh.replicated(mesh)),
+                 donate_argnums=0)
+
+
 def evaluate(eval_step, params, val_batches) -> float:
   """Token-weighted mean validation loss (nats/token) over fixed batches."""
   total, count = 0.0, 0.0
@@ -134,9 +189,6 @@ class CorpusData:
   """Training and validation data of the offline Python corpus."""
 
   def __init__(self, config: ml_collections.ConfigDict, vocab_size: int):
-    from specsample import corpus as corpus_lib
-    from specsample import tokenizer as tokenizer_lib
-    from specsample.training import data as data_lib
     tok = tokenizer_lib.Tokenizer.load(config.tokenizer)
     if tok.vocab_size != vocab_size:
       raise ValueError(f"model.vocab_size={vocab_size} does not match the tokenizer "
@@ -191,7 +243,7 @@ def make_sharded_steps(config: ml_collections.ConfigDict, model_cfg: tr.Transfor
     ValueError: a batch or parameter dimension its mesh axes do not divide.
   """
   shape = (config.data.batch_size, config.data.seq_len)
-  train_step = sh.make_sharded_train_step(model_cfg, optimizer, mesh, rules,
+  train_step = make_sharded_train_step(model_cfg, optimizer, mesh, rules,
                                           batch_size=shape[0], seq_len=shape[1])
   batch_sharding = sh.batch_sharding(mesh, rules, shape, what="training batch [B, L]")
   # Replicated scalars: every process can read the loss.
@@ -243,7 +295,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
   if mesh is None:
     state = init_state(model_cfg, optimizer, config.seed)
   else:  # created already sharded; orbax restores into the same shardings
-    state = sh.init_train_state(model_cfg, optimizer, config.seed, mesh, rules)
+    state = init_train_state(model_cfg, optimizer, config.seed, mesh, rules)
   if checkpointer.latest_step() is not None:
     _, state, _ = checkpointer.restore(state)
   start = int(state.step)
@@ -296,8 +348,6 @@ def export_run(workdir: str, out: str, *, one_device: bool = False) -> int:
   Returns:
     The exported step.
   """
-  from specsample.models import io as model_io  # io imports decoding, not needed to train
-  from specsample.tokenizer import Tokenizer
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   model_cfg = model_config_from(config)
@@ -305,14 +355,14 @@ def export_run(workdir: str, out: str, *, one_device: bool = False) -> int:
   mesh = None if one_device else make_mesh(config)
   abstract = jax.eval_shape(lambda: init_state(model_cfg, optimizer, config.seed))
   if mesh is not None:
-    shardings = sh.train_state_shardings(
+    shardings = train_state_shardings(
         model_cfg, optimizer, mesh, sh.get_rules(config.get("sharding_rules", "tensor_parallel")))
     abstract = jax.tree_util.tree_map(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         abstract, shardings)
   step, state, _ = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).restore(abstract)
   model_io.save_lm(out, model_cfg, state.params,
-                   tokenizer_id=Tokenizer.load(config.tokenizer).fingerprint,
+                   tokenizer_id=tokenizer_lib.Tokenizer.load(config.tokenizer).fingerprint,
                    extra={"trained_steps": step, "train_config": config.to_dict()})
   metrics = os.path.join(workdir, "metrics.jsonl")
   if jax.process_index() == 0 and os.path.exists(metrics):

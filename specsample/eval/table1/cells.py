@@ -1,0 +1,166 @@
+"""Computing one Table 1 cell: generate, time and score one method on one task's items.
+
+HumanEval: prompt = BOS + the problem's prompt; the decoded continuation is
+truncated at humaneval.STOP_SEQUENCES and executed in worker subprocesses;
+pass@k is the unbiased estimator. XSum: xsum.build_prompt's 1-shot prompt,
+summary cut at the first newline, ROUGE-2 F per article. Every sampled token
+is also scored against the target's exact sampling distribution
+(scoring.sample_calibration, checked by parity.check_calibration).
+
+A short last call is filled up with copies of its last prompt, keeping its
+shape, so each decode loop compiles once per task and batch size; a call that
+compiled is rerun and only the rerun is timed (timing.timed_generate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tqdm import tqdm
+
+from specsample.eval import humaneval, scoring, timing, xsum
+from specsample.eval.table1 import grid, store
+from specsample.eval.table1.grid import Cell
+from specsample.tokenizer import Tokenizer
+from specsample.utils import round_up
+
+
+@dataclasses.dataclass
+class TaskData:
+  """Prompts of one task. items[i] is a HumanEval problem or an XSum article."""
+  name: str
+  items: list[dict]
+  prompt_ids: list[list[int]]
+  fingerprint: str
+  solution_ids: list[list[int]] | None = None  # HumanEval canonical solutions
+
+
+def load_tasks(config, tokenizer: Tokenizer) -> dict[str, TaskData]:
+  """Loads and tokenizes every enabled task (BOS + prompt)."""
+  tasks = {}
+  for task in grid.enabled_tasks(config):
+    if task == "humaneval":
+      items = humaneval.load_problems(limit=config.humaneval.num_problems)
+      texts = [p["prompt"] for p in items]
+      data_fp = store.sha([[p["task_id"], p["prompt"], p["test"], p["canonical_solution"]]
+                      for p in items])
+    else:
+      items = xsum.load_xsum(config.xsum.path, config.xsum.split, limit=config.xsum.num_items)
+      texts = [xsum.build_prompt(it["document"], max_doc_chars=config.xsum.max_doc_chars)
+               for it in items]
+      data_fp = store.sha([texts, [it["summary"] for it in items]])
+    ids = tokenizer.encode_batch(texts, add_bos=True)
+    tasks[task] = TaskData(task, items, ids, data_fp)
+    if task == "humaneval":
+      tasks[task].solution_ids = tokenizer.encode_batch([p["canonical_solution"] for p in items])
+  return tasks
+
+
+def check_fits(config, tasks: dict[str, TaskData], target_cfg, draft_cfg) -> None:
+  """Raises naming the fields if a prompt + generation would not fit a model's cache."""
+  max_k = max([config.num_draft, *config.k_sweep])
+  for name, task in tasks.items():
+    c = config[name]
+    longest = int(np.argmax([len(p) for p in task.prompt_ids]))
+    width = round_up(len(task.prompt_ids[longest]), c.pad_to)
+    need = round_up(width + c.max_new_tokens + max_k + 1, c.pad_to)
+    for which, cfg in (("target", target_cfg), ("draft", draft_cfg)):
+      if need > cfg.max_seq_len:
+        raise ValueError(
+            f"config.{name}.max_new_tokens={c.max_new_tokens} with config.{name}.pad_to="
+            f"{c.pad_to} and K up to {max_k}: the longest prompt ({len(task.prompt_ids[longest])}"
+            f" tokens, item {longest}) needs a cache of {need} positions, above the {which}'s "
+            f"max_seq_len={cfg.max_seq_len}; lower max_new_tokens or pad_to (or shorten "
+            "prompts, e.g. xsum.max_doc_chars)")
+    if task.solution_ids is not None:
+      longest = max(len(p) + len(q) for p, q in zip(task.prompt_ids, task.solution_ids))
+      if longest > target_cfg.max_seq_len:
+        raise ValueError(f"config.humaneval.num_problems={len(task.items)}: a prompt + canonical "
+                         f"solution has {longest} tokens, above the target's max_seq_len="
+                         f"{target_cfg.max_seq_len}")
+
+
+def _score_humaneval(config, task: TaskData, cell: Cell, items: list[dict]) -> None:
+  """Executes the completions; adds 'score' (passed 0/1) and 'result' to each item."""
+  c = config.humaneval
+  completions = [[] for _ in task.items]
+  for it in items:
+    completions[it["problem"]].append(it["text"])
+  used = [i for i, comp in enumerate(completions) if comp]
+  scored = humaneval.score_completions(
+      [task.items[i] for i in used], [completions[i] for i in used],
+      ks=sorted(set(c.pass_ks) | {cell.num_samples}), timeout_s=c.timeout_s, workers=c.workers)
+  outcomes = {i: iter(p["samples"]) for i, p in zip(used, scored["problems"])}
+  for it in items:
+    sample = next(outcomes[it["problem"]])
+    it["score"], it["result"] = float(sample["passed"]), sample["result"][:120]
+
+
+def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, tokenizer: Tokenizer,
+                          progress: bool = True) -> dict:
+  """Generates, times and scores one cell; returns its record (without fingerprint)."""
+  c = config[cell.task]
+  sampling = grid.sampling_for(config, cell.task, cell.sampling)
+  kwargs = dict(draft=models["draft"], method=cell.method, num_draft=max(cell.num_draft, 1),
+                sampling=sampling, max_new_tokens=c.max_new_tokens, eos_id=tokenizer.eos_id,
+                pad_to=c.pad_to)
+  order = [(p, s) for p in range(len(task.items)) for s in range(cell.num_samples)]
+  items, token_ids, wall, tokens_per_row, loop_iterations, compiled_calls = [], [], 0.0, 0.0, 0, 0
+  totals = dict(new_tokens=0, target_calls=0, drafted=0, accepted=0)
+  bar = tqdm(total=len(order), desc=cell.key, unit="seq", leave=False, disable=not progress)
+  for call, start in enumerate(range(0, len(order), cell.batch_size)):
+    chunk = order[start:start + cell.batch_size]
+    prompts = [task.prompt_ids[p] for p, _ in chunk]
+    # A short last call is filled up with copies of its last prompt (outputs
+    # dropped): the same shape as the others, so no extra compile.
+    prompts += prompts[-1:] * (cell.batch_size - len(chunk))
+    out, seconds, compiled = timing.timed_generate(
+        models["target"], prompts, **kwargs, seed=config.seed * 1_000_003 + call)
+    wall += seconds
+    compiled_calls += compiled
+    tokens_per_row += float(np.mean(out.stats["new_tokens"][:len(chunk)]))
+    loop_iterations += int(out.stats["target_calls"][:len(chunk)].max())
+    for b, (p, s) in enumerate(chunk):
+      row = {"problem": p, "sample": s, "text": tokenizer.decode(out.tokens[b]),
+             **{k: int(out.stats[k][b]) for k in totals}}
+      if sampling.greedy:  # kept for the token-for-token parity check
+        row["tokens"] = out.tokens[b]
+      token_ids.append(out.tokens[b])
+      for k in totals:
+        totals[k] += row[k]
+      items.append(row)
+    bar.update(len(chunk))
+  bar.close()
+
+  if cell.task == "humaneval":
+    _score_humaneval(config, task, cell, items)
+  else:
+    scored = xsum.score_summaries([task.items[it["problem"]] for it in items],
+                                  [it["text"] for it in items])
+    for it, s in zip(items, scored["items"]):
+      it["score"], it["prediction"] = s["rouge2"], s["prediction"]
+  if not sampling.greedy:  # every sampled token against the target's exact distribution
+    terms = scoring.sample_calibration(
+        models["target"], sampling, [task.prompt_ids[it["problem"]] for it in items], token_ids,
+        width_multiple=max(c.pad_to, 128))
+    for it, t in zip(items, terms):
+      it["calibration"] = t
+  return {
+      "timing": {"wall_s": wall, "ms_per_token": 1000 * wall / max(tokens_per_row, 1e-9),
+                 "calls": -(-len(order) // cell.batch_size), "compiled_calls": compiled_calls,
+                 "loop_iterations": loop_iterations},
+      "stats": {**totals, "tokens_per_call": totals["new_tokens"] / max(totals["target_calls"], 1),
+                "acceptance_rate": (totals["accepted"] / totals["drafted"]
+                                    if totals["drafted"] else None)},
+      "items": items,
+  }
+
+
+def compute_canonical_cell(task: TaskData, models: dict, pad_to: int) -> dict:
+  """Mean log-likelihood of each canonical solution given its prompt, under the target."""
+  scores = scoring.continuation_logprobs(models["target"], task.prompt_ids, task.solution_ids,
+                                 width_multiple=max(pad_to, 128))
+  by_prompt = {p["prompt"]: s for p, s in zip(task.items, scores)}
+  result = humaneval.canonical_loglik(lambda prompt, _: by_prompt[prompt], task.items)
+  return {"canonical": result}

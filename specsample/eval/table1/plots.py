@@ -1,0 +1,67 @@
+"""Table 1 plots: speedup and acceptance against K (batch 1), ms/token per method."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+matplotlib.use("Agg")  # files only, no display
+from matplotlib import pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from specsample.eval.table1 import report  # noqa: E402
+
+
+def write_plots(rows: Sequence[dict], machines: dict, results_dir: str) -> list[str]:
+  """speedup vs K, acceptance vs K (batch 1) and ms/token per method (main K)."""
+  machine_note = "; ".join(f"{m}: {report.describe_machine(i)}" for m, i in machines.items())
+  paths = []
+  curves: dict[tuple, list[dict]] = {}
+  for r in rows:
+    if r["method"] == "speculative" and r["batch_size"] == 1:
+      curves.setdefault((r["task"], r["sampling"]), []).append(r)
+  for name, fields in (("speedup_vs_k", ("speedup",)),
+                       ("acceptance_vs_k", ("acceptance_rate", "tokens_per_call"))):
+    fig, axes = plt.subplots(1, len(fields), figsize=(6 * len(fields), 4.2), squeeze=False)
+    for ax, field in zip(axes[0], fields):
+      for (task, sampling), group in sorted(curves.items()):
+        group = sorted(group, key=lambda r: r["K"])
+        ax.plot([r["K"] for r in group], [r[field] for r in group], "o-",
+                label=f"{report.TASK_TITLES[task]} {sampling}")
+        paper = report.PAPER_TABLE1.get((task, sampling, "speculative"))
+        if field == "speedup" and paper:
+          ax.plot([report.PAPER_K], [paper[3]], "*", ms=12, color=ax.lines[-1].get_color(),
+                  label=f"paper {report.TASK_TITLES[task]} {sampling} (TPU v4, 70B)")
+      if field == "speedup":
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+      ax.set_xlabel("K (draft tokens per iteration)")
+      ax.set_ylabel({"speedup": "speedup over autoregressive (x)",
+                     "acceptance_rate": "accepted / drafted",
+                     "tokens_per_call": "tokens per target call"}[field])
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+    fig.suptitle(f"batch 1 — {machine_note}", fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(results_dir, f"table1_{name}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+  main = [r for r in rows if r["role"] == "main"]
+  groups = sorted({(r["task"], r["sampling"], r["batch_size"]) for r in main})
+  fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.2))
+  for offset, method in ((-0.2, "autoregressive"), (0.2, "speculative")):
+    values = [next((r["ms_per_token"] for r in main if (r["task"], r["sampling"], r["batch_size"])
+                    == g and r["method"] == method), np.nan) for g in groups]
+    ax.bar(np.arange(len(groups)) + offset, values, 0.4, label=report.METHOD_TITLES[method])
+  ax.set_xticks(np.arange(len(groups)))
+  ax.set_xticklabels([f"{report.TASK_TITLES[t]}\n{s}, B={b}" for t, s, b in groups], fontsize=8)
+  ax.set_ylabel("ms / token (per row)")
+  ax.legend()
+  ax.set_title(machine_note, fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(results_dir, "table1_ms_per_token.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return paths + [path]

@@ -1,6 +1,6 @@
 """Corpus and tokenizer: the Python standard library, SentencePiece BPE 4096.
 
-Full run (about 15 s on 2 CPU cores):
+Full run:
   python scripts/build_tokenizer.py --config=configs/tokenizer.py \
       --outdir=assets/tokenizer
 

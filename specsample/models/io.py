@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from specsample import sharding as sh
+from specsample.models import hf
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
 
@@ -82,6 +83,9 @@ def check_model_dir(directory: str, field: str) -> None:
 
 
 def load_config(directory: str) -> tuple[tr.TransformerConfig, dict]:
+  """(config, meta) of a model folder, or of a Hugging Face folder (models/hf.py)."""
+  if hf.is_hf_dir(directory):
+    return hf.load_config(directory)
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"no model at {directory}: {path} is missing")
@@ -94,6 +98,8 @@ def restore_params(directory: str, config: tr.TransformerConfig, store_dtype: st
                    shardings) -> Any:
   """Reads a model folder's params laid out by `shardings` (one per parameter;
   each process reads only its own shards), cast to config.param_dtype."""
+  if hf.is_hf_dir(directory):  # safetensors, read shard by shard
+    return hf.load_params(directory, config, shardings)
   abstract = jax.tree_util.tree_map(
       lambda s, sharding: jax.ShapeDtypeStruct(s.shape, jnp.dtype(store_dtype), sharding=sharding),
       tr.param_shapes(config), shardings)
@@ -112,7 +118,8 @@ def load_lm(directory: str, **config_overrides) -> LM:
   cast to the config's param_dtype). load_sharded_lm loads onto a mesh.
 
   Args:
-    directory: folder written by `save_lm`.
+    directory: folder written by `save_lm`, or a Hugging Face Llama / Mistral /
+      Qwen2 folder (config.json + safetensors).
     **config_overrides: e.g. dtype='bfloat16' or a larger max_seq_len.
   """
   config, meta = load_config(directory)

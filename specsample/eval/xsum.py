@@ -30,6 +30,7 @@ over articles, with a 95% confidence interval from `stats.mean_ci`.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -185,22 +186,56 @@ def write_fixture(path: str | os.PathLike, n: int = 8) -> str:
   return path
 
 
-def _local_data_file(path: str, split: str) -> tuple[str, str]:
-  """Finds (builder name, file) for a local file or a directory of splits."""
-  if os.path.isdir(path):
-    for name in (f"{split}.jsonl", f"{split}.json", f"{split}.parquet"):
-      candidate = os.path.join(path, name)
-      if os.path.exists(candidate):
-        path = candidate
-        break
-    else:
-      raise FileNotFoundError(f"no {split}.jsonl/.json/.parquet in {path}")
+_EXTENSIONS = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+KNOWN_SPLITS = ("train", "validation", "test")
+
+
+def _builder(path: str) -> str:
   lower = path.lower()
   if lower.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
-    return "json", path
+    return "json"
   if lower.endswith(".parquet"):
-    return "parquet", path
-  raise ValueError(f"unsupported XSum file type (want JSON, JSONL or Parquet): {path}")
+    return "parquet"
+  raise ValueError(f"{path}: unsupported XSum file type (want JSON, JSONL or Parquet)")
+
+
+def local_data_files(path: str, split: str) -> tuple[str, list[str]]:
+  """(builder, files) of one split of a local copy, in the usual layouts, no conversion.
+
+  A file is used as it is (a name starting with another split's name, e.g.
+  train-00000-of-00001.parquet asked for as "test", is an error). A folder
+  may hold {split}.jsonl/.json/.parquet, HF shards {split}-00000-of-0000N.*,
+  or either under data/, or {split}/*.parquet (the hub's parquet export).
+  """
+  if not os.path.isdir(path):
+    other = [s for s in KNOWN_SPLITS
+             if s != split and re.match(rf"{s}[-_.]", os.path.basename(path).lower())]
+    if other:
+      raise ValueError(f"{path}: the file name says split {other[0]!r}, but split {split!r} "
+                       "was asked for (config.xsum.split)")
+    return _builder(path), [path]
+  patterns = [f"{split}{ext}" for ext in _EXTENSIONS] + [f"{split}-*{ext}" for ext in _EXTENSIONS]
+  patterns += [f"data/{p}" for p in patterns] + [f"{split}/*.parquet", f"*/{split}/*.parquet"]
+  for pattern in patterns:
+    files = sorted(glob.glob(os.path.join(glob.escape(path), pattern)))
+    if files:
+      return _builder(files[0]), files
+  found = sorted({re.split(r"[-_.]", os.path.basename(f))[0]
+                  for f in glob.glob(os.path.join(glob.escape(path), "**", "*"), recursive=True)
+                  if f.lower().endswith(_EXTENSIONS)})
+  raise FileNotFoundError(f"{path}: no file for split {split!r} ({split}.jsonl/.json/.parquet, "
+                          f"{split}-*-of-*.parquet, data/ or {split}/); splits found: "
+                          f"{found or 'none'}")
+
+
+def check_items(items: Sequence[Mapping[str, Any]], where: str) -> None:
+  """Raises ValueError naming the file, row and field of a missing or empty text."""
+  for index, item in enumerate(items):
+    for field in ("document", "summary"):
+      value = item.get(field)
+      if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: row {index} (id {item.get('id')!r}): field {field!r} is "
+                         f"{'missing' if value is None else 'empty'}")
 
 
 def load_xsum(source: str | os.PathLike, split: str = "test", limit: int | None = None,
@@ -209,9 +244,9 @@ def load_xsum(source: str | os.PathLike, split: str = "test", limit: int | None 
 
   Args:
     source: a local JSON/JSONL/Parquet file with fields document, summary
-      (id optional; the row index is used when absent), a directory holding
-      {split}.jsonl/.json/.parquet, or a hub id such as "EdinburghNLP/xsum",
-      tried only when no such local path exists.
+      (id optional; the row index is used when absent), a directory in one of
+      the layouts of local_data_files, or a hub id such as
+      "EdinburghNLP/xsum", tried only when no such local path exists.
     split: split name; for a single local file it only names the split.
     limit: keep the first `limit` items.
     cache_dir: datasets cache directory (default: the datasets default).
@@ -222,15 +257,19 @@ def load_xsum(source: str | os.PathLike, split: str = "test", limit: int | None 
   Raises:
     RuntimeError: the hub could not be reached (e.g. offline); the message
       says how to use a local copy instead.
+    ValueError / FileNotFoundError: a missing or empty field (naming the file,
+      row and field) or no file for the split (naming the folder).
   """
   import datasets  # Heavy; imported only when loading.
 
   source = os.fspath(source)
   if os.path.exists(source):
-    builder, data_file = _local_data_file(source, split)
-    dataset = datasets.load_dataset(builder, data_files={split: data_file},
+    builder, data_files = local_data_files(source, split)
+    where = data_files[0] if len(data_files) == 1 else f"{source} ({split} files)"
+    dataset = datasets.load_dataset(builder, data_files={split: data_files},
                                     split=split, cache_dir=cache_dir)
   else:
+    where = f"{source} (hub, split {split!r})"
     try:
       dataset = datasets.load_dataset(source, split=split, cache_dir=cache_dir)
     except Exception as exc:  # Connection, offline mode, missing repo, ...
@@ -241,14 +280,18 @@ def load_xsum(source: str | os.PathLike, split: str = "test", limit: int | None 
           "id.") from exc
   missing = {"document", "summary"} - set(dataset.column_names)
   if missing:
-    raise ValueError(f"XSum data from {source!r} lacks fields {sorted(missing)}; "
-                     f"has {dataset.column_names}")
+    raise ValueError(f"{where}: no field {sorted(missing)} (XSum needs document and summary; "
+                     f"has {dataset.column_names})")
   if limit is not None:
     dataset = dataset.select(range(min(limit, len(dataset))))
   has_id = "id" in dataset.column_names
-  return [{"id": str(row["id"]) if has_id else str(index),
-           "document": row["document"], "summary": row["summary"]}
-          for index, row in enumerate(dataset)]
+  items = [{"id": str(row["id"]) if has_id else str(index),
+            "document": row["document"], "summary": row["summary"]}
+           for index, row in enumerate(dataset)]
+  if not items:
+    raise ValueError(f"{where}: no rows in split {split!r}")
+  check_items(items, where)
+  return items
 
 
 def rouge2_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:

@@ -27,12 +27,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   })
   c.corpus_root = ""                       # '' = the standard library corpus (its validation split)
   c.seed = 0                               # held-out prompt choice and sampling
-  c.num_val_prompts = 24                   # validation-split prefixes (never trained on)
-  c.num_humaneval_prompts = 24             # first HumanEval prompts
+  c.num_val_prompts = 16                   # validation-split prefixes (never trained on)
+  c.num_humaneval_prompts = 16             # first HumanEval prompts
   c.min_prompt_tokens = 64                 # validation prefixes: length in [min, max]
   c.max_prompt_tokens = 256                # every prompt is cut to its last max tokens
   c.max_new_tokens = 64                    # tokens per continuation
-  c.k_values = (1, 2, 3, 4, 5, 6)          # K of the tau curve
+  c.k_values = (2, 4, 6)                   # K of the tau curve
   c.speed_k = 4                            # K of the wall-clock speedups
   c.speed_batches = (1, 8)                 # batch sizes of the wall-clock speedups
   c.speed_prompts = 8                      # prompts timed per setting

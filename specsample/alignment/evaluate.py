@@ -51,23 +51,17 @@ def _tau(out) -> float:
   return float(out.stats["new_tokens"].sum() / max(out.stats["target_calls"].sum(), 1))
 
 
-def _speed(target, draft, prompts, sampling, k, batch, max_new, eos_id, repeats) -> dict:
-  """ms/token of both methods on the same prompt batches, after warm-up, best of repeats."""
+def _ms_per_token(target, prompts, batch: int, repeats: int, **kwargs) -> float:
+  """ms/token of generate over the prompts in batches, after warm-up, fastest call of repeats."""
   batches = [prompts[i:i + batch] for i in range(0, len(prompts) - batch + 1, batch)]
-  common = dict(sampling=sampling, max_new_tokens=max_new, eos_id=eos_id, seed=0, pad_to=64)
-  out = {}
-  for method, kwargs in (("autoregressive", {}), ("speculative", {"draft": draft, "num_draft": k})):
-    kw = dict(common, method=method, **kwargs)
-    timing.warm_up(target, batches, **kw)
-    passes = [timing.timed_pass(target, batches, **kw) for _ in range(repeats)]
-    out[method] = timing.summarise(passes, 0.0, False).ms_per_token
-  return {"ar_ms_per_token": out["autoregressive"], "sps_ms_per_token": out["speculative"],
-          "speedup": out["autoregressive"] / out["speculative"]}
+  timing.warm_up(target, batches, **kwargs)
+  passes = [timing.timed_pass(target, batches, **kwargs) for _ in range(repeats)]
+  return timing.summarise(passes, 0.0, False).ms_per_token
 
 
 def evaluate_draft(target, draft, prompts: Sequence[Sequence[int]], continuations: dict,
-                   config, eos_id: int) -> dict:
-  """One draft's row: per sampling, alpha, tau(K), MBSU(K), speedups."""
+                   ar_ms: dict, config, eos_id: int) -> dict:
+  """One draft's row: per sampling, alpha, tau(K), MBSU(K), speedups against `ar_ms`."""
   c = tr.count_params(draft.params) / tr.count_params(target.params)
   row = {"param_ratio_c": c}
   for name, sampling in SAMPLINGS.items():
@@ -78,15 +72,22 @@ def evaluate_draft(target, draft, prompts: Sequence[Sequence[int]], continuation
                      sampling=sampling, max_new_tokens=config.max_new_tokens, eos_id=eos_id,
                      seed=config.seed, pad_to=64)
       taus[k] = _tau(out)
+    speed = {}
+    for batch in config.speed_batches:
+      sps = _ms_per_token(target, prompts[:config.speed_prompts], batch, config.repeats,
+                          draft=draft, method="speculative", num_draft=config.speed_k,
+                          **_speed_kwargs(config, sampling, eos_id))
+      ar = ar_ms[(name, batch)]
+      speed[batch] = {"ar_ms_per_token": ar, "sps_ms_per_token": sps, "speedup": ar / sps}
     row[name] = {"alpha": alpha, "tau": taus,
                  "tau_iid": {k: bound.expected_tokens(alpha, k) for k in config.k_values},
-                 "mbsu": {k: taus[k] / (c * k + 1) for k in config.k_values},
-                 "speed": {}}
-    for batch in config.speed_batches:
-      row[name]["speed"][batch] = _speed(target, draft, prompts[:config.speed_prompts], sampling,
-                                         config.speed_k, batch, config.max_new_tokens, eos_id,
-                                         config.repeats)
+                 "mbsu": {k: taus[k] / (c * k + 1) for k in config.k_values}, "speed": speed}
   return row
+
+
+def _speed_kwargs(config, sampling: Sampling, eos_id: int) -> dict:
+  return dict(sampling=sampling, max_new_tokens=config.max_new_tokens, eos_id=eos_id, seed=0,
+              pad_to=64)
 
 
 def run(config) -> dict:
@@ -101,11 +102,16 @@ def run(config) -> dict:
                    max_new_tokens=config.max_new_tokens, eos_id=tokenizer.eos_id,
                    seed=config.seed, pad_to=64)
     continuations[name] = out.tokens
+  # Autoregressive ms/token once per (sampling, batch): the denominator of every draft's speedup.
+  ar_ms = {(name, batch): _ms_per_token(target, prompts[:config.speed_prompts], batch,
+                                        config.repeats, method="autoregressive",
+                                        **_speed_kwargs(config, sampling, tokenizer.eos_id))
+           for name, sampling in SAMPLINGS.items() for batch in config.speed_batches}
   rows = {}
   for name, path in tqdm(list(config.drafts.items()), desc="drafts"):
     draft = model_io.load_lm(path)
-    rows[name] = {"dir": path, **evaluate_draft(target, draft, prompts, continuations, config,
-                                                 tokenizer.eos_id)}
+    rows[name] = {"dir": path, **evaluate_draft(target, draft, prompts, continuations, ar_ms,
+                                                 config, tokenizer.eos_id)}
   return {"what": "draft alignment: each draft against the embedded target on held-out prompts",
           "prompts": {k: len(v) for k, v in sets.items()},
           "max_new_tokens": config.max_new_tokens, "k_values": list(config.k_values),

@@ -13,7 +13,7 @@ validation files (corpus.build_corpus().val) that has a docstring:
 Kept when the document has at most max_doc_tokens tokens (project tokenizer)
 and the summary 5-40 words, and when neither overlaps HumanEval: the
 definition (with its docstring) contains no corpus.humaneval_needles fragment,
-and the summary is not a sentence of any HumanEval prompt. The order is
+and no HumanEval prompt contains the summary (whitespace and case ignored). The order is
 sha256(id), a deterministic shuffle, so a prefix samples many files. The set is
 written as {split}.jsonl (id, document, summary) plus info.json; its
 fingerprint is the sha256 of the JSONL bytes.
@@ -79,13 +79,17 @@ def extract_items(source: corpus_lib.SourceFile) -> list[dict[str, str]]:
   return items
 
 
-def _humaneval_sentences(problems: Mapping[str, Mapping[str, str]]) -> set[str]:
-  """Every sentence of every HumanEval prompt, whitespace collapsed and lower-cased."""
-  out = set()
-  for problem in problems.values():
-    text = xsum.normalize_whitespace(problem["prompt"]).lower()
-    out.update(s.strip() for s in re.split(r"(?<=[.!?])\s", text) if s.strip())
-  return out
+def humaneval_prompts(problems: Mapping[str, Mapping[str, str]]) -> list[str]:
+  """Every HumanEval prompt, whitespace collapsed and lower-cased (for summary matching)."""
+  return [xsum.normalize_whitespace(p["prompt"]).lower() for p in problems.values()]
+
+
+def overlaps_humaneval(definition: str, summary: str, needles, prompts: Sequence[str]) -> bool:
+  """The definition holds a corpus.humaneval_needles fragment, or a prompt holds the summary."""
+  text = summary.lower()
+  return (any(text in prompt for prompt in prompts)
+          or bool(corpus_lib.find_contaminated([corpus_lib.SourceFile("", definition, "")],
+                                               needles)))
 
 
 def build_items(files: Sequence[corpus_lib.SourceFile], count_tokens, *,
@@ -107,7 +111,7 @@ def build_items(files: Sequence[corpus_lib.SourceFile], count_tokens, *,
   """
   problems = corpus_lib.read_humaneval_problems() if problems is None else problems
   needles = corpus_lib.humaneval_needles(problems)
-  sentences = _humaneval_sentences(problems)
+  prompts = humaneval_prompts(problems)
   counts = dict(candidates=0, empty=0, summary_words=0, document_tokens=0, humaneval=0, kept=0)
   items = []
   for source in files:
@@ -120,8 +124,7 @@ def build_items(files: Sequence[corpus_lib.SourceFile], count_tokens, *,
         counts["summary_words"] += 1
       elif count_tokens(item["document"]) > max_doc_tokens:
         counts["document_tokens"] += 1
-      elif (item["summary"].lower() in sentences or corpus_lib.find_contaminated(
-          [corpus_lib.SourceFile(item["id"], item["definition"], "")], needles)):
+      elif overlaps_humaneval(item["definition"], item["summary"], needles, prompts):
         counts["humaneval"] += 1
       else:
         items.append({k: item[k] for k in ("id", "document", "summary")})

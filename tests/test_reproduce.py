@@ -22,7 +22,7 @@ import pytest
 
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import parity, scoring
+from specsample.eval import docsum, parity, scoring
 from specsample.eval.table1 import grid, report, reproduce
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
@@ -130,10 +130,10 @@ def test_plan_has_paper_rows_batched_rows_and_sweep(pair_dir):
   assert "humaneval-nucleus-speculative-K4-B8-n4" in keys
   assert "humaneval-nucleus-speculative-K6-B1-n1" in keys
   assert "humaneval-greedy-speculative-K4-B1-n1" in keys  # main cell doubles as sweep point
-  assert not any(k.startswith("xsum") for k in keys)      # no data path: no XSum cells
+  assert "xsum-nucleus-speculative-K4-B1-n1" in keys      # no data path: the docstring stand-in
   assert len(keys) == len(set(keys))
-  c.xsum.path = FIXTURE
-  assert "xsum-nucleus-speculative-K4-B1-n1" in [cell.key for cell in grid.plan_cells(c)]
+  c.tasks = ("humaneval",)
+  assert not any(cell.task == "xsum" for cell in grid.plan_cells(c))
 
 
 def test_t_quantile_matches_tables():
@@ -218,7 +218,9 @@ def _cell_files(workdir):
 
 
 def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
-  config = _config(pair_dir, batch_sizes=(1,), k_sweep=())
+  # The summarization rows on the docstring stand-in (runlocal's default; the real-XSum
+  # loader is tested on its fixtures in test_eval.py and test_docsum.py).
+  config = _config(pair_dir, batch_sizes=(1,), k_sweep=(), **{"xsum.path": ""})
   config.xsum.temperature, config.xsum.top_p = config.humaneval.temperature, config.humaneval.top_p
   workdir, results_dir = str(tmp_path / "wd"), str(tmp_path / "results")
   calls = []
@@ -236,11 +238,22 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
   # Paper numbers (Table 1) beside ours, and the machine each number was measured on.
   for paper_number in ("pass@100 45.1%", "pass@100 47.0%", "ROUGE-2 0.157", "5.73", "2.46x"):
     assert paper_number in md
-  assert "| HumanEval | greedy | AR | 1 |" in md and "| XSum | nucleus | SpS | 1 | 2 |" in md
+  assert "| HumanEval | greedy | AR | 1 |" in md
+  assert f"| {docsum.LABEL} | nucleus | SpS | 1 | 2 |" in md and "| XSum |" not in md
+  assert "ROUGE-2 0.114 (paper: XSum, another dataset)" in md
+  with open(os.path.join(results_dir, "docsum.json")) as f:
+    info = json.load(f)
+  assert info["label"] == docsum.LABEL and info["num_items"] >= 2
+  assert info["sha256"][:16] in md and first["datasets"]["xsum"]["num_items_used"] == 2
   assert f"jax {jax.__version__}" in md and "backend cpu" in md
   assert first["canonical_loglik"]["mean_loglik_per_token"] < 0
   greedy = [c for p in first["parity"] if p["sampling"] == "greedy" for c in p["checks"]]
   assert greedy and all(c["passed"] for c in greedy)
+  # The summarization cells get the same checks: greedy identity and calibration.
+  checked = {(p["task"], p["sampling"], c["check"].split(":")[0]) for p in first["parity"]
+             for c in p["checks"]}
+  assert ("xsum", "greedy", "greedy outputs identical") in checked
+  assert ("xsum", "nucleus", "tokens drawn from the target's sampling distribution") in checked
   # Every sampled cell, AR included, is calibrated against the target. |z| < 5 fails
   # falsely with probability 6e-7 per cell (the report's own bound is Bonferroni 95%).
   calibration = [c for p in first["parity"] for c in p["checks"] if "z" in c]

@@ -3,7 +3,9 @@
 HumanEval: prompt = BOS + the problem's prompt; the decoded continuation is
 truncated at humaneval.STOP_SEQUENCES and executed in worker subprocesses;
 pass@k is the unbiased estimator. XSum: xsum.build_prompt's 1-shot prompt,
-summary cut at the first newline, ROUGE-2 F per article. Every sampled token
+summary cut at the first newline, ROUGE-2 F per article; with no config.xsum.path
+the articles are the docstring-summarization stand-in (docsum.py), built once
+under <workdir>/docsum and read by the same xsum.load_xsum. Every sampled token
 is also scored against the target's exact sampling distribution
 (scoring.sample_calibration, checked by parity.check_calibration).
 
@@ -15,11 +17,12 @@ compiled is rerun and only the rerun is timed (timing.timed_generate).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 from tqdm import tqdm
 
-from specsample.eval import humaneval, scoring, timing, xsum
+from specsample.eval import docsum, humaneval, scoring, timing, xsum
 from specsample.eval.table1 import grid, store
 from specsample.eval.table1.grid import Cell
 from specsample.tokenizer import Tokenizer
@@ -34,24 +37,37 @@ class TaskData:
   prompt_ids: list[list[int]]
   fingerprint: str
   solution_ids: list[list[int]] | None = None  # HumanEval canonical solutions
+  title: str = ""                               # the dataset's name in every table and plot
+  dataset_info: dict | None = None              # the stand-in's size, hash and filters
 
 
-def load_tasks(config, tokenizer: Tokenizer) -> dict[str, TaskData]:
-  """Loads and tokenizes every enabled task (BOS + prompt)."""
+def load_tasks(config, tokenizer: Tokenizer, workdir: str) -> dict[str, TaskData]:
+  """Loads and tokenizes every enabled task (BOS + prompt).
+
+  XSum with config.xsum.path '' is the docstring-summarization stand-in, built
+  (once) under <workdir>/docsum and then loaded like any local XSum copy.
+  """
   tasks = {}
   for task in grid.enabled_tasks(config):
+    info = None  # the stand-in's info when XSum runs on it
     if task == "humaneval":
       items = humaneval.load_problems(limit=config.humaneval.num_problems)
       texts = [p["prompt"] for p in items]
       data_fp = store.sha([[p["task_id"], p["prompt"], p["test"], p["canonical_solution"]]
                       for p in items])
     else:
-      items = xsum.load_xsum(config.xsum.path, config.xsum.split, limit=config.xsum.num_items)
+      info = (None if config.xsum.path else
+              docsum.ensure_dataset(os.path.join(workdir, "docsum"), tokenizer,
+                                    split=config.xsum.split))
+      items = xsum.load_xsum(info["path"] if info else config.xsum.path, config.xsum.split,
+                             limit=config.xsum.num_items)
       texts = [xsum.build_prompt(it["document"], max_doc_chars=config.xsum.max_doc_chars)
                for it in items]
       data_fp = store.sha([texts, [it["summary"] for it in items]])
     ids = tokenizer.encode_batch(texts, add_bos=True)
-    tasks[task] = TaskData(task, items, ids, data_fp)
+    tasks[task] = TaskData(task, items, ids, data_fp, title=(
+        "HumanEval" if task == "humaneval" else docsum.LABEL if info else "XSum"),
+        dataset_info=info)
     if task == "humaneval":
       tasks[task].solution_ids = tokenizer.encode_batch([p["canonical_solution"] for p in items])
   return tasks

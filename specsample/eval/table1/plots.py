@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from typing import Sequence
 
 import matplotlib
@@ -28,7 +29,7 @@ def write_plots(rows: Sequence[dict], machines: dict, results_dir: str) -> list[
       for (task, sampling), group in sorted(curves.items()):
         group = sorted(group, key=lambda r: r["K"])
         ax.plot([r["K"] for r in group], [r[field] for r in group], "o-",
-                label=f"{report.TASK_TITLES[task]} {sampling}")
+                label=f"{group[0].get('dataset', report.TASK_TITLES[task])} {sampling}")
         paper = report.PAPER_TABLE1.get((task, sampling, "speculative"))
         if field == "speedup" and paper:
           ax.plot([report.PAPER_K], [paper[3]], "*", ms=12, color=ax.lines[-1].get_color(),
@@ -56,7 +57,9 @@ def write_plots(rows: Sequence[dict], machines: dict, results_dir: str) -> list[
                     == g and r["method"] == method), np.nan) for g in groups]
     ax.bar(np.arange(len(groups)) + offset, values, 0.4, label=report.METHOD_TITLES[method])
   ax.set_xticks(np.arange(len(groups)))
-  ax.set_xticklabels([f"{report.TASK_TITLES[t]}\n{s}, B={b}" for t, s, b in groups], fontsize=8)
+  titles = {r["task"]: r.get("dataset", report.TASK_TITLES[r["task"]]) for r in main}
+  ax.set_xticklabels([f"{textwrap.fill(titles[t], 18)}\n{s}, B={b}" for t, s, b in groups],
+                     fontsize=7)  # wrapped: the stand-in's label is long
   ax.set_ylabel("ms / token (per row)")
   ax.legend()
   ax.set_title(machine_note, fontsize=7)

@@ -45,14 +45,19 @@ def describe_machine(info: dict) -> str:
           f"({len(devices)} device{'s' * (len(devices) != 1)}), jax {info.get('jax_version')}")
 
 
-def build_rows(cells: Sequence[Cell], records: dict[str, dict], config
-               ) -> tuple[list[dict], list[dict], dict]:
+def build_rows(cells: Sequence[Cell], records: dict[str, dict], config,
+               titles: dict[str, str] | None = None) -> tuple[list[dict], list[dict], dict]:
   """Table rows (one per generate cell), parity checks and machine legend.
+
+  titles: task -> the dataset's name in tables and plots (default TASK_TITLES;
+  the docstring stand-in for XSum has its own). Each row and parity entry
+  carries it as "dataset".
 
   Returns:
     (rows, parity, machines): machines maps an id ('M1', ...) to machine info.
   """
   machines: dict[str, dict] = {}
+  titles = {**TASK_TITLES, **(titles or {})}
 
   def machine_id(info: dict) -> str:
     ident = machine_identity(info)
@@ -98,13 +103,15 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config
                              confidence=per_check)
     if checks:
       parity.append({"cell": cell.key, "reference": ref_cell.key if ref_cell else None,
-                     "task": cell.task, "sampling": cell.sampling, "method": cell.method,
+                     "task": cell.task, "dataset": titles[cell.task], "sampling": cell.sampling,
+                     "method": cell.method,
                      "K": cell.num_draft, "batch_size": cell.batch_size, "checks": checks})
     checks = checks or None
     paper = PAPER_TABLE1.get((cell.task, cell.sampling, cell.method))
     at_paper_setting = cell.batch_size == PAPER_BATCH and cell.role == "main"
     rows.append({
-        "key": cell.key, "task": cell.task, "sampling": cell.sampling, "method": cell.method,
+        "key": cell.key, "task": cell.task, "dataset": titles[cell.task],
+        "sampling": cell.sampling, "method": cell.method,
         "K": cell.num_draft or None, "batch_size": cell.batch_size, "role": cell.role,
         "num_samples": cell.num_samples, "num_sequences": len(rec["items"]),
         "ms_per_token": ms, "speedup": speedup,
@@ -130,7 +137,7 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config
 
 TASK_TITLES = {"humaneval": "HumanEval", "xsum": "XSum"}
 METHOD_TITLES = {"autoregressive": "AR", "speculative": "SpS"}
-CSV_FIELDS = ("task", "sampling", "method", "K", "batch_size", "role", "num_samples",
+CSV_FIELDS = ("task", "dataset", "sampling", "method", "K", "batch_size", "role", "num_samples",
               "num_sequences", "ms_per_token", "speedup", "acceptance_rate", "tokens_per_call",
               "mean_new_tokens", "metric", "metric_value", "metric_ci_low", "metric_ci_high",
               "pass_at_k", "parity_passed", "paper_metric", "paper_value", "paper_ms_per_token",
@@ -152,6 +159,31 @@ def _fmt_quality(row: dict) -> str:
   if extra:
     text += "; " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in extra.items())
   return text
+
+
+def _paper_quality(row: dict) -> str:
+  """The paper's quality; named "(paper: XSum)" beside a row on another dataset."""
+  text = " ".join(filter(None, (row["paper_metric"], row["paper_value"]))) or "—"
+  paper_dataset = TASK_TITLES[row["task"]]
+  if row["paper_value"] and row.get("dataset", paper_dataset) != paper_dataset:
+    text += f" (paper: {paper_dataset}, another dataset)"
+  return text
+
+
+def _standin_text(results: dict) -> str:
+  """The main table's note on the docstring-summarization stand-in (size, hash, source)."""
+  xs = results["config"]["xsum"]
+  info = results.get("datasets", {}).get("xsum", {}).get("stand_in")
+  if not info:
+    return "not run (config.tasks has no xsum)."
+  return (f"{info['label']}: the first {results['datasets']['xsum']['num_items_used']} of "
+          f"{info['num_items']} functions/classes of the corpus's validation split (document = "
+          f"the definition without its docstring, summary = the docstring's first sentence; "
+          f"sha256 {info['sha256'][:16]}, see docsum.json), through the XSum code path: 1-shot, "
+          f"nucleus (temperature {xs['temperature']}, top-p {xs['top_p']}), at most "
+          f"{xs['max_new_tokens']} new tokens, ROUGE-2. Its paper columns are the paper's XSum "
+          "numbers (news articles), another dataset, kept for reference; real XSum: "
+          "`--config.xsum.path=...`.")
 
 
 def _parity_mark(row: dict) -> str:
@@ -190,11 +222,10 @@ def _main_table(results: dict) -> list[str]:
       f"{he['temperature']}, top-p {he['top_p']}) {he['num_samples']} samples per problem, at "
       f"most {he['max_new_tokens']} new tokens, stop at EOS, truncated at "
       f"{list(humaneval.STOP_SEQUENCES)} (the same for both methods), executed with a "
-      f"{he['timeout_s']} s limit. XSum: " + (
-          f"`{xs['path']}` ({xs['split']}, {xs['num_items']} articles at most), 1-shot, nucleus "
+      f"{he['timeout_s']} s limit. Summarization: " + (
+          f"XSum `{xs['path']}` ({xs['split']}, {xs['num_items']} articles at most), 1-shot, nucleus "
           f"(temperature {xs['temperature']}, top-p {xs['top_p']}), at most "
-          f"{xs['max_new_tokens']} new tokens." if xs["path"] else
-          "not run (no data configured; set `--config.xsum.path`)."),
+          f"{xs['max_new_tokens']} new tokens." if xs["path"] else _standin_text(results)),
       f"Quality: mean over problems/articles with a {cfg['confidence']:.0%} confidence interval; "
       "pass@k unbiased. Paper columns (its batch 1, K = 4, 70B/4B pair on TPU v4) stand beside "
       "our batch-1 rows at our K.", "",
@@ -209,12 +240,13 @@ def _main_table(results: dict) -> list[str]:
       for r in sorted(group, key=lambda r: (r["batch_size"], r["method"])):
         shown.add((task, sampling, r["method"]))
         lines.append(
-            f"| {TASK_TITLES[task]} | {sampling} | {METHOD_TITLES[r['method']]} | "
+            f"| {r.get('dataset', TASK_TITLES[task])} | {sampling} | "
+            f"{METHOD_TITLES[r['method']]} | "
             f"{r['batch_size']} | {_fmt(r['K'], 'd')} | {r['ms_per_token']:.2f} | "
             f"{_fmt(r['speedup'], '.2f', 'x')}{_parity_mark(r)} | "
             f"{_fmt(r['acceptance_rate'], '.3f')} | {r['tokens_per_call']:.2f} | "
             f"{_fmt_quality(r)} | "
-            f"{' '.join(filter(None, (r['paper_metric'], r['paper_value']))) or '—'} | "
+            f"{_paper_quality(r)} | "
             f"{_fmt(r['paper_ms_per_token'])} | {_fmt(r['paper_speedup'], '.2f', 'x')} | "
             f"{r['machine']} |")
       for method in grid.METHODS:
@@ -249,7 +281,7 @@ def _parity_section(results: dict) -> list[str]:
             "|---|---|---|---|---|---|---|---|"]
   for p in results["parity"]:
     for c in p["checks"]:
-      lines.append(f"| {TASK_TITLES[p['task']]} | {p['sampling']} | "
+      lines.append(f"| {p.get('dataset', TASK_TITLES[p['task']])} | {p['sampling']} | "
                    f"{METHOD_TITLES[p['method']]} | {p['batch_size']} | {p['K'] or '—'} | "
                    f"{c['check']} | {c['detail']} | {'✓' if c['passed'] else '✗ FAILED'} |")
   verdict = ("all parity checks passed" if results["parity_ok"] else
@@ -269,7 +301,7 @@ def _sweep_section(rows: Sequence[dict]) -> list[str]:
               "| task | sampling | K | sequences | ms/token | speedup | acceptance | tokens/call | "
               "quality | machine |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(sweep, key=lambda r: (r["task"], r["sampling"], r["K"])):
-      lines.append(f"| {TASK_TITLES[r['task']]} | {r['sampling']} | {r['K']} | "
+      lines.append(f"| {r.get('dataset', TASK_TITLES[r['task']])} | {r['sampling']} | {r['K']} | "
                    f"{r['num_sequences']} | {r['ms_per_token']:.2f} | "
                    f"{_fmt(r['speedup'], '.2f', 'x')}{_parity_mark(r)} "
                    f"| {_fmt(r['acceptance_rate'], '.3f')} | {r['tokens_per_call']:.2f} | "

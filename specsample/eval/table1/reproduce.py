@@ -2,7 +2,7 @@
 of the grid, then writes the report (scripts/reproduce.py; configs/reproduce.py has the fields).
 
 The grid (grid.py) is {autoregressive, speculative} x {greedy, nucleus} x
-{HumanEval, XSum when configured} at batch 1 and K = config.num_draft (the
+{HumanEval, XSum} at batch 1 and K = config.num_draft (the
 paper's setting), the same at every extra batch size, and a K sweep at batch 1.
 ms/token = summed wall time of the generate calls / summed mean new tokens per
 row (per-row latency), timed after a warm-up on the same shapes. speedup = AR
@@ -11,6 +11,9 @@ checked, not assumed (report.build_rows, parity.py): greedy SpS must equal AR
 token for token; every sampled cell must pass the per-token calibration test;
 sampled SpS quality must agree with AR; all sampled checks together are
 Bonferroni-corrected to a false failure rate of 1 - config.confidence.
+Without config.xsum.path the XSum rows run on the docstring-summarization
+stand-in (eval/docsum.py), labelled as such; its size and hash go to
+<results_dir>/docsum.json and the table's header.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
     if cfg.vocab_size != tokenizer.vocab_size:
       raise ValueError(f"config.{name}: model vocab_size {cfg.vocab_size} != tokenizer "
                        f"({config.tokenizer}) vocab {tokenizer.vocab_size}")
-  tasks = cells_lib.load_tasks(config, tokenizer)
+  tasks = cells_lib.load_tasks(config, tokenizer, workdir)
   cells_lib.check_fits(config, tasks, target_cfg, draft_cfg)
   fps = {"target": store.dir_fingerprint(config.target_dir),
          "draft": store.dir_fingerprint(config.draft_dir),
@@ -121,7 +124,8 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
                  f"({record['elapsed_s']:.0f} s)")
   bar.close()
 
-  rows, parity, machines = report.build_rows(cells, records, config)
+  titles = {name: task.title for name, task in tasks.items()}
+  rows, parity, machines = report.build_rows(cells, records, config, titles)
   failures = sum(not c["passed"] for p in parity for c in p["checks"])
   canonical = next((records[c.key] for c in cells if c.kind == "canonical"), None)
   canon_summary = _canonical_summary(canonical, machines) if canonical else None
@@ -130,6 +134,12 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
            "csv": os.path.join(results_dir, "table1.csv"),
            "json": os.path.join(results_dir, "table1.json")}
   paths["plots"] = plots.write_plots(rows, machines, results_dir)
+  datasets = {name: {"title": task.title, "num_items_used": len(task.items),
+                     **({"stand_in": task.dataset_info} if task.dataset_info else {})}
+              for name, task in tasks.items()}
+  if "xsum" in tasks and tasks["xsum"].dataset_info:
+    paths["docsum"] = os.path.join(results_dir, "docsum.json")
+    write_atomic({paths["docsum"]: json.dumps(tasks["xsum"].dataset_info, indent=1) + "\n"})
   results = {
       "command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
       "elapsed_s": time.perf_counter() - t_start, "workdir": workdir,
@@ -138,7 +148,8 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
            "ms_per_token": v[2], "speedup": v[3]} for (t, s, m), v in report.PAPER_TABLE1.items()]},
       "models": {"target": _model_summary(target_cfg), "draft": _model_summary(draft_cfg),
                  "fingerprints": fps},
-      "machines": machines, "rows": rows, "parity": parity, "parity_ok": failures == 0,
+      "datasets": datasets, "machines": machines, "rows": rows, "parity": parity,
+      "parity_ok": failures == 0,
       "parity_failures": failures, "canonical_loglik": canon_summary,
       "num_sampled_checks": sum(len(p["checks"]) for p in parity if p["sampling"] != "greedy"),
       "computed": [c.key for c, _ in todo],

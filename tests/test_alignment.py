@@ -132,7 +132,7 @@ def _config(root, workdir, **overrides):
   c = distill_config.get_config("runlocal")
   c.target_dir, c.draft_dir = str(root / "target"), str(root / "draft")
   c.tokenizer, c.data.corpus_root = TOKENIZER, str(root / "corpus")
-  c.data.data_dir = str(workdir / "data")
+  c.data.data_dir = str(root / "data")  # shared by the tests that use the runlocal set
   for k, v in overrides.items():
     node = c
     *parents, leaf = k.split(".")
@@ -143,7 +143,8 @@ def _config(root, workdir, **overrides):
 
 
 def test_distillation_set_resumes_exactly_and_refuses_another_target(tiny_setup, tmp_path):
-  c = _config(tiny_setup, tmp_path, **{"data.batches_per_setting": 2})
+  c = _config(tiny_setup, tmp_path, **{"data.batches_per_setting": 2,
+                                       "data.data_dir": str(tmp_path / "data")})
   target, _, tok = distill.load_pair(c)
   files = distill.corpus_lib.build_corpus(root=c.data.corpus_root).train
   shards = data_lib.build(c, target, tok, c.data.data_dir, files)
@@ -201,6 +202,7 @@ def test_finetuning_resumes_exactly_and_exports_the_draft(tiny_setup, tmp_path, 
   a = model_io.load_lm(str(tmp_path / "full" / "model"))
   b = model_io.load_lm(str(tmp_path / "staged" / "model"))
   chex.assert_trees_all_equal(a.params, b.params)
+  assert os.path.exists(tmp_path / "full" / "model" / "metrics.jsonl")
   start = model_io.load_lm(c.draft_dir)
   assert not all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a.params),
                                                        jax.tree_util.tree_leaves(start.params)))
@@ -289,7 +291,8 @@ def test_rows_keep_their_whole_completion_when_cropped():
 
 def test_corpus_baseline_trains_with_the_exact_target(tiny_setup, tmp_path):
   c = _config(tiny_setup, tmp_path, **{"data.source": "corpus",
-                                       "data.cache_dir": str(tmp_path / "tokens")})
+                                       "data.cache_dir": str(tmp_path / "tokens"),
+                                       "data.data_dir": str(tmp_path / "data")})
   last = distill.run(c, str(tmp_path / "baseline"))
   assert last["step"] == c.num_steps and 0 < last["tvd"] < 1
   assert not os.path.exists(tmp_path / "data")  # no distillation set was built

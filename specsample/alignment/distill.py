@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -92,9 +93,16 @@ def make_batches(config, target, tokenizer, workdir: str):
   return batches
 
 
-def make_step(loss_name: str, draft_cfg, target_cfg, optimizer):
-  """Jitted (state, target_params, batch, key) -> (state, metrics)."""
+@functools.lru_cache(maxsize=8)
+def make_step(loss_name: str, draft_cfg, target_cfg, optim_json: str, num_steps: int):
+  """(optimizer, jitted (state, target_params, batch, key) -> (state, metrics)).
+
+  Cached on its arguments, so a resumed run in the same process (a test, a
+  notebook) reuses the compiled step.
+  """
   loss = losses.get_loss(loss_name)
+  optimizer = train_lib.make_optimizer(ml_collections.ConfigDict(
+      {"optim": json.loads(optim_json), "num_steps": num_steps}))
 
   def loss_fn(params, target_params, batch, key):
     draft_logits = tr.forward(draft_cfg, params, batch["inputs"])[0]
@@ -121,7 +129,7 @@ def make_step(loss_name: str, draft_cfg, target_cfg, optimizer):
     metrics.update(loss=value, grad_norm=optax.tree.norm(grads))
     return train_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return step
+  return optimizer, step
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -133,8 +141,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     f.write(config.to_json(indent=2))
   batches = make_batches(config, target, tokenizer, workdir)
 
-  optimizer = train_lib.make_optimizer(config)
-  step_fn = make_step(config.loss, draft.config, target.config, optimizer)
+  optimizer, step_fn = make_step(config.loss, draft.config, target.config,
+                                 config.optim.to_json(sort_keys=True), config.num_steps)
   state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=draft.params,
                                opt_state=optimizer.init(draft.params))
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -156,7 +164,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if done % config.log_every == 0 or done == config.num_steps:
       metrics = {k: float(v) for k, v in metrics.items()}
       now = time.perf_counter()
-      metrics.update(step=done, s_per_step=(now - t_last) / config.log_every)
+      s_per_step = (now - t_last) / config.log_every
+      metrics.update(step=done, s_per_step=s_per_step,
+                     tokens_per_s=config.batch_size * config.seq_len / s_per_step)
       t_last = now
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", tvd=f"{metrics['tvd']:.3f}",
                       agree=f"{metrics['greedy_agreement']:.3f}")
@@ -173,4 +183,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      tokenizer_id=tokenizer.fingerprint,
                      extra={"distilled_from": config.draft_dir, "loss": config.loss,
                             "steps": config.num_steps, "data_source": config.data.source})
+    shutil.copy(metrics_path, os.path.join(workdir, "model", "metrics.jsonl"))
   return last

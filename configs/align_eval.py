@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "rkl": "workdirs/align/loss_rkl/model",
       "tvd": "workdirs/align/loss_tvd/model",
       "tvdpp": "workdirs/align/loss_tvdpp/model",
+      "shipped (fkl, 1200 steps)": "assets/pair/draft",  # configs/distill.py docstring: its command
   })
   c.corpus_root = ""                       # '' = the standard library corpus (its validation split)
   c.seed = 0                               # held-out prompt choice and sampling

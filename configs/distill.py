@@ -1,13 +1,21 @@
 r"""Draft alignment by distillation (Goel et al. 2024; README "Align the draft").
 
-  python scripts/distill.py --config=configs/distill.py:loss=tvdpp --workdir=workdirs/distill_tvdpp
+The comparison runs of results/alignment.md (each loss: 300 steps of 16 x 160 tokens):
+
+  python scripts/distill.py --config=configs/distill.py:loss=tvdpp --workdir=workdirs/align/loss_tvdpp
+
+with loss=fkl, rkl, tvd or tvdpp. The shipped draft (assets/pair/draft) is this run's <workdir>/model, four times
+the comparison runs' budget of 300 steps:
+
+  python scripts/distill.py --config=configs/distill.py:loss=fkl --config.num_steps=1200 \
+      --workdir=workdirs/align/loss_fkl_1200
 
 The first run builds the distillation set (the target's continuations of
 corpus prompts) under data.data_dir; runs with other losses reuse it. The
 plain teacher-forced baseline trains on corpus windows instead:
 
   python scripts/distill.py --config=configs/distill.py:loss=fkl,source=corpus \
-      --workdir=workdirs/distill_fkl_corpus
+      --workdir=workdirs/align/loss_fkl_source_corpus
 
 Arguments after the colon (comma separated):
   loss=<name>      fkl | rkl | tvd | tvdpp (default fkl)

@@ -16,16 +16,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.target_dir = "assets/pair/target"      # the target q
   c.tokenizer = "assets/tokenizer/tokenizer.model"
-  # name -> draft folder (models.io), in table order; the first is the reference.
-  c.drafts = ml_collections.ConfigDict({
-      "pretrained": "assets/pair/draft_pretrained",
-      "fkl_corpus_baseline": "workdirs/align/loss_fkl_source_corpus/model",
-      "fkl": "workdirs/align/loss_fkl/model",
-      "rkl": "workdirs/align/loss_rkl/model",
-      "tvd": "workdirs/align/loss_tvd/model",
-      "tvdpp": "workdirs/align/loss_tvdpp/model",
-      "shipped (fkl, 1200 steps)": "assets/pair/draft",  # configs/distill.py docstring: its command
-  })
+  # "name=draft folder" (models.io), in table order; the first is the reference.
+  c.drafts = (
+      "pretrained=assets/pair/draft_pretrained",
+      "fkl_corpus_baseline=workdirs/align/loss_fkl_source_corpus/model",
+      "fkl=workdirs/align/loss_fkl/model",
+      "rkl=workdirs/align/loss_rkl/model",
+      "tvd=workdirs/align/loss_tvd/model",
+      "tvdpp=workdirs/align/loss_tvdpp/model",
+      "shipped (fkl, 1200 steps)=assets/pair/draft",  # configs/distill.py docstring: its command
+  )
   c.corpus_root = ""                       # '' = the standard library corpus (its validation split)
   c.seed = 0                               # held-out prompt choice and sampling
   c.num_val_prompts = 16                   # validation-split prefixes (never trained on)

@@ -19,7 +19,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results", "Where the results ar
 def main(argv):
   del argv
   config = _CONFIG.value
-  cli.resolve_paths(config, ["target_dir", "tokenizer"] + [f"drafts.{k}" for k in config.drafts])
+  cli.resolve_paths(config, ("target_dir", "tokenizer"))
+  config.drafts = tuple(f"{name}={cli.resolve_path(path)}"
+                        for name, path in evaluate.parse_drafts(config.drafts))
   cli.start_jax(False)
   results = evaluate.run(config)
   for path in evaluate.write_results(results, _OUTPUT_DIR.value, " ".join(["python"] + sys.argv)):

@@ -232,7 +232,7 @@ def test_evaluation_of_a_draft_equal_to_the_target(tiny_setup, tmp_path):
   c.target_dir, c.tokenizer, c.corpus_root = str(tiny_setup / "target"), TOKENIZER, str(
       tiny_setup / "corpus")
   c.min_prompt_tokens, c.max_prompt_tokens = 8, 32
-  c.drafts = {"same": str(tiny_setup / "target")}
+  c.drafts = (f"same={tiny_setup / 'target'}",)
   c.k_values, c.speed_batches = (2,), (1,)  # few shapes: few compiles
   results = evaluate.run(c)
   same = results["drafts"]["same"]

@@ -90,6 +90,20 @@ def _speed_kwargs(config, sampling: Sampling, eos_id: int) -> dict:
               pad_to=64)
 
 
+def parse_drafts(drafts: Sequence[str]) -> list[tuple[str, str]]:
+  """[(name, folder)] from "name=folder" entries, in order.
+
+  Raises:
+    ValueError: an entry without '=' or a repeated name.
+  """
+  pairs = [entry.rpartition("=")[::2] for entry in drafts]
+  bad = [e for e, (name, path) in zip(drafts, pairs) if not name or not path]
+  names = [name for name, _ in pairs]
+  if bad or len(set(names)) != len(names):
+    raise ValueError(f"config.drafts must be distinct 'name=folder' entries, got {tuple(drafts)!r}")
+  return pairs
+
+
 def run(config) -> dict:
   """Evaluates every draft of `config.drafts` against `config.target_dir`."""
   tokenizer = Tokenizer.load(config.tokenizer)
@@ -108,7 +122,7 @@ def run(config) -> dict:
                                         **_speed_kwargs(config, sampling, tokenizer.eos_id))
            for name, sampling in SAMPLINGS.items() for batch in config.speed_batches}
   rows = {}
-  for name, path in tqdm(list(config.drafts.items()), desc="drafts"):
+  for name, path in tqdm(parse_drafts(config.drafts), desc="drafts"):
     draft = model_io.load_lm(path)
     rows[name] = {"dir": path, **evaluate_draft(target, draft, prompts, continuations, ar_ms,
                                                  config, tokenizer.eos_id)}

@@ -42,8 +42,12 @@ def _last_metrics(path: str) -> dict:
   evals = [r for r in rows if "val_loss" in r]
   return {"final_step": rows[-1]["step"], "final_train_loss": rows[-1]["loss"],
           "final_logged_val_loss": evals[-1]["val_loss"] if evals else None,
-          "median_train_tokens_per_s": float(np.median([r.get("tokens_per_s", np.nan)
-                                                        for r in rows]))}
+          "median_train_tokens_per_s": _median([r["tokens_per_s"] for r in rows
+                                                if "tokens_per_s" in r])}
+
+
+def _median(values: list) -> float | None:
+  return float(np.median(values)) if values else None
 
 
 def measure(pair_dir: str, tokenizer_path: str, val_batches: int) -> dict:

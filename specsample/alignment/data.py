@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from specsample import corpus as corpus_lib
+from specsample import utils
 from specsample.decoding import LM, Sampling, generate
 from specsample.tokenizer import Tokenizer
 
@@ -55,7 +56,7 @@ def check_settings(config) -> None:
   for name in ("batches_per_setting", "batch_size", "max_new_tokens", "min_prompt_tokens",
                "max_prompt_tokens"):
     value = d[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not utils.is_positive_int(value):
       raise ValueError(f"config.data.{name} must be an int >= 1, got {value!r}")
   if d.min_prompt_tokens > d.max_prompt_tokens:
     raise ValueError(f"config.data.min_prompt_tokens={d.min_prompt_tokens} exceeds "

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from specsample import checkpoint as ckpt_lib
 from specsample import corpus as corpus_lib
+from specsample import utils
 from specsample.alignment import data as data_lib
 from specsample.alignment import losses
 from specsample.alignment import teacher
@@ -48,12 +49,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.data.loss_on must be 'all' or 'completion', got "
                      f"{config.data.loss_on!r}")
   data_lib.check_settings(config)
-  if not isinstance(config.teacher_topk, int) or config.teacher_topk < 0:
+  if not utils.is_int(config.teacher_topk) or config.teacher_topk < 0:
     raise ValueError(f"config.teacher_topk must be an int >= 0 (0 = exact target every step), "
                      f"got {config.teacher_topk!r}")
   for name in ("num_steps", "batch_size", "seq_len", "log_every", "checkpoint_every"):
     value = config[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not utils.is_positive_int(value):
       raise ValueError(f"config.{name} must be an int >= 1, got {value!r}")
   if config.seq_len < config.data.max_new_tokens + 1:
     raise ValueError(f"config.seq_len={config.seq_len} must exceed data.max_new_tokens="

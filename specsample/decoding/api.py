@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample import sharding as sh
-from specsample.decoding import autoregressive, common, speculative
+from specsample.decoding import autoregressive, calibrate, common, speculative
 from specsample.decoding.sampling import Sampling
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
@@ -41,13 +41,14 @@ class GenerateOutput:
   """Generated token ids per row (prompt excluded) and per-row statistics.
 
   stats keys, each an int/float numpy array [B]: target_calls, drafted,
-  accepted, new_tokens, tokens_per_call, acceptance_rate (accepted / drafted).
+  accepted, new_tokens, tokens_per_call, acceptance_rate (accepted / drafted),
+  draft_per_call (drafted / target_calls: K, or the mean K "auto" picked).
   """
   tokens: list[list[int]]
   stats: dict[str, np.ndarray]
 
 
-def check_settings(target: LM, draft: LM | None, method: str, num_draft: int,
+def check_settings(target: LM, draft: LM | None, method: str, num_draft,
                    sampling: Sampling, max_new_tokens: int, eos_id: int | None) -> None:
   """Raises ValueError naming the offending setting. Cheap; no compilation."""
   if method not in METHODS:
@@ -60,8 +61,7 @@ def check_settings(target: LM, draft: LM | None, method: str, num_draft: int,
   if method == "speculative":
     if draft is None:
       raise ValueError("method='speculative' needs a draft model (draft=LM(...))")
-    if not is_positive_int(num_draft):
-      raise ValueError(f"num_draft (the paper's K) must be an int >= 1, got {num_draft!r}")
+    calibrate.draft_choices(num_draft)
     if draft.config.vocab_size != target.config.vocab_size:
       raise ValueError(f"draft and target vocabularies differ: draft vocab_size="
                        f"{draft.config.vocab_size}, target vocab_size={target.config.vocab_size}")
@@ -98,7 +98,7 @@ def buffer_len(prompt_width: int, max_new_tokens: int, num_draft: int, method: s
 
 
 def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], method: str,
-            num_draft: int, sampling: Sampling, max_new_tokens: int, eos_id: int | None,
+            num_draft, sampling: Sampling, max_new_tokens: int, eos_id: int | None,
             pad_to: int) -> tuple[np.ndarray, np.ndarray, common.DecodeSpec]:
   """Checks every setting and pads the prompts, before anything compiles.
 
@@ -107,7 +107,9 @@ def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], meth
   """
   check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id)
   prompts_BP, prompt_len = pad_prompts(prompts, target.config.vocab_size, pad_to)
-  length = buffer_len(prompts_BP.shape[1], max_new_tokens, num_draft, method, pad_to)
+  speculative_ = method == "speculative"
+  largest_k = calibrate.max_draft(num_draft) if speculative_ else 0
+  length = buffer_len(prompts_BP.shape[1], max_new_tokens, largest_k, method, pad_to)
   models = [target] + ([draft] if method == "speculative" else [])
   for name, m in zip(("target", "draft"), models):
     if length > m.config.max_seq_len:
@@ -117,8 +119,8 @@ def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], meth
           "lower max_new_tokens or shorten the prompts")
   spec = common.DecodeSpec(sampling=sampling, max_new_tokens=max_new_tokens,
                            eos_id=-1 if eos_id is None else int(eos_id),
-                           num_draft=num_draft if method == "speculative" else 0,
-                           buffer_len=length)
+                           num_draft=largest_k, buffer_len=length,
+                           draft_choices=calibrate.draft_choices(num_draft) if speculative_ else ())
   return prompts_BP, prompt_len, spec
 
 
@@ -134,6 +136,7 @@ def make_output(prompt_len: np.ndarray, tokens, length, target_calls, drafted, a
       "new_tokens": new_tokens,
       "tokens_per_call": new_tokens / np.maximum(target_calls, 1),
       "acceptance_rate": accepted / np.maximum(drafted, 1),
+      "draft_per_call": drafted / np.maximum(target_calls, 1),
   }
   return GenerateOutput(tokens=rows, stats=stats)
 
@@ -165,15 +168,19 @@ def loop_shardings(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerCo
 def make_loop(method: str, target_cfg: tr.TransformerConfig,
               draft_cfg: tr.TransformerConfig | None, spec: common.DecodeSpec, mesh=None,
               target_rules: sh.Rules | None = None, draft_rules: sh.Rules | None = None,
-              batch: int = 0, prompt_width: int = 0):
+              batch: int = 0, prompt_width: int = 0, ablate: frozenset[str] = frozenset()):
   """The jitted decode loop of one setting; cached, so a setting compiles once per shape.
 
   Returns:
-    fn(target_params, draft_params, prompts [B, P], prompt_len [B], key_data [2]) ->
-    (tokens [B, L], length [B], target_calls [B], drafted [B], accepted [B]),
-    plus the final caches as a sixth element on a mesh. key_data is
-    jax.random.key_data of the PRNG key. draft_params is ignored (pass None)
-    for method='autoregressive'.
+    fn(target_params, draft_params, prompts [B, P], prompt_len [B], key_data [2],
+    cost [C], force_index [], max_iterations []) -> (tokens [B, L], length [B],
+    target_calls [B], drafted [B], accepted [B]), plus the final caches as a
+    sixth element on a mesh. key_data is jax.random.key_data of the PRNG key.
+    cost, force_index and max_iterations are speculative_loop's (the
+    iteration cost of each K of "auto", and two timing hooks: pass any array,
+    -1 and 2**31 - 1 to decode). draft_params is ignored (pass None) for
+    method='autoregressive', and so are the last three arguments. `ablate`
+    (speculative only) replaces parts by stand-ins, for eval/breakdown.py.
 
     Without a mesh, shapes come from the arguments (batch and prompt_width
     are unused). On a mesh the parameters are laid out by each model's rules,
@@ -182,12 +189,14 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
     shardings from the rules: that pins the while-loop carry of each cache to
     [B over batch axes, S, K over tensor, H] instead of leaving it to propagation.
   """
-  def run(target_params, draft_params, prompts_BP, prompt_len_B, key_data):
+  def run(target_params, draft_params, prompts_BP, prompt_len_B, key_data, cost_C, force_index,
+          max_iterations):
     TRACE_COUNT[method] += 1
     key = jax.random.wrap_key_data(key_data)
     if method == "speculative":
       s = speculative.speculative_loop(target_cfg, draft_cfg, spec, target_params, draft_params,
-                                       prompts_BP, prompt_len_B, key)
+                                       prompts_BP, prompt_len_B, key, cost_C, force_index,
+                                       max_iterations, ablate)
       return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
               (s.target_cache, s.draft_cache))
     s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
@@ -204,15 +213,16 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
   caches = (s["target_cache"], s["draft_cache"]) if speculative_ else (s["target_cache"],)
   return jax.jit(run,
                  in_shardings=(s["target_params"], s["draft_params"], s["prompts"],
-                               s["prompt_len"], rep),
+                               s["prompt_len"]) + (rep,) * 4,
                  out_shardings=(rep,) * 5 + (caches,))
 
 
 def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None = None,
-             method: str = "speculative", num_draft: int = 4, sampling: Sampling = Sampling(),
-             max_new_tokens: int = 64, eos_id: int | None = None, seed: int = 0,
-             pad_to: int = 16, mesh=None, rules: sh.Rules | None = None,
-             draft_rules: sh.Rules | None = None) -> GenerateOutput:
+             method: str = "speculative", num_draft: int | str | Sequence[int] = 4,
+             sampling: Sampling = Sampling(), max_new_tokens: int = 64,
+             eos_id: int | None = None, seed: int = 0, pad_to: int = 16, mesh=None,
+             rules: sh.Rules | None = None, draft_rules: sh.Rules | None = None,
+             iteration_costs: Sequence[float] | None = None) -> GenerateOutput:
   """Samples continuations of token-id prompts.
 
   Args:
@@ -220,7 +230,10 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     prompts: B lists of token ids (lengths may differ, each >= 1).
     draft: the draft model; required for method='speculative'.
     method: 'autoregressive' or 'speculative'.
-    num_draft: draft tokens per iteration (the paper's K), >= 1.
+    num_draft: draft tokens per iteration (the paper's K), an int >= 1; or
+      'auto': every iteration picks K in 0..8 (0 = an autoregressive step)
+      maximising expected tokens per unit time (speculative.choose); or a set
+      of ints to pick from instead of 0..8.
     sampling: temperature / top-k / top-p, applied to both models.
     max_new_tokens: tokens generated per row at most.
     eos_id: a row stops after emitting this id (included in its output).
@@ -234,6 +247,9 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
       batch and its KV cache (default sharding.TENSOR_PARALLEL). Parameters
       not yet laid out by them are placed first (sharding.shard_params).
     draft_rules: the draft's rules on the mesh; default: `rules`.
+    iteration_costs: with "auto", the time of one iteration at each K of its
+      set (any unit); None measures them once per pair, shape and placement
+      in this process (decoding/calibrate.py, ~TRIPS x REPEATS iterations per K).
 
   Returns:
     GenerateOutput with the new tokens of each row and per-row statistics.
@@ -244,25 +260,37 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
   """
   prompts_BP, prompt_len, spec = prepare(target, draft, prompts, method, num_draft, sampling,
                                          max_new_tokens, eos_id, pad_to)
+  calibrate.check_costs(iteration_costs, spec.draft_choices)
   speculative_ = method == "speculative"
   draft_cfg = draft.config if speculative_ else None
   draft_params = draft.params if speculative_ else None
   key_data = np.asarray(jax.random.key_data(jax.random.key(seed)))
-  if mesh is None:
-    loop = make_loop(method, target.config, draft_cfg, spec)
-    return make_output(prompt_len, *loop(target.params, draft_params, prompts_BP, prompt_len,
-                                         key_data))
-  rules = sh.canonical_rules(sh.TENSOR_PARALLEL if rules is None else rules)
-  draft_rules = rules if draft_rules is None else sh.canonical_rules(draft_rules)
   B, P = prompts_BP.shape
-  # Validates every sharding (raises before any compilation).
-  s = loop_shardings(target.config, draft_cfg, mesh, rules, draft_rules, B, P, spec.buffer_len)
-  loop = make_loop(method, target.config, draft_cfg, spec, mesh, rules,
-                   draft_rules if speculative_ else None, B, P)
-  target_params = sh.shard_params(target.params, target.config, mesh, rules)
-  if speculative_:
-    draft_params = sh.shard_params(draft.params, draft.config, mesh, draft_rules)
-  out = loop(target_params, draft_params, sh.put_global(prompts_BP, s["prompts"]),
-             sh.put_global(prompt_len, s["prompt_len"]), sh.put_global(key_data, s["replicated"]))
-  # Results are replicated: every process can read them; caches are dropped.
-  return make_output(prompt_len, *out[:5])
+  placement = ()
+  if mesh is None:
+    args = (target.params, draft_params, prompts_BP, prompt_len, key_data)
+    put = lambda x: x
+  else:
+    rules = sh.canonical_rules(sh.TENSOR_PARALLEL if rules is None else rules)
+    draft_rules = rules if draft_rules is None else sh.canonical_rules(draft_rules)
+    # Validates every sharding (raises before any compilation).
+    s = loop_shardings(target.config, draft_cfg, mesh, rules, draft_rules, B, P, spec.buffer_len)
+    placement = (mesh, rules, draft_rules if speculative_ else None, B, P)
+    if speculative_:
+      draft_params = sh.shard_params(draft.params, draft.config, mesh, draft_rules)
+    put = lambda x: sh.put_global(x, s["replicated"])
+    args = (sh.shard_params(target.params, target.config, mesh, rules), draft_params,
+            sh.put_global(prompts_BP, s["prompts"]), sh.put_global(prompt_len, s["prompt_len"]),
+            put(key_data))
+  loop = make_loop(method, target.config, draft_cfg, spec, *placement)
+  decode = lambda cost, force=-1, trips=2**31 - 1: loop(*args, put(np.asarray(cost, np.float32)),
+                                                       put(np.int32(force)), put(np.int32(trips)))
+  cost = np.ones(max(len(spec.draft_choices), 1), np.float32)
+  if iteration_costs is not None:
+    cost = np.asarray(iteration_costs, np.float32)
+  elif spec.draft_choices:
+    key = (target.config, draft_cfg, spec, B, P, placement, jax.devices()[0].device_kind)
+    cost = calibrate.measure(key, lambda index, trips: decode(cost, index, trips)[2],
+                             len(spec.draft_choices))
+  # Results are replicated on a mesh: every process can read them; caches are dropped.
+  return make_output(prompt_len, *decode(cost)[:5])

@@ -29,14 +29,18 @@ class DecodeSpec:
     sampling: logits -> probabilities transform, shared by both models.
     max_new_tokens: generated tokens per row at most.
     eos_id: stop a row after it emits this id; -1 for none.
-    num_draft: the paper's K (draft lookahead G); ignored by autoregressive.
+    num_draft: the paper's K (draft lookahead G); with draft_choices, the
+      largest K; ignored by autoregressive.
     buffer_len: L, token-buffer and cache length (prompt + new + slack).
+    draft_choices: the K set of "auto" (speculative.choose picks one per
+      iteration); () for a fixed K.
   """
   sampling: Sampling
   max_new_tokens: int
   eos_id: int
   num_draft: int
   buffer_len: int
+  draft_choices: tuple[int, ...] = ()
 
 
 def read_rows(buffer_BL: jax.Array, start_B: jax.Array, size: int) -> jax.Array:

@@ -1,6 +1,6 @@
 """Speculative sampling (Chen et al. 2023) as one jitted `lax.while_loop`.
 
-Each iteration, for every row at once:
+Each iteration, for every row at once, with G = the iteration's K:
 
   1. draft G tokens x_1..x_G autoregressively from the draft model, keeping
      the draft distributions p_1..p_G;
@@ -10,6 +10,16 @@ Each iteration, for every row at once:
      emit one more, so 1..G+1 tokens per target call;
   4. commit them (cut at eos / max_new_tokens) and roll the caches back to the
      committed length by setting their `lengths`.
+
+G is fixed (`spec.num_draft`), or chosen every iteration ("auto",
+`spec.draft_choices`): a `lax.switch` over one body per K in the set, each
+with static shapes, picks the K that maximises the expected tokens per
+millisecond, mean_b E(alpha_b, K) / cost_K, where cost_K is the measured time
+of one iteration at K (decoding/calibrate.py) and alpha_b an exponentially
+discounted estimate of row b's acceptance rate. K = 0 is a plain
+autoregressive step (which also keeps the draft cache in step). Every body is
+lossless given the tokens so far, and the choice depends only on those, so
+the output is distributed as the target's whatever K is picked.
 
 Shapes never change inside the loop, so it compiles once per
 (batch, prompt, buffer) shape and DecodeSpec.
@@ -24,6 +34,12 @@ up to float rounding, when it was already there) and fills the gap when it
 was not. For a row whose length is 1 (a one-token prompt) there is no
 previous token: it feeds [current, pad] at [0, 1] and reads the logits of
 position 0; the pad entry is overwritten by x_1 right after.
+
+Timing hooks, which decoding leaves at their defaults: `force_index` runs one
+K of the auto set every iteration and `max_iterations` stops early
+(decoding/calibrate.py measures cost_K on the very loop it will run), and
+`ablate` swaps named parts (ABLATABLE) for stand-ins of the same shapes, so
+eval/breakdown.py can time the parts inside the compiled loop.
 """
 
 from __future__ import annotations
@@ -37,6 +53,13 @@ from specsample.decoding.rejection import rejection_sample
 from specsample.decoding.sampling import sample
 from specsample.models import transformer as tr
 
+# Parts of an iteration that make_body can replace by stand-ins (see _stand_in).
+ABLATABLE = ("draft_forward", "target_forward", "transform", "rejection", "commit")
+# Adaptive K: discount of the acceptance statistics per iteration (an
+# effective window of ~10 iterations), and their prior: alpha = 0.5 worth 2 trials.
+ALPHA_DECAY = 0.9
+ALPHA_PRIOR = (1.0, 2.0)
+
 
 @flax.struct.dataclass(kw_only=True)
 class SpecState:
@@ -49,26 +72,92 @@ class SpecState:
   target_calls: jax.Array    # [B] target passes while the row was active
   drafted: jax.Array         # [B] draft tokens proposed
   accepted: jax.Array        # [B] draft tokens accepted
+  accept_ema: jax.Array      # [B] f32 discounted accepted draft tokens (auto K)
+  trials_ema: jax.Array      # [B] f32 discounted acceptance trials (auto K)
 
 
-def _draft(draft_cfg, spec, draft_params, s: SpecState, key):
-  """Proposes G tokens per row. Returns (tokens [B, G], probs [B, G, V] f32, cache)."""
-  G = spec.num_draft
-  keys = jax.random.split(key, G)
+def _stand_in(inputs, value):
+  """`value` (arrays, or ShapeDtypeStructs for zeros) such that XLA can neither
+  fold it nor drop `inputs`.
+
+  An optimization barrier keeps the real inputs alive (so their producers
+  still run) and hides what the result is (so its consumers still run).
+  """
+  value = jax.tree.map(
+      lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x, value)
+  return jax.lax.optimization_barrier((inputs, value))[1]
+
+
+class _Parts:
+  """The model and sampling calls of one body, or their stand-ins."""
+
+  def __init__(self, target_cfg, draft_cfg, spec, target_params, draft_params, ablate):
+    unknown = set(ablate) - set(ABLATABLE)
+    if unknown:
+      raise ValueError(f"ablate: unknown parts {sorted(unknown)}; allowed: {ABLATABLE}")
+    self.spec, self.ablate = spec, frozenset(ablate)
+    self._target = (target_cfg, target_params)
+    self._draft = (draft_cfg, draft_params)
+
+  def _forward(self, which, tokens_BT, cache):
+    cfg, params = self._target if which == "target_forward" else self._draft
+    if which not in self.ablate:
+      return tr.forward(cfg, params, tokens_BT, cache)
+    B, T = tokens_BT.shape
+    logits = jax.ShapeDtypeStruct((B, T, cfg.vocab_size), jnp.float32)
+    logits_BTV = _stand_in((tokens_BT, cache), logits)
+    return logits_BTV, cache.with_lengths(cache.lengths + T)
+
+  def draft(self, tokens_BT, cache):
+    return self._forward("draft_forward", tokens_BT, cache)
+
+  def target(self, tokens_BT, cache):
+    return self._forward("target_forward", tokens_BT, cache)
+
+  def probs(self, logits):
+    if "transform" in self.ablate:
+      return _stand_in(logits, jax.ShapeDtypeStruct(logits.shape, jnp.float32))
+    return self.spec.sampling.probs(logits)
+
+  def verify(self, draft_tokens_BG, draft_probs_BGV, target_probs_BXV, key):
+    if "rejection" not in self.ablate:
+      return rejection_sample(draft_tokens_BG, draft_probs_BGV, target_probs_BXV, key,
+                              greedy=self.spec.sampling.greedy)
+    B, G = draft_tokens_BG.shape
+    int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+    like = (int32(B), int32(B), int32(B, G + 1))
+    return _stand_in((draft_tokens_BG, draft_probs_BGV, target_probs_BXV, key), like)
+
+  def commit(self, s, prompt_len_B, emitted_BX, num_emitted_B):
+    if "commit" not in self.ablate:
+      return common.commit(s.tokens, s.length, s.done, prompt_len_B, emitted_BX, num_emitted_B,
+                           self.spec)
+    # Nothing is committed: the state goes through unchanged.
+    return _stand_in((emitted_BX, num_emitted_B), (s.tokens, s.length, s.done, num_emitted_B))
+
+
+def _draft_first(parts: _Parts, s: SpecState):
+  """Feeds [previous, current] (module docstring). Returns (logits [B, V], cache at length)."""
   start_B = jnp.maximum(s.length - 2, 0)
   pair_B2 = common.read_rows(s.tokens, start_B, 2)      # [previous, current] (or [current, pad])
-  logits_B2V, cache = tr.forward(draft_cfg, draft_params, pair_B2, s.draft_cache.with_lengths(start_B))
+  logits_B2V, cache = parts.draft(pair_B2, s.draft_cache.with_lengths(start_B))
   read_B = s.length - 1 - start_B                        # 1, or 0 for length-1 rows
   logits_BV = jnp.take_along_axis(logits_B2V, read_B[:, None, None], axis=1)[:, 0]
-  probs_BV = spec.sampling.probs(logits_BV)
-  greedy = spec.sampling.greedy
+  return logits_BV, cache.with_lengths(s.length)
+
+
+def _draft(parts: _Parts, num_draft: int, s: SpecState, key):
+  """Proposes G tokens per row. Returns (tokens [B, G], probs [B, G, V] f32, cache)."""
+  greedy = parts.spec.sampling.greedy
+  keys = jax.random.split(key, num_draft)
+  logits_BV, cache = _draft_first(parts, s)
+  probs_BV = parts.probs(logits_BV)
   token_B = sample(keys[0], probs_BV, greedy=greedy)
-  cache = cache.with_lengths(s.length)
 
   def step(carry, step_key):
     cache, token_B = carry
-    logits_B1V, cache = tr.forward(draft_cfg, draft_params, token_B[:, None], cache)
-    probs_BV = spec.sampling.probs(logits_B1V[:, 0])
+    logits_B1V, cache = parts.draft(token_B[:, None], cache)
+    probs_BV = parts.probs(logits_B1V[:, 0])
     next_B = sample(step_key, probs_BV, greedy=greedy)
     return (cache, next_B), (next_B, probs_BV)
 
@@ -78,59 +167,148 @@ def _draft(draft_cfg, spec, draft_params, s: SpecState, key):
   return tokens_BG, probs_BGV, cache
 
 
+def _finish(parts: _Parts, s: SpecState, prompt_len_B, key, emitted_BX, num_emitted_B,
+            target_cache, draft_cache, num_draft: int, accepted_B, accept_obs_B, trials_obs_B):
+  """Commits the emitted tokens, rolls both caches back and updates the counters."""
+  tokens, length, done, _ = parts.commit(s, prompt_len_B, emitted_BX, num_emitted_B)
+  active_B = ~s.done
+  active = active_B.astype(jnp.int32)
+  discount = lambda ema_B, obs_B: jnp.where(active_B, ALPHA_DECAY * ema_B + obs_B, ema_B)
+  return s.replace(
+      tokens=tokens, length=length, done=done, key=key,
+      # Roll back: only committed positions stay valid. The draft's next
+      # iteration re-sets its own offset (see module docstring).
+      target_cache=target_cache.with_lengths(length - 1),
+      draft_cache=draft_cache.with_lengths(jnp.maximum(length - 2, 0)),
+      target_calls=s.target_calls + active,
+      drafted=s.drafted + num_draft * active,
+      accepted=s.accepted + accepted_B * active,
+      accept_ema=discount(s.accept_ema, accept_obs_B),
+      trials_ema=discount(s.trials_ema, trials_obs_B))
+
+
+def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
+              spec: common.DecodeSpec, num_draft: int, target_params, draft_params,
+              prompt_len_B: jax.Array, ablate: frozenset[str] = frozenset()):
+  """One iteration at K = num_draft (>= 0) as a function SpecState -> SpecState.
+
+  K = 0 is an autoregressive step: the target emits one token from its own
+  distribution, and the draft still feeds [previous, current] so its cache
+  stays in step; its distribution there gives a free acceptance observation,
+  sum_x min(p(x), q(x)), for the auto-K statistics.
+  """
+  parts = _Parts(target_cfg, draft_cfg, spec, target_params, draft_params, ablate)
+
+  def body(s: SpecState) -> SpecState:
+    key, draft_key, accept_key = jax.random.split(s.key, 3)
+    current_B1 = common.read_rows(s.tokens, s.length - 1, 1)
+    target_cache_in = s.target_cache.with_lengths(s.length - 1)
+    if num_draft == 0:
+      draft_logits_BV, draft_cache = _draft_first(parts, s)
+      logits_B1V, target_cache = parts.target(current_B1, target_cache_in)
+      target_probs_BV = parts.probs(logits_B1V[:, 0])
+      token_B = sample(accept_key, target_probs_BV, greedy=spec.sampling.greedy)
+      overlap_B = jnp.minimum(parts.probs(draft_logits_BV), target_probs_BV).sum(-1)
+      zeros_B = jnp.zeros_like(s.length)
+      return _finish(parts, s, prompt_len_B, key, token_B[:, None], zeros_B + 1, target_cache,
+                     draft_cache, 0, zeros_B, overlap_B, jnp.ones_like(overlap_B))
+
+    draft_tokens_BG, draft_probs_BGV, draft_cache = _draft(parts, num_draft, s, draft_key)
+    # One target pass over [current, x_1..x_G] at each row's own offset.
+    block_BX = jnp.concatenate([current_B1, draft_tokens_BG], axis=1)   # [B, G + 1]
+    logits_BXV, target_cache = parts.target(block_BX, target_cache_in)
+    num_accepted_B, _, emitted_BX = parts.verify(
+        draft_tokens_BG, draft_probs_BGV, parts.probs(logits_BXV), accept_key)
+    # Acceptance trials: the accepted tokens, plus the rejection if there was one.
+    trials_B = num_accepted_B + (num_accepted_B < num_draft)
+    return _finish(parts, s, prompt_len_B, key, emitted_BX, num_accepted_B + 1, target_cache,
+                   draft_cache, num_draft, num_accepted_B, num_accepted_B.astype(jnp.float32),
+                   trials_B.astype(jnp.float32))
+
+  return body
+
+
+def expected_tokens(alpha, num_draft: int):
+  """E(alpha, K) = 1 + alpha + ... + alpha^K, tokens per iteration (PAPERS.md section 2)."""
+  return sum(alpha ** i for i in range(num_draft + 1))
+
+
+def choose(s: SpecState, choices: tuple[int, ...], cost_C: jax.Array) -> jax.Array:
+  """Index into `choices` of the K with the most expected tokens per unit cost.
+
+  Averages E(alpha_b, K) over the active rows (a batch iteration costs the
+  same for every row); done rows are ignored, and an all-done batch
+  (never run: the loop has stopped) would pick by the prior.
+  """
+  alpha_B = s.accept_ema / s.trials_ema
+  weight_B = (~s.done).astype(jnp.float32)
+  weight_B = weight_B / jnp.maximum(weight_B.sum(), 1.0)
+  rate_C = jnp.stack([(expected_tokens(alpha_B, k) * weight_B).sum() for k in choices]) / cost_C
+  return jnp.argmax(rate_C)
+
+
+def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
+               spec: common.DecodeSpec, target_params, draft_params, prompts_BP: jax.Array,
+               prompt_len_B: jax.Array, key: jax.Array) -> SpecState:
+  """Prefills both caches; the state before the first iteration."""
+  B, P = prompts_BP.shape
+  tokens_BL = common.init_buffer(prompts_BP, spec.buffer_len)
+  zeros_B = jnp.zeros((B,), jnp.int32)
+  prior_accept, prior_trials = ALPHA_PRIOR
+  return SpecState(
+      tokens=tokens_BL, length=prompt_len_B, done=jnp.zeros((B,), bool),
+      target_cache=common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P),
+      draft_cache=common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, P),
+      key=key, target_calls=zeros_B, drafted=zeros_B, accepted=zeros_B,
+      accept_ema=jnp.full((B,), prior_accept, jnp.float32),
+      trials_ema=jnp.full((B,), prior_trials, jnp.float32))
+
+
 def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
                      spec: common.DecodeSpec, target_params, draft_params,
-                     prompts_BP: jax.Array, prompt_len_B: jax.Array, key: jax.Array) -> SpecState:
+                     prompts_BP: jax.Array, prompt_len_B: jax.Array, key: jax.Array,
+                     cost_C: jax.Array | None = None, force_index: jax.Array | int = -1,
+                     max_iterations: jax.Array | int = 2**31 - 1,
+                     ablate: frozenset[str] = frozenset()) -> SpecState:
   """Generates until every row is done. Jit with configs and `spec` static.
 
   Args:
     target_cfg, draft_cfg: model configs (same vocabulary).
-    spec: static decode settings; spec.num_draft is the paper's K.
+    spec: static decode settings; spec.num_draft is the paper's K, or with
+      spec.draft_choices set, the largest K "auto" may pick.
     target_params, draft_params: parameter pytrees.
     prompts_BP: [B, P] right-padded prompts.
     prompt_len_B: [B] true prompt lengths, each >= 1.
     key: PRNG key.
+    cost_C: [len(spec.draft_choices)] float32, the time of one iteration at
+      each K of spec.draft_choices (any unit); needed only for "auto".
+    force_index: "auto" only; >= 0 runs spec.draft_choices[force_index]
+      every iteration instead of choosing (calibration and timing).
+    max_iterations: stop after this many iterations even if rows are left
+      (timing); the default never binds.
+    ablate: static; parts replaced by stand-ins in every body (timing only).
 
   Returns:
     The final SpecState; generated tokens of row b are
     tokens[b, prompt_len[b] : length[b]].
   """
-  B, P = prompts_BP.shape
-  G = spec.num_draft
-  tokens_BL = common.init_buffer(prompts_BP, spec.buffer_len)
-  zeros_B = jnp.zeros((B,), jnp.int32)
-  state = SpecState(
-      tokens=tokens_BL, length=prompt_len_B, done=jnp.zeros((B,), bool),
-      target_cache=common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P),
-      draft_cache=common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, P),
-      key=key, target_calls=zeros_B, drafted=zeros_B, accepted=zeros_B)
+  state = init_state(target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP,
+                     prompt_len_B, key)
+  body_of = lambda k: make_body(target_cfg, draft_cfg, spec, k, target_params, draft_params,
+                                prompt_len_B, ablate)
+  if spec.draft_choices:
+    bodies = [body_of(k) for k in spec.draft_choices]
+    pick = lambda s: jnp.where(force_index >= 0, force_index, choose(s, spec.draft_choices, cost_C))
+    body = lambda s: jax.lax.switch(pick(s), bodies, s)
+  else:
+    body = body_of(spec.num_draft)
 
-  def body(s: SpecState) -> SpecState:
-    key, draft_key, accept_key = jax.random.split(s.key, 3)
-    draft_tokens_BG, draft_probs_BGV, draft_cache = _draft(draft_cfg, spec, draft_params, s, draft_key)
+  def step(carry):
+    s, iterations = carry
+    return body(s), iterations + 1
 
-    # One target pass over [current, x_1..x_G] at each row's own offset.
-    current_B1 = common.read_rows(s.tokens, s.length - 1, 1)
-    block_BX = jnp.concatenate([current_B1, draft_tokens_BG], axis=1)   # [B, G + 1]
-    logits_BXV, target_cache = tr.forward(target_cfg, target_params, block_BX,
-                                          s.target_cache.with_lengths(s.length - 1))
-    target_probs_BXV = spec.sampling.probs(logits_BXV)
+  def go_on(carry):
+    s, iterations = carry
+    return ~jnp.all(s.done) & (iterations < max_iterations)
 
-    num_accepted_B, _, emitted_BX = rejection_sample(
-        draft_tokens_BG, draft_probs_BGV, target_probs_BXV, accept_key,
-        greedy=spec.sampling.greedy)
-    tokens, length, done, _ = common.commit(
-        s.tokens, s.length, s.done, prompt_len_B, emitted_BX, num_accepted_B + 1, spec)
-
-    active_B = (~s.done).astype(jnp.int32)
-    return s.replace(
-        tokens=tokens, length=length, done=done, key=key,
-        # Roll back: only committed positions stay valid. The draft's next
-        # iteration re-sets its own offset (see module docstring).
-        target_cache=target_cache.with_lengths(length - 1),
-        draft_cache=draft_cache.with_lengths(jnp.maximum(length - 2, 0)),
-        target_calls=s.target_calls + active_B,
-        drafted=s.drafted + G * active_B,
-        accepted=s.accepted + num_accepted_B * active_B)
-
-  return jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, state)
+  return jax.lax.while_loop(go_on, step, (state, jnp.int32(0)))[0]

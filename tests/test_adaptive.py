@@ -1,0 +1,112 @@
+"""Adaptive K (num_draft="auto" or a set of K): lossless, compiled once, and it really adapts.
+
+The statistical test reuses test_decoding's exact-enumeration chi-square with
+ALPHA = 1e-4 per assertion; this file makes 2 such assertions (2 prompts),
+so a correct sampler fails it with probability < 2e-4 (union bound) for a
+random seed; seeds are fixed, so a given run is deterministic.
+"""
+
+import numpy as np
+import pytest
+
+from specsample.decoding import Sampling, api, calibrate, generate
+from specsample.decoding import speculative
+from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue, exact_joint
+
+GREEDY = Sampling(temperature=0)
+KWARGS = dict(method="speculative", max_new_tokens=24, eos_id=14)
+
+
+@pytest.fixture(scope="module")
+def greedy_ar(tiny_pair):
+  target, _ = tiny_pair
+  return generate(target, GREEDY_PROMPTS, method="autoregressive", sampling=GREEDY,
+                  max_new_tokens=24, eos_id=14)
+
+
+def test_auto_greedy_equals_autoregressive_and_compiles_once(tiny_pair, greedy_ar):
+  target, _ = tiny_pair
+  # The draft is the target: every draft token is accepted (alpha = 1), so
+  # auto must move to long blocks, whatever the measured costs.
+  out = generate(target, GREEDY_PROMPTS, draft=target, num_draft="auto", sampling=GREEDY, **KWARGS)
+  assert out.tokens == greedy_ar.tokens
+  assert (out.stats["acceptance_rate"] == 1).all()
+  assert (out.stats["draft_per_call"] > 2).all(), out.stats["draft_per_call"]
+  before = dict(api.TRACE_COUNT)
+  other = [[2, 2, 2], [5, 1], [3, 4, 5, 6, 7, 8, 9], [1], [8] * 9]   # same padded shape
+  generate(target, other, draft=target, num_draft="auto", sampling=GREEDY, seed=3, **KWARGS)
+  assert api.TRACE_COUNT == before
+
+
+@pytest.mark.parametrize("costs,expected_k", [([1.0, 1e4], 0), ([1e4, 1.0], 2)])
+def test_costs_decide_k_including_plain_autoregressive_steps(tiny_pair, greedy_ar, costs,
+                                                             expected_k):
+  target, _ = tiny_pair
+  out = generate(target, GREEDY_PROMPTS, draft=target, num_draft=(0, 2), iteration_costs=costs,
+                 sampling=GREEDY, **KWARGS)
+  assert out.tokens == greedy_ar.tokens
+  np.testing.assert_array_equal(out.stats["draft_per_call"], expected_k)
+
+
+def test_choose_maximises_expected_tokens_per_cost():
+  alpha = np.array([0.9, 0.2], np.float32)
+  state = speculative.SpecState(
+      tokens=None, length=None, done=np.array([False, True]), target_cache=None,
+      draft_cache=None, key=None, target_calls=None, drafted=None, accepted=None,
+      accept_ema=alpha * 10, trials_ema=np.full(2, 10.0, np.float32))
+  choices = (0, 1, 2, 4)
+  cost = np.array([1.0, 1.1, 1.2, 1.4], np.float32)
+  rate = [speculative.expected_tokens(0.9, k) / c for k, c in zip(choices, cost)]
+  # Only the active row (alpha 0.9) counts.
+  assert int(speculative.choose(state, choices, cost)) == int(np.argmax(rate)) == 3
+
+
+def test_auto_samples_the_target_distribution(tiny_pair):
+  """Costs chosen so that K moves between 0, 1 and 2 as the acceptance estimate moves."""
+  target, draft = tiny_pair
+  V = target.config.vocab_size
+  sampling = Sampling(temperature=1.0)
+  prompts, rows = [[1, 2, 3], [7, 5]], 6000
+  batch = [prompts[i % 2] for i in range(2 * rows)]
+  out = generate(target, batch, draft=draft, method="speculative", num_draft=(0, 1, 2),
+                 iteration_costs=[1.0, 1.3, 1.6], sampling=sampling, max_new_tokens=3, seed=7)
+  for j, prompt in enumerate(prompts):
+    codes = np.array([out.tokens[i] for i in range(j, len(batch), 2)]) @ (V ** np.arange(2, -1, -1))
+    assert chi2_pvalue(np.bincount(codes, minlength=V ** 3), exact_joint(target, prompt, sampling)) > ALPHA
+
+
+@pytest.mark.parametrize("num_draft,costs,field", [
+    ("fast", None, "num_draft"), ((), None, "num_draft"), ((0,), None, "num_draft"),
+    ((1, 1), None, "num_draft"), ((-1, 2), None, "num_draft"), (True, None, "num_draft"),
+    (4, [1.0], "iteration_costs"), ("auto", [1.0, 2.0], "iteration_costs"),
+    ((0, 1), [1.0, -1.0], "iteration_costs"),
+])
+def test_bad_auto_settings_raise_before_compiling(tiny_pair, num_draft, costs, field):
+  target, draft = tiny_pair
+  before = dict(api.TRACE_COUNT)
+  with pytest.raises(ValueError, match=field):
+    generate(target, [[1, 2]], draft=draft, num_draft=num_draft, iteration_costs=costs,
+             max_new_tokens=4)
+  assert api.TRACE_COUNT == before
+
+
+def test_calibration_is_measured_once_per_shape(tiny_pair, greedy_ar):
+  target, _ = tiny_pair
+  calls = []
+  original = calibrate.measure
+
+  def counting(key, run, n):
+    calls.append(key)
+    return original(key, run, n)
+
+  calibrate.measure, before = counting, len(calibrate._COSTS)
+  try:
+    for seed in range(2):  # the loop of the test above: no new compile
+      out = generate(target, GREEDY_PROMPTS, draft=target, num_draft=(0, 2), sampling=GREEDY,
+                     seed=seed, **KWARGS)
+      assert out.tokens == greedy_ar.tokens
+  finally:
+    calibrate.measure = original
+  assert len(calls) == 2 and calls[0] == calls[1] and len(calibrate._COSTS) == before + 1
+  costs = calibrate._COSTS[calls[0]]
+  assert costs.shape == (2,) and (costs > 0).all()

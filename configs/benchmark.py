@@ -17,13 +17,14 @@ On a device mesh (every worker of a TPU slice: add --distributed=auto; docs/tpu.
 
 Size of the default run: 8 HumanEval prompts cut to their last 96 tokens, 64
 new tokens each, K = 1..8, greedy and nucleus, batch 1 (8 calls of one prompt)
-and batch 8 (one call): 2 batch sizes x 2 samplings x (1 AR + 8 K) = 36 decode
-loops, each compiled once; about half of a cold run is compilation, which
-`compilation_cache_dir` saves on a rerun. Its timings are in results/benchmark.md.
+and batch 8 (one call): 2 batch sizes x 2 samplings x (1 AR + 8 K + auto) = 40
+decode loops, plus 7 breakdown loops (K = 0..8 each) per setting, each compiled
+once; most of a cold run is compilation, which `compilation_cache_dir` saves on
+a rerun. Its timings are in results/benchmark.md.
 
 Arguments after the colon (comma separated):
-  runlocal   2 prompts of 16 tokens, 8 new tokens, K = 2 only, one call of batch 2,
-             nucleus only: 2 decode loops to compile, the bulk of its time (a smoke test;
+  runlocal   2 prompts of 16 tokens, 8 new tokens, K = 2 only, no auto and no breakdown, one
+             call of batch 2, nucleus only: 2 decode loops to compile, the bulk of its time (a smoke test;
              nucleus exercises everything greedy does except the greedy AR-equality flag).
 """
 
@@ -52,6 +53,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Nucleus: the paper's HumanEval setting (Chen et al. 2023: temperature 0.8, top-p 0.95).
   c.nucleus = ml_collections.ConfigDict({"temperature": 0.8, "top_k": 0, "top_p": 0.95})
   c.seed = 0                 # PRNG seed of every generate call
+  c.auto = True              # also time num_draft="auto" (K chosen per iteration) per setting
+  # K values of the ablation breakdown (eval/breakdown.py): one loop per part and
+  # setting with these K, each compiled once; must include 0 (the unit of c and
+  # v_K). () skips it.
+  c.breakdown_ks = tuple(range(0, 9))
+  c.breakdown_trips = 8      # loop iterations per timed breakdown call (and 0, subtracted)
 
   # --- Timing ---
   # Timed speculative passes per K after its warm-up (each call's fastest is
@@ -78,6 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args["runlocal"]:
     c.num_prompts, c.prompt_tokens, c.max_new_tokens = 2, 16, 8
     c.k_sweep, c.batch_sizes, c.samplings = (2,), (2,), ("nucleus",)
+    c.auto, c.breakdown_ks = False, ()
     c.repeats, c.forward_seconds, c.forward_repeats = 1, 0.005, 2
     c.compilation_cache_dir = ""
   return c

@@ -11,9 +11,12 @@ same shapes, so compilation never lands in a timing. Definitions:
   forward, on a cache of the generate calls' length and batch (timing.time_forward).
 * alpha by definition on the autoregressive continuations (bound.measure_alpha);
   tau = tokens per target call; bound = E[tokens] / (K c + v_K).
-* profile: the loop body ms per iteration split into draft and target forwards
-  and sampling transforms (timed alone), and the rest by subtraction.
-  bound_sampled adds each step's sampling cost to c and v_K.
+* bound_sampled adds each step's sampling cost to c and v_K.
+* auto: num_draft="auto" (K picked per iteration, decoding/calibrate.py),
+  against the best fixed K of the sweep (the oracle) and K = 4.
+* breakdown: ms per loop iteration split into parts by ablation inside the
+  compiled loop (eval/breakdown.py), with c, v_K and the bound measured the
+  same way.
 
 Autoregressive passes are interleaved with the speculative ones, so load that
 comes and goes on a shared machine hits both sides of a ratio. On a device
@@ -36,6 +39,7 @@ from specsample import sharding as sh
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
 from specsample.eval import bound as bound_lib
+from specsample.eval import breakdown as breakdown_lib
 from specsample.eval import timing
 from specsample.eval.humaneval import load_problems
 from specsample.models import io as model_io
@@ -89,6 +93,10 @@ def check_config(config) -> None:
   if not config.k_sweep or not all(is_positive_int(k) for k in config.k_sweep):
     raise ValueError(f"k_sweep: give one or more K, each an int >= 1, got "
                      f"{tuple(config.k_sweep or ())}")
+  ks = tuple(config.breakdown_ks)
+  if ks and not (0 in ks and all(is_positive_int(k) or k == 0 for k in ks) and len(ks) > 1):
+    raise ValueError(f"breakdown_ks: () to skip, or K values >= 0 including 0 and one >= 1, "
+                     f"got {ks!r}")
   if not config.samplings or not set(config.samplings) <= set(SAMPLINGS):
     raise ValueError(f"samplings must be a non-empty subset of {SAMPLINGS}, got "
                      f"{config.samplings!r}")
@@ -100,14 +108,6 @@ def check_config(config) -> None:
     model_io.check_model_dir(config[name], name)
   if not os.path.exists(config.tokenizer):
     raise FileNotFoundError(f"tokenizer: {config.tokenizer} does not exist")
-
-
-def _profile(wall_ms: float, calls: int, iterations: int, prefill_ms: float,
-             parts: dict[str, float]) -> dict:
-  """Splits the measured loop body ms per iteration into `parts` and the rest."""
-  body_ms = (wall_ms - calls * prefill_ms) / max(iterations, 1)
-  return {"wall_ms": wall_ms, "prefill_ms_per_call": prefill_ms, "iteration_ms": body_ms,
-          **parts, "other_ms": body_ms - sum(parts.values())}
 
 
 def _decode_ms_per_token(result: timing.GenerateTiming, calls: int, prefill_ms: float) -> float:
@@ -163,7 +163,7 @@ def _time_loops(config, target: LM, draft: LM, batches, common: dict, bar, label
   ar_passes = [timing.timed_pass(target, batches, **ar_kwargs)]
   bar.update()
   spec_timings = {}
-  for k in config.k_sweep:
+  for k in tuple(config.k_sweep) + (("auto",) if config.auto else ()):
     bar.set_postfix_str(f"{label} K={k}")
     spec_kwargs = dict(method="speculative", draft=draft, num_draft=k, **common)
     spec_warmup = timing.warm_up(target, batches, **spec_kwargs)
@@ -185,7 +185,7 @@ def _speculative_row(k: int, sp: timing.GenerateTiming, ar: timing.GenerateTimin
                      ar_decode: float, alpha: float, sampling: Sampling, pieces: _Pieces,
                      batch_size: int, sizes: list[int], width: int, context_len: int,
                      config) -> dict:
-  """One K's results: speedups, acceptance, c, v_K, the bounds and the time profile."""
+  """One K's results: speedups, acceptance, c, v_K and the bounds."""
   calls = len(sizes)
   fwd = lambda model, tokens, context: pieces.forward(model, batch_size, tokens, cache_len, context)
   cache_len = round_up(width + config.max_new_tokens + k + 1, config.pad_to)
@@ -222,11 +222,46 @@ def _speculative_row(k: int, sp: timing.GenerateTiming, ar: timing.GenerateTimin
       "c_sampled": c_s, "v_sampled": v_s, "bound_sampled": bound_sampled,
       "decode_over_bound_sampled": decode_speedup / bound_sampled,
       "bound_tau": bound_lib.speedup_bound(tau_iter, k, c, v_k),
-      "profile": _profile(sp.wall_ms, calls, sum(sp.loop_iterations), prefill, {
-          "draft_forward_ms": k * draft_step, "draft_sampling_ms": k * step_samp,
-          "target_forward_ms": verify, "target_sampling_ms": verify_samp}),
       "matches_autoregressive": (sp.tokens == ar.tokens) if sampling.greedy else None,
       "recompiled": sp.recompiled}
+
+
+def _auto_row(sp: timing.GenerateTiming, ar: timing.GenerateTiming, ar_decode: float,
+              setting: dict, calls: int, width: int, pieces: _Pieces, batch_size: int) -> dict:
+  """num_draft="auto" against the oracle (best fixed K of the sweep) and K = 4."""
+  by_k = {r["K"]: r for r in setting["speculative"]}
+  oracle = by_k[setting["best_k"]]
+  cache_len = round_up(width + pieces.config.max_new_tokens + 9, pieces.config.pad_to)
+  prefill = (pieces.forward("target", batch_size, width, cache_len, 0)
+             + pieces.forward("draft", batch_size, width, cache_len, 0))
+  s = sp.stats
+  speedup = ar.ms_per_token / sp.ms_per_token
+  return {
+      "ms_per_token": sp.ms_per_token, "ms_per_token_runs": sp.ms_per_token_runs,
+      "speedup": speedup, "decode_speedup": ar_decode / _decode_ms_per_token(sp, calls, prefill),
+      "warmup_s": sp.warmup_s, "mean_k": float(s["drafted"].sum() / max(s["target_calls"].sum(), 1)),
+      "tokens_per_call": float(s["new_tokens"].sum() / max(s["target_calls"].sum(), 1)),
+      "acceptance_rate": float(s["accepted"].sum() / max(s["drafted"].sum(), 1)),
+      "oracle_k": oracle["K"], "over_oracle": speedup / oracle["speedup"],
+      "over_k4": speedup / by_k[4]["speedup"] if 4 in by_k else None,
+      "matches_autoregressive": (sp.tokens == ar.tokens) if setting["sampling"] == "greedy" else None,
+      "recompiled": sp.recompiled}
+
+
+def _breakdown(config, target: LM, draft: LM, prompts, sampling: Sampling, alpha: float,
+               setting: dict) -> dict:
+  """eval/breakdown.py on the setting's first batch, with the bound from in-loop c and v_K."""
+  out = breakdown_lib.measure(target, draft, prompts, sampling, config.breakdown_ks,
+                              config.max_new_tokens, config.pad_to, config.breakdown_trips,
+                              config.forward_repeats)
+  decode = {r["K"]: r["decode_speedup"] for r in setting["speculative"]}
+  out["bound"], out["decode_over_bound"] = [], []
+  for k, c, v_k in zip(out["K"], out["c"], out["v_k"]):
+    bound = None if k == 0 else bound_lib.speedup_bound(bound_lib.expected_tokens(alpha, k), k,
+                                                        c, v_k)
+    out["bound"].append(bound)
+    out["decode_over_bound"].append(decode[k] / bound if bound and k in decode else None)
+  return out
 
 
 def run(config, command: str = "", start: Callable[[], None] = lambda: None) -> dict:
@@ -235,7 +270,7 @@ def run(config, command: str = "", start: Callable[[], None] = lambda: None) -> 
   For every batch size and sampling: autoregressive ms/token, alpha (by
   definition, on the autoregressive continuations), then for every K the
   speculative ms/token, speedup, acceptance statistics, c, v_K, the bound and
-  the time profile (module docstring). See configs/benchmark.py for the fields.
+  "auto" and the breakdown (module docstring). See configs/benchmark.py for the fields.
 
   Autoregressive passes are spread over the sweep (one after the first
   speculative pass of every K) and the AR ms/token is the best over all of
@@ -270,7 +305,7 @@ def run(config, command: str = "", start: Callable[[], None] = lambda: None) -> 
   context_len = config.prompt_tokens + config.max_new_tokens // 2  # mid-generation
   pieces = _Pieces(config, {"target": target, "draft": draft}, mesh, rules)
   settings = []
-  total = len(config.batch_sizes) * len(config.samplings) * (1 + len(config.k_sweep))
+  total = len(config.batch_sizes) * len(config.samplings) * (1 + len(config.k_sweep) + config.auto)
   bar = tqdm(total=total, desc="benchmark", unit="loop")
   for batch_size in config.batch_sizes:
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
@@ -299,13 +334,18 @@ def run(config, command: str = "", start: Callable[[], None] = lambda: None) -> 
               "decode_ms_per_token": ar_decode, "warmup_s": ar.warmup_s,
               "mean_new_tokens": ar.mean_new_tokens, "target_step_ms": ar_step,
               "sampling_ms": ar_samp,
-              "profile": _profile(ar.wall_ms, calls, sum(ar.loop_iterations), ar_prefill,
-                                  {"target_forward_ms": ar_step, "target_sampling_ms": ar_samp}),
               "recompiled": ar.recompiled},
           "speculative": [_speculative_row(k, sp, ar, ar_decode, alpha, sampling, pieces,
                                            batch_size, sizes, width, context_len, config)
-                          for k, sp in spec_timings.items()]}
+                          for k, sp in spec_timings.items() if k != "auto"]}
       setting["best_k"] = bound_lib.best_k({r["K"]: r["speedup"] for r in setting["speculative"]})
+      if config.auto:
+        setting["auto"] = _auto_row(spec_timings["auto"], ar, ar_decode, setting, calls, width,
+                                    pieces, batch_size)
+      if config.breakdown_ks:
+        bar.set_postfix_str(f"B={batch_size} {name} breakdown")
+        setting["breakdown"] = _breakdown(config, target, draft, batches[0], sampling, alpha,
+                                          setting)
       settings.append(setting)
   bar.close()
   return {"command": command, "started": started, "elapsed_s": time.perf_counter() - t_start,

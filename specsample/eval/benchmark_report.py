@@ -39,16 +39,23 @@ def format_markdown(results: dict) -> str:
       "dispatch). E = (1 - alpha^(K+1)) / (1 - alpha). bound = E / (K c + v_K) (PAPERS.md "
       "section 2). bound_s = the same with each step's sampling transform added to c and v_K.",
       "", "## Summary (best K per setting, by end-to-end speedup)", "",
+      "auto = num_draft='auto', K picked every iteration inside the loop (mean K shown); "
+      "oracle = the best fixed K of the sweep, found by timing them all. bound_loop = the bound "
+      "with c and v_K measured by ablation inside the loop (breakdown below).", "",
       "| batch | sampling | AR ms/token | best K | speedup | decode speedup | bound | "
-      "speedup / bound | decode / bound | bound_s | decode / bound_s | machine |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      "decode / bound | bound_loop | decode / bound_loop | auto speedup | auto mean K | "
+      "auto / oracle | auto / K=4 | machine |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for s in results["settings"]:
     r = next(r for r in s["speculative"] if r["K"] == s["best_k"])
+    loop = _at_k(s.get("breakdown"), r["K"])
+    a = s.get("auto") or {}
     lines.append(
         f"| {s['batch_size']} | {s['sampling']} | {s['autoregressive']['ms_per_token']:.2f} | "
         f"{r['K']} | {r['speedup']:.2f} | {r['decode_speedup']:.2f} | {r['bound']:.2f} | "
-        f"{r['measured_over_bound']:.2f} | {r['decode_over_bound']:.2f} | "
-        f"{r['bound_sampled']:.2f} | {r['decode_over_bound_sampled']:.2f} | {label} |")
+        f"{r['decode_over_bound']:.2f} | {_f(loop.get('bound'))} | "
+        f"{_f(loop.get('decode_over_bound'))} | {_f(a.get('speedup'))} | {_f(a.get('mean_k'))} | "
+        f"{_f(a.get('over_oracle'))} | {_f(a.get('over_k4'))} | {label} |")
   lines.append("")
   for s in results["settings"]:
     ar = s["autoregressive"]
@@ -59,8 +66,8 @@ def format_markdown(results: dict) -> str:
         f"decode); target 1-token forward {ar['target_step_ms']:.3f} ms, sampling transform "
         f"{ar['sampling_ms']:.3f} ms. alpha = {s['alpha']:.3f}.", "",
         "| K | ms/token | speedup | decode speedup | alpha | acc | tau | tau/it | c | v_K | E | "
-        "bound | speedup / bound | decode / bound | machine |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "bound | speedup / bound | decode / bound | compile s | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in s["speculative"]:
       flag = "" if r["matches_autoregressive"] in (None, True) else " (tokens differ from AR)"
       lines.append(
@@ -68,28 +75,59 @@ def format_markdown(results: dict) -> str:
           f"{r['decode_speedup']:.2f} | {s['alpha']:.3f} | {r['acceptance_rate']:.3f} | "
           f"{r['tokens_per_call']:.2f} | {r['tokens_per_iteration']:.2f} | {r['c']:.3f} | "
           f"{r['v_k']:.2f} | {r['expected_tokens']:.2f} | {r['bound']:.2f} | "
-          f"{r['measured_over_bound']:.2f} | {r['decode_over_bound']:.2f} | {label} |")
-    p = ar["profile"]
-    lines += [
-        "", "Where the time goes, ms per loop iteration (prefill is per call, outside the loop; "
-        "other = measured iteration - the timed parts: rejection, commit, loop bookkeeping, "
-        "and noise):", "",
-        "| loop | iteration | draft fwd | draft sampling | target fwd | target sampling | other "
-        "| prefill/call | c_s | v_s | bound_s | decode / bound_s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| AR | {p['iteration_ms']:.2f} | - | - | {p['target_forward_ms']:.2f} | "
-        f"{p['target_sampling_ms']:.2f} | {p['other_ms']:.2f} | {p['prefill_ms_per_call']:.2f} | "
-        "- | - | - | - |"]
-    for r in s["speculative"]:
-      p = r["profile"]
+          f"{r['measured_over_bound']:.2f} | {r['decode_over_bound']:.2f} | "
+          f"{r['warmup_s']:.1f} | {label} |")
+    if s.get("auto"):
+      a = s["auto"]
+      flag = "" if a["matches_autoregressive"] in (None, True) else " (tokens differ from AR)"
       lines.append(
-          f"| K={r['K']} | {p['iteration_ms']:.2f} | {p['draft_forward_ms']:.2f} | "
-          f"{p['draft_sampling_ms']:.2f} | {p['target_forward_ms']:.2f} | "
-          f"{p['target_sampling_ms']:.2f} | {p['other_ms']:.2f} | {p['prefill_ms_per_call']:.2f} | "
-          f"{r['c_sampled']:.3f} | {r['v_sampled']:.2f} | {r['bound_sampled']:.2f} | "
-          f"{r['decode_over_bound_sampled']:.2f} |")
+          f"| auto (mean K {a['mean_k']:.2f}) | {a['ms_per_token']:.2f} | {a['speedup']:.2f}{flag} "
+          f"| {a['decode_speedup']:.2f} | {s['alpha']:.3f} | {a['acceptance_rate']:.3f} | "
+          f"{a['tokens_per_call']:.2f} | - | - | - | - | - | - | - | {a['warmup_s']:.1f} | {label} |")
+      lines += ["", f"auto: {a['over_oracle']:.2f} of the oracle K={a['oracle_k']}'s speedup"
+                + (f", {a['over_k4']:.2f} of K=4's." if a["over_k4"] else ".")
+                + " Its compile s includes the one-off cost calibration (decoding/calibrate.py)."]
+    if s.get("breakdown"):
+      lines += _breakdown_lines(s["breakdown"])
     lines.append("")
   return "\n".join(lines)
+
+
+def _f(x, digits: int = 2) -> str:
+  return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _at_k(breakdown: dict | None, k: int) -> dict:
+  """The breakdown's values at K (an empty dict when it was not measured there)."""
+  if not breakdown or k not in breakdown["K"]:
+    return {}
+  i = breakdown["K"].index(k)
+  return {name: values[i] for name, values in breakdown.items() if isinstance(values, list)}
+
+
+BREAKDOWN_PARTS = ("draft_forward", "target_forward", "transform", "rejection", "commit", "rest")
+
+
+def _breakdown_lines(b: dict) -> list[str]:
+  lines = [
+      "", "Where an iteration's time goes, ms, by ablation inside the compiled loop "
+      "(eval/breakdown.py): each part = full iteration - the iteration with that part replaced "
+      "by a stand-in of the same shapes; rest = the iteration with every part replaced (loop, "
+      "switch, buffer reads, roll-back, counters). sum = parts + rest, residual = (full - sum) "
+      "/ full. K = 0 is an autoregressive step that keeps the draft cache in step; its target "
+      "forward is the unit of c and v_K. Compile s = compile and first run of each variant's loop.",
+      "",
+      "| K | full | draft fwd | target fwd | transforms | rejection | commit | rest | sum | "
+      "residual | c | v_K | bound_loop | decode / bound_loop |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for k in b["K"]:
+    r = _at_k(b, k)
+    parts = " | ".join(_f(r[p]) for p in BREAKDOWN_PARTS)
+    lines.append(f"| {k} | {r['full']:.2f} | {parts} | {r['sum']:.2f} | {100 * r['residual']:.1f}% "
+                 f"| {_f(r['c'], 3)} | {_f(r['v_k'])} | {_f(r['bound'])} | "
+                 f"{_f(r['decode_over_bound'])} |")
+  compile_s = ", ".join(f"{name} {sec:.0f}" for name, sec in b["compile_s"].items())
+  return lines + ["", f"Compile s: {compile_s}."]
 
 
 def write_results(results: dict, output_dir: str) -> tuple[str, str]:

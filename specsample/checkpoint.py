@@ -6,9 +6,9 @@ finished), so a save killed half-way leaves a `*.orbax-checkpoint-tmp-*` folder
 that `latest_step()` never returns. A bucket (gs://) has no atomic folder
 rename: there orbax writes the step folder in place and a `commit_success.txt`
 last, and `latest_step()` skips a step without it (paths.supports_rename picks
-the mode; orbax writes gs:// itself, through tensorstore). A step folder whose files were later damaged
-raises `CheckpointError` naming the folder instead of an opaque tensorstore
-traceback.
+the mode; orbax writes gs:// itself, through tensorstore). A step folder whose
+files were later damaged raises `CheckpointError` naming the folder instead of
+an opaque tensorstore traceback.
 
 Process 0 alone writes the JSON metadata; orbax coordinates the array writes of
 all processes itself.

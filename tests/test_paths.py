@@ -98,6 +98,17 @@ def test_consumers_read_and_write_buckets(gcs):
     model_io.check_model_dir("gs://bucket/none", "target_dir")
 
 
+def test_resumed_run_truncates_bucket_metrics(gcs):
+  """A resumed run drops the metrics rows logged after its checkpoint, on a bucket too
+  (objects cannot be appended to or truncated: the object is rewritten whole)."""
+  path = "gs://bucket/run/metrics.jsonl"
+  for step in (10, 20, 30):
+    paths.append_line(path, json.dumps({"step": step, "loss": 1.0}))
+  train_lib._truncate_metrics(path, 20)  # pylint: disable=protected-access
+  assert [json.loads(l)["step"] for l in paths.read_text(path).splitlines()] == [10, 20]
+  assert gcs.renames == 0
+
+
 def test_unwritable_bucket_fails_before_training(gcs, monkeypatch):
   """The write probe runs before data, optimizer or compile: make_optimizer must not be reached."""
   monkeypatch.setattr(train_lib, "make_optimizer",

@@ -7,7 +7,9 @@ setup(
     version="0.1.0",
     description="Speculative sampling for JAX/Flax decoder LMs: exact, batched, jitted.",
     packages=find_packages(include=["specsample", "specsample.*"]),
-    python_requires=">=3.10",
+    # jax 0.10, flax 0.12.8 and orbax-checkpoint 0.12.8 need Python >= 3.11 (the TPU images'
+    # Ubuntu 22.04 has 3.10: docs/tpu.md makes a 3.11 venv with uv).
+    python_requires=">=3.11",
     install_requires=[
         # Core numerics and models. flax 0.12.8 is the newest release served today.
         "jax>=0.8,<0.12",
@@ -30,6 +32,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "chex>=0.1.88", "scipy>=1.11"],  # scipy: chi-square p-values
+        # gs:// paths (specsample/paths.py; orbax's own gs:// metadata): etils.epath reads and
+        # writes buckets through fsspec's gcsfs. Checkpoint arrays go through tensorstore.
+        "gcs": ["gcsfs"],
         # scripts/make_hf_goldens.py and the live test in tests/test_hf.py; not CI (torch is
         # huge): install the CPU torch wheel first.
         "hf-reference": ["torch>=2.2", "transformers>=5.0"],

@@ -17,7 +17,7 @@ import os
 
 from absl import flags
 
-from specsample import cli, distributed
+from specsample import cli, distributed, paths
 from specsample.training import train as train_lib
 
 _TARGET = flags.DEFINE_string("target_workdir", "workdirs/target_small", "Target training workdir.")
@@ -30,7 +30,7 @@ _ONE_DEVICE = flags.DEFINE_bool(
 def main(argv):
   del argv
   distributed.maybe_initialize()
-  os.makedirs(_OUT.value, exist_ok=True)
+  paths.check_writable(_OUT.value, "out")  # a bad bucket fails before any restore
   for workdir, name in ((_TARGET.value, "target"), (_DRAFT.value, "draft")):
     out = os.path.join(_OUT.value, name)
     step = train_lib.export_run(workdir, out, one_device=_ONE_DEVICE.value)

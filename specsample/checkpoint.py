@@ -1,11 +1,14 @@
 """Orbax checkpoints: save every N steps, keep the last few, resume, fail clearly.
 
-Orbax writes each step into a temporary folder and renames it only once every
-file is on disk (and, multi-host, once every process has finished), so a save
-killed half-way leaves a `*.orbax-checkpoint-tmp-*` folder that
-`latest_step()` never returns. A step folder whose files were later damaged
-raises `CheckpointError` naming the folder instead of an opaque tensorstore
-traceback.
+On a local disk orbax writes each step into a temporary folder and renames it
+only once every file is on disk (and, multi-host, once every process has
+finished), so a save killed half-way leaves a `*.orbax-checkpoint-tmp-*` folder
+that `latest_step()` never returns. A bucket (gs://) has no atomic folder
+rename: there orbax writes the step folder in place and a `commit_success.txt`
+last, and `latest_step()` skips a step without it (paths.supports_rename picks
+the mode; orbax writes gs:// itself, through tensorstore). A step folder whose
+files were later damaged raises `CheckpointError` naming the folder instead of
+an opaque tensorstore traceback.
 
 Process 0 alone writes the JSON metadata; orbax coordinates the array writes of
 all processes itself.
@@ -19,6 +22,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from specsample import paths
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that should exist is missing, unreadable or mismatched."""
@@ -28,9 +33,14 @@ class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for {'state': pytree, 'meta': json}."""
 
   def __init__(self, directory: str, *, save_every: int = 0, keep: int = 3):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.absolute(directory)
+    paths.path(self.directory)  # a bucket without its client library: one clear line
+    # Local: orbax's default (rename). Elsewhere: the commit marker, whatever the scheme.
+    atomicity = None if paths.supports_rename(self.directory) else ocp.options.AtomicityOptions(
+        mode=ocp.options.AtomicityMode.COMMIT_FILE)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=max(1, save_every), create=True)
+        max_to_keep=keep, save_interval_steps=max(1, save_every), create=True,
+        atomicity_options=atomicity)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:

@@ -11,6 +11,7 @@ from absl import app, flags, logging
 import jax
 
 from specsample import distributed
+from specsample import paths
 from specsample.models import io as model_io
 
 _TRACEBACK = flags.DEFINE_bool("traceback", False,
@@ -18,9 +19,10 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False,
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_ERROR_STATUS = 2
-# Bad config values, bad or missing input files, missing or corrupt models.
+# Bad config values, bad or missing input files, missing or corrupt models, a bucket
+# path without its client library.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               model_io.ModelLoadError)
+               model_io.ModelLoadError, paths.MissingClientError)
 
 
 def _fail(error: BaseException, cause_last: bool = False) -> None:
@@ -70,7 +72,10 @@ def repo_path(relpath: str) -> str:
 def resolve_path(path: str) -> str:
   """`path`, or the repository's path of that name when `path` is relative, does not
   exist here and does there: defaults such as 'assets/pair/target' then work from
-  any folder, while a path that exists relative to the working directory wins."""
+  any folder, while a path that exists relative to the working directory wins. A
+  bucket path (gs://...) is returned as it is."""
+  if not path or paths.is_remote(path):
+    return path
   if path and not os.path.isabs(path) and not os.path.exists(path):
     candidate = repo_path(path)
     if os.path.exists(candidate):

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 
 import tokenizers
 
+from specsample import paths
+
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -41,16 +43,15 @@ class HFTokenizer:
   @classmethod
   def load(cls, path: str) -> HFTokenizer:
     """Loads `tokenizer.json` (a file, or a folder holding it and maybe tokenizer_config.json)."""
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
-    with open(file, encoding="utf-8") as f:
-      text = f.read()
+    is_dir = paths.isdir(path)
+    folder = path if is_dir else os.path.dirname(path)
+    file = os.path.join(path, TOKENIZER_FILE) if is_dir else path
+    text = paths.read_text(file)
     special = {}
     for name, prefix in (("config.json", "_token_id"), ("tokenizer_config.json", "_token")):
       meta_path = os.path.join(folder, name)
-      if os.path.exists(meta_path):
-        with open(meta_path) as f:
-          meta = json.load(f)
+      if paths.exists(meta_path):
+        meta = json.loads(paths.read_text(meta_path))
         for role in ("bos", "eos", "pad"):
           value = meta.get(role + prefix)
           value = value[0] if isinstance(value, list) else _token(value)

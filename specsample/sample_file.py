@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from specsample import paths
 from specsample import placement
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
@@ -57,19 +58,21 @@ def check_config(config) -> None:
   if os.path.splitext(config.input)[1] not in INPUT_SUFFIXES:
     raise ValueError(f"input must end in one of {INPUT_SUFFIXES} (text: one prompt per line; "
                      f"JSONL: a 'prompt' field), got {config.input!r}")
-  if not os.path.isfile(config.input):
+  if not paths.isfile(config.input):
     raise FileNotFoundError(f"input: no such file {config.input!r}")
   if not config.output:
     raise ValueError("output is required: --config.output=<file>.jsonl")
-  out_dir = os.path.dirname(os.path.abspath(config.output))
-  if not os.path.isdir(out_dir):
+  out_dir = os.path.dirname(paths.absolute(config.output))
+  if paths.is_remote(out_dir):  # a bucket has no folders to create: probe a write instead
+    paths.check_writable(out_dir, "output")
+  elif not os.path.isdir(out_dir):
     raise FileNotFoundError(f"output: folder {out_dir!r} does not exist (output={config.output!r}); "
                             "create it first")
-  if os.path.isdir(config.output):
+  if paths.isdir(config.output):
     raise ValueError(f"output must be a file path, got the folder {config.output!r}")
-  if os.path.abspath(config.output) == os.path.abspath(config.input):
+  if paths.absolute(config.output) == paths.absolute(config.input):
     raise ValueError(f"output must differ from input, both are {config.input!r}")
-  if not os.path.isfile(config.tokenizer):
+  if not paths.isfile(config.tokenizer):
     raise FileNotFoundError(f"tokenizer: no such file {config.tokenizer!r}")
   models = ("target_dir", "draft_dir") if config.method == "speculative" else ("target_dir",)
   for name in models:
@@ -84,7 +87,7 @@ def read_prompts(path: str, limit: int = 0) -> list[dict]:
       (the message gives the line number), or a file with no prompts.
   """
   rows = []
-  with open(path, encoding="utf-8") as f:
+  with paths.open_file(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
       line = line.rstrip("\r\n") if path.endswith(".txt") else line.strip()
       if not line:

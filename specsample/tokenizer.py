@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 
 from specsample import hf_tokenizer
+from specsample import paths
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 # SentencePiece's escaped-space meta symbol.
@@ -82,12 +83,11 @@ class Tokenizer:
     Returns:
       The tokenizer.
     """
-    if path.endswith(".json") or os.path.isfile(os.path.join(path, hf_tokenizer.TOKENIZER_FILE)):
+    if path.endswith(".json") or paths.isfile(os.path.join(path, hf_tokenizer.TOKENIZER_FILE)):
       return hf_tokenizer.HFTokenizer.load(path)
-    if os.path.isdir(path):
+    if paths.isdir(path):
       path = os.path.join(path, MODEL_FILENAME)
-    with open(path, "rb") as f:
-      return cls(f.read())
+    return cls(paths.read_bytes(path))
 
   def save(self, path: str) -> str:
     """Writes the model (and a human-readable vocab beside it).
@@ -100,17 +100,11 @@ class Tokenizer:
       The path of the written `.model` file.
     """
     if not path.endswith(".model"):
-      os.makedirs(path, exist_ok=True)
       path = os.path.join(path, MODEL_FILENAME)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "wb") as f:
-      f.write(self._model_proto)
     # JSON-quoted pieces: raw ones may contain "\n" or tabs.
-    with open(path[:-len(".model")] + ".vocab", "w", encoding="utf-8") as f:
-      for i in range(self.vocab_size):
-        piece = self.processor.id_to_piece(i)
-        f.write(f"{i}\t{json.dumps(piece, ensure_ascii=False)}\t"
-                f"{self.processor.get_score(i):g}\n")
+    vocab = "".join(f"{i}\t{json.dumps(self.processor.id_to_piece(i), ensure_ascii=False)}\t"
+                    f"{self.processor.get_score(i):g}\n" for i in range(self.vocab_size))
+    paths.write_atomic({path: self._model_proto, path[:-len(".model")] + ".vocab": vocab})
     return path
 
   @property

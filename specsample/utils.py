@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
+
+from specsample import paths
 
 
 def round_up(x: int, multiple: int) -> int:
@@ -21,23 +22,7 @@ def is_positive_int(value: Any) -> bool:
 
 
 def write_atomic(files: Mapping[str, str]) -> None:
-  """Writes {path: text}: every text to a temporary sibling first, then renames each.
-
-  A crash while writing leaves the old files untouched (and no temporaries);
-  only the renames, which cannot leave a file half-written, come last.
-  """
-  tmps = {}
-  try:
-    for path, text in files.items():
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      tmps[path] = f"{path}.tmp-{os.getpid()}"
-      with open(tmps[path], "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    for path, tmp in tmps.items():
-      os.replace(tmp, path)
-  finally:
-    for tmp in tmps.values():
-      if os.path.exists(tmp):
-        os.remove(tmp)
+  """Writes {path: text}, each file whole or not at all, local or in a bucket
+  (temporary-and-rename locally, one object upload per file on gs://): see
+  paths.write_atomic."""
+  paths.write_atomic(files)

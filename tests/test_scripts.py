@@ -8,13 +8,10 @@ loops: they share one pair and keep the runlocal shapes. The mesh tests use
 the 8 fake CPU devices of tests/conftest.py in this process (a 2 x 4 mesh).
 """
 
-import ast
 import importlib.util
 import json
 import math
 import os
-import re
-import shlex
 import sys
 from unittest import mock
 
@@ -24,7 +21,6 @@ import numpy as np
 import pytest
 
 from specsample import sample_file
-from specsample import sharding as sh
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
 from specsample.eval import benchmark, benchmark_report, bound, timing
@@ -377,69 +373,3 @@ def test_sample_on_a_mesh_matches_one_device(saved_pair, tmp_path):
                            eos_id=tokenizer.eos_id)
   assert [r["tokens"] for r in rows] == reference.tokens
   assert [r["target_calls"] for r in rows] == reference.stats["target_calls"].tolist()
-
-
-# ---------------------------------------------------------------------------
-# The TPU launch commands of README.md and docs/tpu.md
-# ---------------------------------------------------------------------------
-
-def _tpu_commands(relpath: str) -> list[str]:
-  """The `python scripts/...` commands inside the gcloud --command="..." blocks of a file."""
-  with open(os.path.join(REPO, relpath)) as f:
-    blocks = re.findall(r'--command="cd ~/specsample &&\n(.*?)"', f.read(), re.S)
-  return [" ".join(b.replace("\\\n", " ").split()) for b in blocks]
-
-
-def test_tpu_commands_use_real_flags():
-  """Every field the README's train / sample / benchmark commands set exists, takes the
-  value's type and, on the v4-32's 16 chips, gives a mesh that divides the batch.
-  docs/tpu.md shows the same commands word for word. No model, no compile."""
-  from specsample import distributed  # noqa: F401  (defines --distributed, as every script does)
-  assert "auto" in flags.FLAGS["distributed"].parser.enum_values
-  commands = _tpu_commands("README.md")
-  assert [c.split()[1] for c in commands] == [
-      "scripts/train.py", "scripts/export_pair.py", "scripts/sample.py", "scripts/benchmark.py"]
-  assert _tpu_commands("docs/tpu.md") == commands
-  # The export's folders are the ones sampling and the benchmark read.
-  out = next(a for a in shlex.split(commands[1]) if a.startswith("--out="))[len("--out="):]
-  for command in commands[2:]:
-    assert f"--config.target_dir={out}/target" in command
-    assert f"--config.draft_dir={out}/draft" in command
-  with open(os.path.join(REPO, "scripts", "export_pair.py")) as f:
-    export_flags = set(re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', f.read()))
-  for arg in shlex.split(commands[1])[2:]:
-    name = arg[2:].partition("=")[0]
-    assert name == "distributed" or name in export_flags, f"export_pair.py: no flag --{name}"
-  for command in commands:
-    args = shlex.split(command)[2:]
-    assert "--distributed=auto" in args  # one process per worker, one mesh over all
-    if command.split()[1] == "scripts/export_pair.py":
-      continue  # its flags are checked above; the mesh is the run's own
-    path, _, arg = next(a for a in args if a.startswith("--config="))[9:].partition(":")
-    config = _load_module(path).get_config(arg or None)
-    for a in args:
-      if not a.startswith("--config."):
-        continue
-      name, _, text = a[len("--config."):].partition("=")
-      *parents, leaf = name.split(".")
-      node = config
-      for parent in parents:
-        node = node[parent]
-      assert leaf in node, f"{command.split()[1]}: no field {name}"
-      try:
-        value = ast.literal_eval(text)
-      except (ValueError, SyntaxError):
-        value = text  # a path or a name
-      node[leaf] = value  # ConfigDict raises TypeError on a wrong type
-    sizes = config.mesh.to_dict()
-    known = math.prod(v for v in sizes.values() if v != -1)
-    mesh = sh.abstract_mesh({k: 16 // known if v == -1 else v for k, v in sizes.items()})
-    assert math.prod(mesh.shape.values()) == 16
-    batches = {"train.py": [config.get("data", {}).get("batch_size")],
-               "sample.py": [config.get("batch_size")],
-               "benchmark.py": list(config.get("batch_sizes", ()))}[os.path.basename(path)]
-    for batch in batches:
-      rules = config.get("target_rules") or config.sharding_rules  # sample, benchmark / train
-      sh.batch_sharding(mesh, sh.get_rules(rules), (batch,))  # raises if data x fsdp does not divide
-    if path.endswith("benchmark.py"):
-      assert all(config.num_prompts % b == 0 for b in config.batch_sizes)

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from specsample import corpus as corpus_lib
+from specsample import paths
 from specsample import utils
 from specsample.decoding import LM, Sampling, generate
 from specsample.tokenizer import Tokenizer
@@ -102,10 +103,9 @@ def manifest_for(config, target: LM, tokenizer: Tokenizer) -> dict:
 def check_manifest(data_dir: str, expected: dict) -> None:
   """Raises ValueError when `data_dir` holds a set made by something else."""
   path = os.path.join(data_dir, "manifest.json")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return
-  with open(path) as f:
-    found = json.load(f)
+  found = json.loads(paths.read_text(path))
   diff = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
   if diff:
     what = ", ".join(f"{k}: {found.get(k)!r} there, {expected.get(k)!r} now" for k in diff)
@@ -127,11 +127,9 @@ def build(config, target: LM, tokenizer: Tokenizer, data_dir: str,
     raise ValueError("the prompt source (corpus training split) is empty")
   manifest = manifest_for(config, target, tokenizer)
   check_manifest(data_dir, manifest)
-  os.makedirs(data_dir, exist_ok=True)
-  with open(os.path.join(data_dir, "manifest.json"), "w") as f:
-    json.dump(manifest, f, indent=2)
+  utils.write_atomic({os.path.join(data_dir, "manifest.json"): json.dumps(manifest, indent=2)})
   jobs = [(s, i) for s in d.settings for i in range(d.batches_per_setting)]
-  todo = [(s, i) for s, i in jobs if not os.path.exists(_shard_path(data_dir, s, i))]
+  todo = [(s, i) for s, i in jobs if not paths.exists(_shard_path(data_dir, s, i))]
   for setting, index in tqdm(todo, desc="distillation set", initial=len(jobs) - len(todo),
                              total=len(jobs)):
     seed = (config.seed, list(SETTINGS).index(setting), index)
@@ -141,9 +139,8 @@ def build(config, target: LM, tokenizer: Tokenizer, data_dir: str,
                    max_new_tokens=d.max_new_tokens, eos_id=tokenizer.eos_id,
                    seed=int(np.random.default_rng(list(seed)).integers(1 << 31)), pad_to=d.max_prompt_tokens)
     rows = {"prompt": prompts, "completion": out.tokens, "setting": [setting] * len(prompts)}
-    path = _shard_path(data_dir, setting, index)
-    datasets.Dataset.from_dict(rows).to_parquet(path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with paths.local_file(_shard_path(data_dir, setting, index)) as tmp:  # whole or absent
+      datasets.Dataset.from_dict(rows).to_parquet(tmp)
   return [_shard_path(data_dir, s, i) for s, i in jobs]
 
 
@@ -198,7 +195,7 @@ def load_rows(data_dir: str, expected_manifest: dict | None = None) -> list[dict
   import datasets
   if expected_manifest is not None:
     check_manifest(data_dir, expected_manifest)
-  shards = sorted(f for f in os.listdir(data_dir) if f.endswith(".parquet"))
+  shards = sorted(f for f in paths.listdir(data_dir) if f.endswith(".parquet"))
   if not shards:
     raise ValueError(f"no distillation shards in {data_dir}")
   table = datasets.Dataset.from_parquet([os.path.join(data_dir, s) for s in shards])

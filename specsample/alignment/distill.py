@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import time
 
 import jax
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from specsample import checkpoint as ckpt_lib
 from specsample import corpus as corpus_lib
+from specsample import paths
 from specsample import utils
 from specsample.alignment import data as data_lib
 from specsample.alignment import losses
@@ -136,10 +136,9 @@ def make_step(loss_name: str, draft_cfg, target_cfg, optim_json: str, num_steps:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Builds the data (if needed) and fine-tunes the draft; returns the last metrics."""
   check_config(config)
+  paths.check_writable(workdir, "workdir")  # a bad bucket fails here, not at the first checkpoint
   target, draft, tokenizer = load_pair(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+  utils.write_atomic({os.path.join(workdir, "config.json"): config.to_json(indent=2)})
   batches = make_batches(config, target, tokenizer, workdir)
 
   optimizer, step_fn = make_step(config.loss, draft.config, target.config,
@@ -152,7 +151,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _, state, _ = checkpointer.restore(state)
   start = int(state.step)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if start and os.path.exists(metrics_path):
+  if start and paths.exists(metrics_path):
     train_lib._truncate_metrics(metrics_path, start)  # pylint: disable=protected-access
   base_key = jax.random.key(config.seed)
   last, t_last = {}, time.perf_counter()
@@ -171,8 +170,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       t_last = now
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", tvd=f"{metrics['tvd']:.3f}",
                       agree=f"{metrics['greedy_agreement']:.3f}")
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(metrics) + "\n")
+      paths.append_line(metrics_path, json.dumps(metrics))
       last = metrics
     checkpointer.save(done, state, {"step": done}, force=done == config.num_steps)
     if config.stop_after_step and done >= config.stop_after_step:
@@ -184,5 +182,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      tokenizer_id=tokenizer.fingerprint,
                      extra={"distilled_from": config.draft_dir, "loss": config.loss,
                             "steps": config.num_steps, "data_source": config.data.source})
-    shutil.copy(metrics_path, os.path.join(workdir, "model", "metrics.jsonl"))
+    paths.copy(metrics_path, os.path.join(workdir, "model", "metrics.jsonl"))
   return last

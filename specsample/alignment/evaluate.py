@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from specsample import corpus as corpus_lib  # noqa: E402
+from specsample import paths  # noqa: E402
 from specsample import utils  # noqa: E402
 from specsample.alignment import data as data_lib  # noqa: E402
 from specsample.decoding import Sampling, generate  # noqa: E402
@@ -169,7 +170,7 @@ def write_results(results: dict, output_dir: str, command: str) -> list[str]:
   files = {os.path.join(output_dir, "alignment.json"): json.dumps(results, indent=2, default=float),
            os.path.join(output_dir, "alignment.md"): format_markdown(results, command)}
   utils.write_atomic(files)
-  paths = list(files)
+  written = list(files)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   ks = results["k_values"]
   for ax, sampling in zip(axes, SAMPLINGS):
@@ -180,7 +181,7 @@ def write_results(results: dict, output_dir: str, command: str) -> list[str]:
   axes[0].set_ylabel("block efficiency tau"), axes[1].legend(fontsize=7)
   fig.suptitle(f"Draft alignment: tau against K ({results['machine']['label']})", fontsize=9)
   path = os.path.join(output_dir, "alignment_tau.png")
-  fig.savefig(path + ".tmp.png", dpi=110, bbox_inches="tight")
-  os.replace(path + ".tmp.png", path)
-  paths.append(path)
-  return paths
+  with paths.local_file(path) as tmp:
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+  written.append(path)
+  return written

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from specsample import paths
 from specsample.alignment import data as data_lib
 from specsample.decoding import LM
 from specsample.models import transformer as tr
@@ -46,8 +47,8 @@ def topk_cache(target: LM, inputs_NL: np.ndarray, k: int, cache_dir: str,
   key = hashlib.sha256(data_lib.params_fingerprint(target).encode() + inputs_NL.tobytes()
                        + str(k).encode()).hexdigest()[:16]
   path = os.path.join(cache_dir, f"teacher-top{k}-{key}.npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
+  if paths.exists(path):
+    with paths.open_file(path, "rb") as raw, np.load(raw) as f:
       return f["ids"], f["logq"]
   ids_dtype = np.uint16 if target.config.vocab_size <= 1 << 16 else np.int32
   n = len(inputs_NL)
@@ -60,10 +61,8 @@ def topk_cache(target: LM, inputs_NL: np.ndarray, k: int, cache_dir: str,
     chunk_ids, chunk_logq = jax.device_get(_topk(target.config, target.params, padded, k))
     ids[start:start + len(chunk)] = chunk_ids[:len(chunk)]
     logq[start:start + len(chunk)] = chunk_logq[:len(chunk)]
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
-  np.savez(tmp, ids=ids, logq=logq)
-  os.replace(tmp, path)
+  with paths.local_file(path) as tmp:
+    np.savez(tmp, ids=ids, logq=logq)
   return ids, logq
 
 

@@ -34,6 +34,7 @@ from typing import Callable
 import jax
 from tqdm import tqdm
 
+from specsample import paths
 from specsample import placement as placement_lib
 from specsample import sharding as sh
 from specsample.decoding import api
@@ -106,8 +107,10 @@ def check_config(config) -> None:
     raise ValueError(f"nucleus: {e} (fields: temperature, top_k, top_p)") from e
   for name in ("target_dir", "draft_dir"):
     model_io.check_model_dir(config[name], name)
-  if not os.path.exists(config.tokenizer):
+  if not paths.exists(config.tokenizer):
     raise FileNotFoundError(f"tokenizer: {config.tokenizer} does not exist")
+  if paths.is_remote(config.output_dir):  # a bad bucket fails now, not after the timings
+    paths.check_writable(config.output_dir, "output_dir")
 
 
 def _decode_ms_per_token(result: timing.GenerateTiming, calls: int, prefill_ms: float) -> float:

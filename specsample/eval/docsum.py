@@ -32,6 +32,7 @@ import textwrap
 from typing import Any, Mapping, Sequence
 
 from specsample import corpus as corpus_lib
+from specsample import paths
 from specsample.eval import xsum
 from specsample.utils import write_atomic
 
@@ -162,12 +163,10 @@ def ensure_dataset(cache_dir: str, tokenizer, split: str = "test", **filters) ->
               "stdlib": corpus_lib.sysconfig.get_paths()["stdlib"],
               "tokenizer": tokenizer.fingerprint, "filters": {**DEFAULTS, **filters}}
   info_path = os.path.join(cache_dir, "info.json")
-  if os.path.exists(info_path):
+  if paths.exists(info_path):
     try:
-      with open(info_path) as f:
-        info = json.load(f)
-      with open(info["path"], "rb") as f:
-        intact = hashlib.sha256(f.read()).hexdigest() == info["sha256"]
+      info = json.loads(paths.read_text(info_path))
+      intact = hashlib.sha256(paths.read_bytes(info["path"])).hexdigest() == info["sha256"]
       if intact and info.get("settings") == settings and info.get("split") == split:
         return info
     except (OSError, ValueError, KeyError):

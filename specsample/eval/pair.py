@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample import corpus as corpus_lib
+from specsample import paths
 from specsample import tokenizer as tokenizer_lib
 from specsample.eval import timing
 from specsample.models import io as model_io
@@ -37,8 +38,7 @@ def _scores(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig, t
 
 
 def _last_metrics(path: str) -> dict:
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+  rows = [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
   evals = [r for r in rows if "val_loss" in r]
   return {"final_step": rows[-1]["step"], "final_train_loss": rows[-1]["loss"],
           "final_logged_val_loss": evals[-1]["val_loss"] if evals else None,

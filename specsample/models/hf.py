@@ -31,6 +31,7 @@ import numpy as np
 from safetensors import safe_open
 
 from specsample import hf_tokenizer
+from specsample import paths
 from specsample.models import transformer as tr
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -50,10 +51,12 @@ class HFCheckpointError(ValueError):
 def is_hf_dir(directory: str) -> bool:
   """True for a folder holding an HF config.json (with `architectures`) and safetensors."""
   path = os.path.join(directory, "config.json")
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     return False
-  with open(path) as f:
-    meta = json.load(f)
+  meta = json.loads(paths.read_text(path))
+  if "architectures" in meta and "config" not in meta and paths.is_remote(directory):
+    raise ValueError(f"{directory}: Hugging Face folders are read from local disk (safetensors "
+                     "are memory-mapped); copy it first: gcloud storage cp -r <folder> <local dir>")
   return "architectures" in meta and "config" not in meta
 
 

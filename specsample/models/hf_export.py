@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
+from specsample import paths
 from specsample.models import hf
 from specsample.models import io
 from specsample.models import transformer as tr
@@ -62,6 +63,9 @@ def hf_config(config: tr.TransformerConfig, *, bos_id: int | None = 1,
 
 def _atomic_dir(directory: str, write) -> str:
   """Runs write(tmp) on a fresh temporary sibling, then renames it to `directory`."""
+  if paths.is_remote(directory):  # safetensors and the folder rename need a local disk
+    raise ValueError(f"{directory}: Hugging Face folders are written to local disk; export "
+                     "there, then copy it: gcloud storage cp -r <folder> gs://...")
   directory = os.path.abspath(directory)
   tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
   os.makedirs(tmp)
@@ -124,4 +128,4 @@ def convert(hf_dir: str, out: str, *, store_dtype: str | None = None) -> str:
   params = hf.load_params(hf_dir, config, shardings)
   return io.save_lm(out, config, params, tokenizer_id=meta["tokenizer_id"],
                     store_dtype=store_dtype or config.param_dtype,
-                    extra={"source": os.path.abspath(hf_dir), "architecture": meta["architecture"]})
+                    extra={"source": paths.absolute(hf_dir), "architecture": meta["architecture"]})

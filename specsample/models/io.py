@@ -6,9 +6,12 @@ A model folder holds:
   params/       orbax StandardCheckpointer tree
 
 The embedded pair is stored in bfloat16 to keep the repository small and is
-loaded back as the config's param_dtype (float32 on CPU). Saving goes to a
-temporary sibling folder renamed into place, so an interrupted export never
-leaves a half-written model where a complete one was.
+loaded back as the config's param_dtype (float32 on CPU). On a local disk
+saving goes to a temporary sibling folder renamed into place. A bucket (gs://)
+cannot rename folders, so there the params go to a fresh `params-<id>/` inside
+the folder and config.json, written last as one object, names it
+(`params_dir`): config.json is the commit marker. Either way an interrupted
+export never leaves a half-written model where a complete one was.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from specsample import paths
 from specsample import sharding as sh
+from specsample import utils
 from specsample.models import hf
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
@@ -44,7 +50,14 @@ def save_lm(directory: str, config: tr.TransformerConfig, params, *,
   must call this with the same directory (orbax saves collectively); process 0
   alone writes config.json and renames the folder into place.
   """
-  directory = os.path.abspath(directory)
+  directory = paths.absolute(directory)
+  cast = lambda x: x.astype(store_dtype) if isinstance(x, jax.Array) else jnp.asarray(x, store_dtype)
+  params = jax.tree_util.tree_map(cast, params)
+  meta = {"config": dataclasses.asdict(config), "tokenizer_id": tokenizer_id,
+          "store_dtype": store_dtype, **(extra or {})}
+  if not paths.supports_rename(directory):
+    _save_committed_by_config(directory, params, meta)
+    return directory
   multi = jax.process_count() > 1
   # The temporary name must agree across processes: they write one checkpoint.
   tmp = f"{directory}.tmp-" + ("multihost" if multi else uuid.uuid4().hex[:8])
@@ -53,14 +66,10 @@ def save_lm(directory: str, config: tr.TransformerConfig, params, *,
     if main:
       shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted export
     multihost_utils.sync_global_devices(f"save_lm clean {tmp}")
-  cast = lambda x: x.astype(store_dtype) if isinstance(x, jax.Array) else jnp.asarray(x, store_dtype)
-  params = jax.tree_util.tree_map(cast, params)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(tmp, "params"), params)
     ckptr.wait_until_finished()
   if main:
-    meta = {"config": dataclasses.asdict(config), "tokenizer_id": tokenizer_id,
-            "store_dtype": store_dtype, **(extra or {})}
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(meta, f, indent=2)
     old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
@@ -73,10 +82,32 @@ def save_lm(directory: str, config: tr.TransformerConfig, params, *,
   return directory
 
 
+def _save_committed_by_config(directory: str, params, meta: dict) -> None:
+  """save_lm where folders cannot be renamed: params to a fresh `params-<id>/`,
+  then config.json (one object) naming it, then the old params folders go. A
+  crash before config.json leaves the previous model readable (or none)."""
+  multi = jax.process_count() > 1
+  tag = np.array(np.random.default_rng().integers(2**31), np.int64)
+  if multi:  # one folder name for the collective save: process 0's
+    tag = multihost_utils.broadcast_one_to_all(tag)
+  params_dir = f"params-{int(tag):08x}"
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(directory, params_dir), params)
+    ckptr.wait_until_finished()
+  if jax.process_index() == 0:
+    utils.write_atomic({os.path.join(directory, "config.json"):
+                        json.dumps({**meta, "params_dir": params_dir}, indent=2)})
+    for name in paths.listdir(directory):  # replaced or never-committed params
+      if name.startswith("params") and name != params_dir:
+        paths.rmtree(os.path.join(directory, name))
+  if multi:
+    multihost_utils.sync_global_devices(f"save_lm done {directory}")
+
+
 def check_model_dir(directory: str, field: str) -> None:
   """Raises FileNotFoundError naming the config `field` if `directory` holds no model."""
   path = os.path.join(directory, "config.json")
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise FileNotFoundError(
         f"config.{field}: no model at {directory} ({path} is missing); export a pair with "
         f"scripts/export_pair.py or point --config.{field} at an io.save_lm folder")
@@ -87,17 +118,17 @@ def load_config(directory: str) -> tuple[tr.TransformerConfig, dict]:
   if hf.is_hf_dir(directory):
     return hf.load_config(directory)
   path = os.path.join(directory, "config.json")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"no model at {directory}: {path} is missing")
-  with open(path) as f:
-    meta = json.load(f)
+  meta = json.loads(paths.read_text(path))
   return tr.TransformerConfig(**meta["config"]).validate(), meta
 
 
 def restore_params(directory: str, config: tr.TransformerConfig, store_dtype: str,
-                   shardings) -> Any:
+                   shardings, params_dir: str = "params") -> Any:
   """Reads a model folder's params laid out by `shardings` (one per parameter;
-  each process reads only its own shards), cast to config.param_dtype."""
+  each process reads only its own shards), cast to config.param_dtype.
+  `params_dir`: config.json's `params_dir` (save_lm on a bucket), else 'params'."""
   if hf.is_hf_dir(directory):  # safetensors, read shard by shard
     return hf.load_params(directory, config, shardings)
   abstract = jax.tree_util.tree_map(
@@ -105,7 +136,7 @@ def restore_params(directory: str, config: tr.TransformerConfig, store_dtype: st
       tr.param_shapes(config), shardings)
   with ocp.StandardCheckpointer() as ckptr:
     try:
-      params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), abstract)
+      params = ckptr.restore(os.path.join(paths.absolute(directory), params_dir), abstract)
     except Exception as e:
       # The cause (often a long TensorStore spec) stays chained, not in the message.
       raise ModelLoadError(f"model params in {directory} are unreadable or do not match "
@@ -128,7 +159,8 @@ def load_lm(directory: str, **config_overrides) -> LM:
   # other processes) restores here as well.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   shardings = jax.tree_util.tree_map(lambda _: device, tr.param_shapes(config))
-  params = restore_params(directory, config, meta["store_dtype"], shardings)
+  params = restore_params(directory, config, meta["store_dtype"], shardings,
+                          meta.get("params_dir", "params"))
   return LM(config=config, params=params, tokenizer_id=meta.get("tokenizer_id"))
 
 
@@ -140,5 +172,5 @@ def load_sharded_lm(directory: str, mesh, rules: sh.Rules = sh.TENSOR_PARALLEL,
   config, meta = load_config(directory)
   config = config.replace(**config_overrides).validate()
   params = restore_params(directory, config, meta["store_dtype"],
-                          sh.param_shardings(config, mesh, rules))
+                          sh.param_shardings(config, mesh, rules), meta.get("params_dir", "params"))
   return LM(config=config, params=params, tokenizer_id=meta.get("tokenizer_id"))

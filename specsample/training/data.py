@@ -18,7 +18,6 @@ Batches are dicts of numpy arrays: `inputs` and `targets` `[B, L]` int32
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ import numpy as np
 import tqdm
 
 from specsample import corpus as corpus_lib
+from specsample import paths as paths_lib
 from specsample import tokenizer as tokenizer_lib
 
 # Files are encoded this many at a time: big enough for SentencePiece's
@@ -60,8 +60,9 @@ def tokenize_files(files: Sequence[corpus_lib.SourceFile],
       f"{tokenizer.fingerprint}\0{corpus_lib.split_hash(files)}".encode()
   ).hexdigest()[:16]
   path = os.path.join(cache_dir, f"{name}-{key}.npy") if cache_dir else None
-  if path and os.path.exists(path):
-    return np.load(path)
+  if path and paths_lib.exists(path):
+    with paths_lib.open_file(path, "rb") as f:
+      return np.load(f)
   dtype = token_dtype(tokenizer.vocab_size)
   pieces = []
   for start in tqdm.trange(0, len(files), _ENCODE_BATCH,
@@ -71,12 +72,9 @@ def tokenize_files(files: Sequence[corpus_lib.SourceFile],
     for ids in tokenizer.encode_batch(batch, add_bos=True, add_eos=True):
       pieces.append(np.asarray(ids, dtype=dtype))
   tokens = np.concatenate(pieces) if pieces else np.zeros([0], dtype)
-  if path:
-    os.makedirs(cache_dir, exist_ok=True)
-    # Write then rename, so a killed run never leaves a truncated cache file.
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, tokens)
-    os.replace(tmp, path)
+  if path:  # whole or absent: a killed run never leaves a truncated cache file
+    with paths_lib.local_file(path) as tmp:
+      np.save(tmp, tokens)
   return tokens
 
 
@@ -223,12 +221,12 @@ def _expand(path: str | Sequence[str]) -> list[str]:
   paths = [path] if isinstance(path, str) else list(path)
   files = []
   for p in paths:
-    if os.path.isdir(p):
-      files += sorted(f for f in glob.glob(os.path.join(p, "*"))
-                      if any(f.endswith(ext) for ext in _BUILDERS))
+    if paths_lib.isdir(p):
+      files += [f for f in paths_lib.glob(os.path.join(p, "*"))
+                if any(f.endswith(ext) for ext in _BUILDERS)]
     else:
-      files += sorted(glob.glob(p)) or [p]
-  missing = [f for f in files if not os.path.isfile(f)]
+      files += paths_lib.glob(p) or [p]
+  missing = [f for f in files if not paths_lib.isfile(f)]
   if not files or missing:
     raise FileNotFoundError(f"no data files for {path!r}: missing {missing}")
   return files

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from typing import Any, Callable
 
@@ -30,8 +29,10 @@ from tqdm import tqdm
 
 from specsample import checkpoint as ckpt_lib
 from specsample import corpus as corpus_lib
+from specsample import paths
 from specsample import sharding as sh
 from specsample import tokenizer as tokenizer_lib
+from specsample import utils
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.training import data as data_lib
@@ -211,11 +212,9 @@ class CorpusData:
 def _truncate_metrics(path: str, step: int) -> None:
   """Drops rows logged after `step` by a run that died before its next
   checkpoint: the resumed run logs those steps again (atomic rewrite)."""
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path + ".tmp", "w") as f:
-    f.writelines(rows)
-  os.replace(path + ".tmp", path)
+  rows = [line + "\n" for line in paths.read_text(path).splitlines()
+          if line.strip() and json.loads(line)["step"] <= step]
+  paths.write_atomic({path: "".join(rows)})
 
 
 def make_mesh(config: ml_collections.ConfigDict):
@@ -274,15 +273,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
   model_cfg = model_config_from(config)
   mesh = make_mesh(config)  # None: one device; bad meshes fail before any write
   rules = None if mesh is None else sh.get_rules(config.get("sharding_rules", "tensor_parallel"))
+  is_main = jax.process_index() == 0
+  if is_main:  # a missing or read-only bucket fails here, not at the first checkpoint
+    paths.check_writable(workdir, "workdir")
   if datasets is None:
     datasets = CorpusData(config, vocab_size=model_cfg.vocab_size)
   train_data = val_data = datasets
-  is_main = jax.process_index() == 0
-
-  os.makedirs(workdir, exist_ok=True)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+    utils.write_atomic({os.path.join(workdir, "config.json"): config.to_json(indent=2)})
   optimizer = make_optimizer(config)
   if mesh is None:
     train_step, eval_step = make_train_step(model_cfg, optimizer), make_eval_step(model_cfg)
@@ -303,7 +301,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
   tokens_per_step = config.data.batch_size * config.data.seq_len
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if is_main and start and os.path.exists(metrics_path):
+  if is_main and start and paths.exists(metrics_path):
     _truncate_metrics(metrics_path, start)
   last: dict = {}
   t_last, steps_since = time.perf_counter(), 0
@@ -323,8 +321,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, datasets=None,
         metrics["val_loss"] = evaluate(eval_step, state.params, val_batches)
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", val=metrics.get("val_loss", float("nan")))
       if is_main:
-        with open(metrics_path, "a") as f:
-          f.write(json.dumps(metrics) + "\n")
+        paths.append_line(metrics_path, json.dumps(metrics))
       last = metrics
     checkpointer.save(done, state, {"step": done}, force=done == config.num_steps)
     if stop_after_step is not None and done >= stop_after_step:
@@ -348,8 +345,8 @@ def export_run(workdir: str, out: str, *, one_device: bool = False) -> int:
   Returns:
     The exported step.
   """
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(
+      json.loads(paths.read_text(os.path.join(workdir, "config.json"))))
   model_cfg = model_config_from(config)
   optimizer = make_optimizer(config)
   mesh = None if one_device else make_mesh(config)
@@ -365,6 +362,6 @@ def export_run(workdir: str, out: str, *, one_device: bool = False) -> int:
                    tokenizer_id=tokenizer_lib.Tokenizer.load(config.tokenizer).fingerprint,
                    extra={"trained_steps": step, "train_config": config.to_dict()})
   metrics = os.path.join(workdir, "metrics.jsonl")
-  if jax.process_index() == 0 and os.path.exists(metrics):
-    shutil.copy(metrics, os.path.join(out, "metrics.jsonl"))
+  if jax.process_index() == 0 and paths.exists(metrics):
+    paths.copy(metrics, os.path.join(out, "metrics.jsonl"))
   return step

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from specsample import paths as paths_lib  # noqa: E402
 from specsample.eval.table1 import report  # noqa: E402
 
 
@@ -45,7 +46,8 @@ def write_plots(rows: Sequence[dict], machines: dict, results_dir: str) -> list[
     fig.suptitle(f"batch 1 — {machine_note}", fontsize=7)
     fig.tight_layout()
     path = os.path.join(results_dir, f"table1_{name}.png")
-    fig.savefig(path, dpi=110)
+    with paths_lib.local_file(path) as tmp:
+      fig.savefig(tmp, dpi=110)
     plt.close(fig)
     paths.append(path)
 
@@ -65,6 +67,7 @@ def write_plots(rows: Sequence[dict], machines: dict, results_dir: str) -> list[
   ax.set_title(machine_note, fontsize=7)
   fig.tight_layout()
   path = os.path.join(results_dir, "table1_ms_per_token.png")
-  fig.savefig(path, dpi=110)
+  with paths_lib.local_file(path) as tmp:
+    fig.savefig(tmp, dpi=110)
   plt.close(fig)
   return paths + [path]

@@ -27,6 +27,7 @@ from typing import Callable
 import jax
 from tqdm import tqdm
 
+from specsample import paths as paths_lib
 from specsample.eval.table1 import cells as cells_lib
 from specsample.eval.table1 import grid, plots, report, store
 from specsample.eval.timing import machine_info
@@ -129,7 +130,7 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
   failures = sum(not c["passed"] for p in parity for c in p["checks"])
   canonical = next((records[c.key] for c in cells if c.kind == "canonical"), None)
   canon_summary = _canonical_summary(canonical, machines) if canonical else None
-  os.makedirs(results_dir, exist_ok=True)
+  paths_lib.makedirs(results_dir)
   paths = {"markdown": os.path.join(results_dir, "table1.md"),
            "csv": os.path.join(results_dir, "table1.csv"),
            "json": os.path.join(results_dir, "table1.json")}

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+from specsample import paths
 from specsample.eval import humaneval
 from specsample.eval.table1 import grid
 from specsample.eval.table1.grid import Cell
@@ -29,14 +30,16 @@ def sha(obj: Any) -> str:
 def dir_fingerprint(path: str) -> str:
   """sha256 over a folder's relative file names and bytes (a model's identity)."""
   h = hashlib.sha256()
-  for root, dirs, files in sorted(os.walk(path)):
-    dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      h.update(os.path.relpath(full, path).encode() + b"\0")
-      with open(full, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-          h.update(block)
+  if paths.is_remote(path):
+    files = paths.walk_files(path)
+  else:  # the order fingerprints were always taken in: cached cells stay valid
+    files = [os.path.relpath(os.path.join(root, name), path)
+             for root, dirs, names in sorted(os.walk(path)) for name in sorted(names)]
+  for rel in files:
+    h.update(rel.encode() + b"\0")
+    with paths.open_file(os.path.join(path, rel), "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
   return h.hexdigest()
 
 
@@ -52,11 +55,10 @@ class CellStore:
   def load(self, cell: Cell, fingerprint: str) -> tuple[dict | None, str]:
     """(record, '') if a complete, matching record exists, else (None, why not)."""
     path = self.path(cell)
-    if not os.path.exists(path):
+    if not paths.exists(path):
       return None, "not computed yet"
     try:
-      with open(path) as f:
-        record = json.load(f)
+      record = json.loads(paths.read_text(path))
     except (OSError, ValueError) as e:
       return None, f"unreadable ({type(e).__name__}); recomputing"
     if not isinstance(record, dict) or record.get("complete") is not True:

@@ -6,11 +6,13 @@ so a correct sampler fails it with probability < 2e-4 (union bound) for a
 random seed; seeds are fixed, so a given run is deterministic.
 """
 
+import jax
 import numpy as np
 import pytest
 
 from specsample.decoding import Sampling, api, calibrate, generate
 from specsample.decoding import speculative
+from specsample.eval import breakdown
 from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue, exact_joint
 
 GREEDY = Sampling(temperature=0)
@@ -110,3 +112,21 @@ def test_calibration_is_measured_once_per_shape(tiny_pair, greedy_ar):
   assert len(calls) == 2 and calls[0] == calls[1] and len(calibrate._COSTS) == before + 1
   costs = calibrate._COSTS[calls[0]]
   assert costs.shape == (2,) and (costs > 0).all()
+
+
+def test_timing_hooks_force_k_and_cut_the_loop(tiny_pair):
+  """eval/breakdown.py's harness: forced K, a trip limit, and every part ablated
+  (nothing is committed, so only the trip limit stops the loop)."""
+  target, draft = tiny_pair
+  prompts, prompt_len, spec = api.prepare(target, draft, GREEDY_PROMPTS, "speculative", (0, 2),
+                                          GREEDY, 24, 14, 16)
+  key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
+  args = (target.params, draft.params, prompts, prompt_len, key_data, np.ones(2, np.float32))
+  loop = api.make_loop("speculative", target.config, draft.config, spec,
+                       ablate=frozenset(speculative.ABLATABLE))
+  out = loop(*args, np.int32(1), np.int32(5))
+  np.testing.assert_array_equal(out[1], prompt_len)        # nothing committed
+  np.testing.assert_array_equal(out[2], 5)                 # 5 iterations, every row active
+  np.testing.assert_array_equal(out[3], 10)                # at K = 2
+  with pytest.raises(ValueError, match="ks must include 0"):
+    breakdown.measure(target, draft, GREEDY_PROMPTS, GREEDY, (1, 2), 24)

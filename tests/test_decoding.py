@@ -280,7 +280,7 @@ def test_nucleus_keeps_ties_with_the_smallest_kept_value():
 
 def test_greedy_argmax_draws_equal_categorical_draws():
   """On one-hot rows, sample(greedy=True) and the greedy rejection step give
-  exactly the tokens the categorical draws give."""
+  exactly the tokens the random draws give."""
   B, G, V = 256, 3, 50
   k_draft, k_target, k_same, k_draw = jax.random.split(jax.random.key(4), 4)
   draft_BG = jax.random.randint(k_draft, (B, G), 0, V)
@@ -295,6 +295,22 @@ def test_greedy_argmax_draws_equal_categorical_draws():
     np.testing.assert_array_equal(a, b)
   assert len(set(np.asarray(greedy[0]).tolist())) == G + 1  # every acceptance length occurs
   np.testing.assert_array_equal(sample(k_draw, q_BXV, greedy=True), sample(k_draw, q_BXV))
+
+
+def test_inverse_cdf_draws_follow_the_probabilities_and_never_a_zero():
+  """sample() by inverse CDF on a row with zeros inside and at both ends, and
+  unnormalised. Chi-square at ALPHA = 1e-4 (false failure 1e-4); the power
+  check shifts 1% of the mass and must be rejected."""
+  probs = np.array([0, 0.3, 0, 0.05, 0.25, 0, 0.1, 0.2, 0.1, 0], np.float32) * 3
+  keys = jax.random.split(jax.random.key(8), 200_000)
+  draws = np.asarray(jax.jit(jax.vmap(lambda k: sample(k, jnp.asarray(probs))))(keys))
+  counts = np.bincount(draws, minlength=len(probs))
+  assert counts[probs == 0].sum() == 0
+  expected = probs / probs.sum()
+  assert chi2_pvalue(counts, expected) > ALPHA
+  shifted = expected.copy()
+  shifted[[1, 4]] += [0.01, -0.01]
+  assert chi2_pvalue(counts, shifted, strict=False) < ALPHA
 
 
 # -------------------------------------------------------------------------- bad input

@@ -10,8 +10,8 @@ Order of composition, as in most LM samplers: temperature, then top-k on the
 scaled logits, then top-p (nucleus) on the resulting distribution.
 Temperature 0 means greedy: a one-hot on the argmax (ties to the lowest id),
 which the rejection step turns into exact greedy decoding. Greedy tokens are
-read by argmax (`sample(..., greedy=True)`): the token a categorical draw from
-a one-hot returns, without its V random numbers per row.
+read by argmax (`sample(..., greedy=True)`): the token a draw from a one-hot
+returns, without a cumulative sum over V.
 
 Ties: top-k keeps every token whose logit equals the k-th largest, and top-p
 keeps every token whose probability equals the smallest kept one. This can keep
@@ -128,19 +128,32 @@ def _nucleus(probs: jax.Array, top_p: float) -> jax.Array:
 
 
 def sample(key: jax.Array, probs: jax.Array, *, greedy: bool = False) -> jax.Array:
-  """Draws token ids from [..., V] probabilities.
+  """Draws token ids from [..., V] probabilities, by inverse CDF.
+
+  One uniform u per row picks the first token whose cumulative mass exceeds
+  u times the row's total: token v has probability exactly the width of its
+  interval of the float32 cumulative sum, i.e. probs[v] / sum(probs) up to the
+  sum's rounding (~1e-7 relative), and a token of zero mass is never drawn
+  (u * total is kept strictly below the total, so the token found always
+  starts a non-empty interval). jax.random.categorical would draw V Gumbel
+  numbers per row instead, which on a 2-core CPU cost 0.7 ms per [1, 4096]
+  row against 0.016 ms (2.6 ms against 0.024 ms at [8, 4096]): more than a
+  draft forward, once per draft step and once per verification.
 
   Args:
     key: PRNG key (unused when greedy).
-    probs: [..., V] probabilities, e.g. from Sampling.probs.
+    probs: [..., V] non-negative, each row with positive mass (e.g. from
+      Sampling.probs); rows need not sum to 1.
     greedy: static; True promises one-hot rows (Sampling.greedy). The argmax is
-      then exactly the token the categorical draw returns (its Gumbel noise is
-      finite, log 0 = -inf), without generating V random numbers per row, which
-      on CPU cost more than a draft forward.
+      then exactly the token the draw returns, without a cumulative sum.
 
   Returns:
     [...] int32 token ids.
   """
   if greedy:
     return jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
+  cdf = jnp.cumsum(probs.astype(jnp.float32), axis=-1)
+  total = cdf[..., -1:]
+  u = jax.random.uniform(key, total.shape, jnp.float32)
+  point = jnp.minimum(u * total, jnp.nextafter(total, 0.0))   # < total despite rounding
+  return jnp.sum(cdf <= point, axis=-1).astype(jnp.int32)

@@ -225,7 +225,7 @@ def time_forward(model: LM, *, batch: int, num_tokens: int, cache_len: int, cont
 @functools.partial(jax.jit, static_argnames=("sampling",))
 def _sampling_loop(sampling: Sampling, logits_BXV: jax.Array, key: jax.Array,
                    num_steps: jax.Array) -> jax.Array:
-  """`num_steps` times: probs over [B, X, V] and one categorical draw per row."""
+  """`num_steps` times: probs over [B, X, V] and one draw (`sample`) per row."""
 
   def body(i, logits_BXV):
     probs_BXV = sampling.probs(logits_BXV)

@@ -13,10 +13,10 @@ Each iteration, for every row at once, with G = the iteration's K:
 
 G is fixed (`spec.num_draft`), or chosen every iteration ("auto",
 `spec.draft_choices`): a `lax.switch` over one body per K in the set, each
-with static shapes, picks the K that maximises the expected tokens per
-millisecond, mean_b E(alpha_b, K) / cost_K, where cost_K is the measured time
-of one iteration at K (decoding/calibrate.py) and alpha_b an exponentially
-discounted estimate of row b's acceptance rate. K = 0 is a plain
+with static shapes, picks the K that maximises expected tokens per unit of
+time, E(alpha, K) / cost_K, for the batch's bottleneck row (`choose`), where
+cost_K is the measured time of one iteration at K (decoding/calibrate.py) and
+alpha_b an exponentially discounted estimate of row b's acceptance rate. K = 0 is a plain
 autoregressive step (which also keeps the draft cache in step). Every body is
 lossless given the tokens so far, and the choice depends only on those, so
 the output is distributed as the target's whatever K is picked.
@@ -233,18 +233,23 @@ def expected_tokens(alpha, num_draft: int):
   return sum(alpha ** i for i in range(num_draft + 1))
 
 
-def choose(s: SpecState, choices: tuple[int, ...], cost_C: jax.Array) -> jax.Array:
-  """Index into `choices` of the K with the most expected tokens per unit cost.
+def choose(s: SpecState, choices: tuple[int, ...], cost_C: jax.Array, remaining_B: jax.Array
+           ) -> jax.Array:
+  """Index into `choices` of the K that finishes the batch soonest, one step ahead.
 
-  Averages E(alpha_b, K) over the active rows (a batch iteration costs the
-  same for every row); done rows are ignored, and an all-done batch
-  (never run: the loop has stopped) would pick by the prior.
+  A batch of fixed rows runs until its slowest row is done, so the rate that
+  matters is not the mean tokens per iteration but how fast the bottleneck
+  row advances: with E(alpha_b, K) expected tokens per iteration for row b
+  and remaining_b tokens to go, the batch needs about max_b remaining_b /
+  E(alpha_b, K) more iterations, each costing cost_K. The choice minimises
+  that product (at batch 1: maximises E(alpha, K) / cost_K). Done rows are
+  ignored; an all-done batch (never run: the loop has stopped) picks by the
+  prior.
   """
   alpha_B = s.accept_ema / s.trials_ema
-  weight_B = (~s.done).astype(jnp.float32)
-  weight_B = weight_B / jnp.maximum(weight_B.sum(), 1.0)
-  rate_C = jnp.stack([(expected_tokens(alpha_B, k) * weight_B).sum() for k in choices]) / cost_C
-  return jnp.argmax(rate_C)
+  remaining_B = jnp.where(s.done, 0.0, jnp.maximum(remaining_B, 1).astype(jnp.float32))
+  iterations_C = jnp.stack([jnp.max(remaining_B / expected_tokens(alpha_B, k)) for k in choices])
+  return jnp.argmin(iterations_C * cost_C)
 
 
 def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
@@ -298,7 +303,9 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
                                 prompt_len_B, ablate)
   if spec.draft_choices:
     bodies = [body_of(k) for k in spec.draft_choices]
-    pick = lambda s: jnp.where(force_index >= 0, force_index, choose(s, spec.draft_choices, cost_C))
+    remaining = lambda s: spec.max_new_tokens - (s.length - prompt_len_B)
+    pick = lambda s: jnp.where(force_index >= 0, force_index,
+                               choose(s, spec.draft_choices, cost_C, remaining(s)))
     body = lambda s: jax.lax.switch(pick(s), bodies, s)
   else:
     body = body_of(spec.num_draft)

@@ -50,17 +50,26 @@ def test_costs_decide_k_including_plain_autoregressive_steps(tiny_pair, greedy_a
   np.testing.assert_array_equal(out.stats["draft_per_call"], expected_k)
 
 
-def test_choose_maximises_expected_tokens_per_cost():
+@pytest.mark.parametrize("done", [(False, True), (False, False)])
+def test_choose_minimises_the_bottleneck_rows_time(done):
   alpha = np.array([0.9, 0.2], np.float32)
   state = speculative.SpecState(
-      tokens=None, length=None, done=np.array([False, True]), target_cache=None,
+      tokens=None, length=None, done=np.array(done), target_cache=None,
       draft_cache=None, key=None, target_calls=None, drafted=None, accepted=None,
       accept_ema=alpha * 10, trials_ema=np.full(2, 10.0, np.float32))
   choices = (0, 1, 2, 4)
   cost = np.array([1.0, 1.1, 1.2, 1.4], np.float32)
-  rate = [speculative.expected_tokens(0.9, k) / c for k, c in zip(choices, cost)]
-  # Only the active row (alpha 0.9) counts.
-  assert int(speculative.choose(state, choices, cost)) == int(np.argmax(rate)) == 3
+  remaining = np.array([20, 10])
+  # Time to finish = cost_K x max over active rows of remaining / E(alpha, K).
+  active = ~np.array(done)
+  time_ = [c * max(r / speculative.expected_tokens(float(a), k)
+                   for a, r, on in zip(alpha, remaining, active) if on)
+           for k, c in zip(choices, cost)]
+  chosen = int(speculative.choose(state, choices, cost, remaining))
+  assert chosen == int(np.argmin(time_))
+  # Alone, the high-alpha row wants K=4; with the low-alpha row active, K=4
+  # would make that row the bottleneck, and K=2 finishes first.
+  assert chosen == (3 if done[1] else 2)
 
 
 def test_auto_samples_the_target_distribution(tiny_pair):

@@ -80,7 +80,9 @@ def _draft(draft_cfg, spec, draft_params, s: SpecState, key):
 
 def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
                      spec: common.DecodeSpec, target_params, draft_params,
-                     prompts_BP: jax.Array, prompt_len_B: jax.Array, key: jax.Array) -> SpecState:
+                     prompts_BP: jax.Array, prompt_len_B: jax.Array, key: jax.Array,
+                     target_cache: tr.KVCache | None = None,
+                     draft_cache: tr.KVCache | None = None) -> SpecState:
   """Generates until every row is done. Jit with configs and `spec` static.
 
   Args:
@@ -90,6 +92,9 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
     prompts_BP: [B, P] right-padded prompts.
     prompt_len_B: [B] true prompt lengths, each >= 1.
     key: PRNG key.
+    target_cache, draft_cache: precomputed prompt caches in the loop's
+      convention (length - 1 valid positions, [B, spec.buffer_len]), e.g. from
+      KV Prediction (decoding/kv_prediction.py); None runs a full prefill.
 
   Returns:
     The final SpecState; generated tokens of row b are
@@ -101,8 +106,10 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
   zeros_B = jnp.zeros((B,), jnp.int32)
   state = SpecState(
       tokens=tokens_BL, length=prompt_len_B, done=jnp.zeros((B,), bool),
-      target_cache=common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P),
-      draft_cache=common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, P),
+      target_cache=(common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P)
+                    if target_cache is None else target_cache),
+      draft_cache=(common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, P)
+                   if draft_cache is None else draft_cache),
       key=key, target_calls=zeros_B, drafted=zeros_B, accepted=zeros_B)
 
   def body(s: SpecState) -> SpecState:

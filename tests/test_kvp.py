@@ -11,6 +11,7 @@ power check asserts that the same samples REJECT the target's exact
 import importlib.util
 import itertools
 import json
+import shutil
 
 import chex
 import jax
@@ -61,6 +62,13 @@ def test_default_layer_map_and_shapes(tiny_kvp):
   assert len(pred.k) == len(pred.v) == t.num_layers
   chex.assert_shape(pred.k + pred.v, (3, 10, t.num_kv_heads, t.head_dim))
   np.testing.assert_array_equal(pred.lengths, [1, 4, 9])
+  # A layer-pruned copy: the kept layers' weights, in buffers of its own (training donates them).
+  pruned_cfg, pruned = kp.prune_layers(t, target.params, (1,))
+  assert pruned_cfg.num_layers == 1 and kp.default_layer_map(2, 1) == (0, 0)
+  np.testing.assert_array_equal(pruned["layer_0"]["attn"]["q"], target.params["layer_1"]["attn"]["q"])
+  assert pruned["embedding"] is not target.params["embedding"]
+  with pytest.raises(ValueError, match="kvp.keep_layers must be increasing"):
+    kp.prune_layers(t, target.params, (1, 1))
   # On a 2 x 4 mesh the predictor's output heads follow the target cache's layout.
   mesh = jax.make_mesh((2, 4), ("data", "tensor"))
   rules = (("batch", "data"), ("kv_heads", "tensor"), ("head_dim", None))
@@ -94,8 +102,9 @@ def test_identity_predictor_with_the_target_as_auxiliary_reproduces_its_cache(ti
   prompts_BP = jnp.array([[1, 2, 3, 4, 5, 6, 7, 8], [9, 8, 7, 0, 0, 0, 0, 0]])
   prompt_len = jnp.array([8, 3])
   tokens = common.init_buffer(prompts_BP, 16)
-  real = common.prefill(target.config, target.params, tokens, prompt_len, 8)
-  pred = kp.predict_cache(config, params, real)
+  real = jax.jit(common.prefill, static_argnums=(0, 4))(target.config, target.params, tokens,
+                                                        prompt_len, 8)
+  pred = jax.jit(kp.predict_cache, static_argnums=0)(config, params, real)
   for i in range(target.config.num_layers):
     np.testing.assert_array_equal(pred.v[i], real.v[i])
     np.testing.assert_allclose(pred.k[i], real.k[i], rtol=1e-5, atol=1e-6)
@@ -124,28 +133,37 @@ def test_greedy_speculative_kvp_equals_autoregressive_kvp(tiny_kvp):
   assert generate(target, GREEDY_PROMPTS, **GREEDY_AR).tokens != ar.tokens
 
 
+def _joint(probs_CNV: np.ndarray, conts_CN: np.ndarray) -> np.ndarray:
+  """Product over n of probs[c, n, conts[c, n]]: [C]."""
+  C, N = conts_CN.shape
+  return probs_CNV[np.arange(C)[:, None], np.arange(N)[None], conts_CN].prod(axis=1)
+
+
 def kvp_joint(target: LM, kvp: kvpd.KVP, prompt: list[int], n: int = 3) -> np.ndarray:
   """P(x1..xn | predicted cache of prompt[:-1], prompt[-1]) for every continuation: [V**n]."""
   V, P = target.config.vocab_size, len(prompt)
   conts = np.array(list(itertools.product(range(V), repeat=n)), np.int32)        # [V^n, n]
-  config = kvpd.kvp_config(target, kvp)
-  spec = kvpd.KVPSpec(config=config, aux_is_draft=False)
-  target_cache, _ = kvpd.prefill(spec, kvp.aux.params, kvp.params, jnp.array([prompt]),
-                                 jnp.array([P]), P + n)
-  cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, len(conts), axis=0), target_cache)
+  spec = kvpd.KVPSpec(config=kvpd.kvp_config(target, kvp), aux_is_draft=False)
+
+  @jax.jit
+  def probs(target_params, aux_params, predictor_params, block):
+    cache, _ = kvpd.prefill(spec, aux_params, predictor_params, jnp.array([prompt]),
+                            jnp.array([P]), P + n)
+    cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, block.shape[0], axis=0), cache)
+    return jax.nn.softmax(tr.forward(target.config, target_params, block, cache)[0], axis=-1)
+
   block = np.concatenate([np.full((len(conts), 1), prompt[-1]), conts[:, :-1]], axis=1)
-  logits, _ = tr.forward(target.config, target.params, jnp.asarray(block, jnp.int32), cache)
-  probs = np.asarray(jax.nn.softmax(logits, axis=-1))                           # [V^n, n, V]
-  return probs[np.arange(len(conts))[:, None], np.arange(n)[None], conts].prod(axis=1)
+  return _joint(np.asarray(probs(target.params, kvp.aux.params, kvp.params, block)), conts)
 
 
 def full_joint(target: LM, prompt: list[int], n: int = 3) -> np.ndarray:
+  """P(x1..xn | prompt) under the target with its own (exact) cache: [V**n]."""
   V = target.config.vocab_size
   conts = np.array(list(itertools.product(range(V), repeat=n)), np.int32)
   seqs = np.concatenate([np.tile(prompt, (len(conts), 1)), conts], axis=1)
-  logits, _ = tr.forward(target.config, target.params, jnp.asarray(seqs))
-  probs = np.asarray(jax.nn.softmax(logits[:, len(prompt) - 1:-1], axis=-1))
-  return probs[np.arange(len(conts))[:, None], np.arange(n)[None], conts].prod(axis=1)
+  probs = jax.jit(lambda p, t: jax.nn.softmax(tr.forward(target.config, p, t)[0][:, len(prompt) - 1:-1],
+                                              axis=-1))(target.params, seqs)
+  return _joint(np.asarray(probs), conts)
 
 
 def test_sampled_speculative_kvp_follows_the_kvp_conditioned_target(tiny_kvp):
@@ -233,10 +251,13 @@ def _config(root, **overrides):
 def test_training_lowers_the_loss_resumes_exactly_and_exports_a_kvp(tiny_setup, tmp_path):
   c = _config(tiny_setup, checkpoint_every=3)
   full = kvp_train.run(c, str(tmp_path / "full"))
-  staged = _config(tiny_setup, checkpoint_every=3, stop_after_step=3)
-  kvp_train.run(staged, str(tmp_path / "staged"))
-  staged.stop_after_step = 0
-  resumed = kvp_train.run(staged, str(tmp_path / "staged"))
+  # A run killed after step 3: its workdir holds step 3's checkpoint and the rows logged so far.
+  (tmp_path / "staged" / "checkpoints").mkdir(parents=True)
+  shutil.copytree(tmp_path / "full" / "checkpoints" / "3", tmp_path / "staged" / "checkpoints" / "3")
+  with open(tmp_path / "full" / "metrics.jsonl") as f:
+    rows = f.readlines()
+  (tmp_path / "staged" / "metrics.jsonl").write_text("".join(rows))  # rows past 3 are dropped
+  resumed = kvp_train.run(c, str(tmp_path / "staged"))
   assert resumed["step"] == full["step"] == c.num_steps
   target = model_io.load_lm(c.target_dir)
   a = kvpd.load_kvp(str(tmp_path / "full" / "model"), target)

@@ -222,7 +222,7 @@ def load_kvp(directory: str, target: LM, **aux_overrides) -> KVP:
                              layer_map=tuple(meta["layer_map"])).validate()
   abstract = jax.eval_shape(lambda: kvp_lib.init_params(config, jax.random.key(0)))
   with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.join(directory, "predictor"), abstract)
+    params = ckptr.restore(os.path.join(os.path.abspath(directory), "predictor"), abstract)
   kvp = KVP(aux=aux, params=jax.tree_util.tree_map(jnp.asarray, params),
             layer_map=config.layer_map)
   check(target, None, "autoregressive", "kv_prediction", kvp)

@@ -179,4 +179,5 @@ def prune_layers(config: tr.TransformerConfig, params, keep: tuple[int, ...]
   pruned = {k: v for k, v in params.items() if not k.startswith("layer_")}
   for new, old in enumerate(keep):
     pruned[f"layer_{new}"] = params[f"layer_{old}"]
-  return config.replace(num_layers=len(keep)), pruned
+  # Copies, not views: training donates the auxiliary's buffers, never the target's.
+  return config.replace(num_layers=len(keep)), jax.tree_util.tree_map(jnp.copy, pruned)

@@ -186,8 +186,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  config.num_steps)
   params = {"aux": aux.params,
             "predictor": kvp_lib.init_params(kvp_cfg, jax.random.key(config.seed))}
-  state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                               opt_state=optimizer.init(params))
+  # Committed to one device like the step's outputs, so step 2 reuses step 1's compile.
+  state = jax.device_put(train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                              opt_state=optimizer.init(params)),
+                         jax.local_devices()[0])
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                        save_every=config.checkpoint_every, keep=2)
   if checkpointer.latest_step() is not None:

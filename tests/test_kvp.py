@@ -9,6 +9,7 @@ power check asserts that the same samples REJECT the target's exact
 """
 
 import importlib.util
+import functools
 import itertools
 import json
 import shutil
@@ -139,21 +140,34 @@ def _joint(probs_CNV: np.ndarray, conts_CN: np.ndarray) -> np.ndarray:
   return probs_CNV[np.arange(C)[:, None], np.arange(N)[None], conts_CN].prod(axis=1)
 
 
+@functools.partial(jax.jit, static_argnames=("spec", "n"))
+def _kvp_probs(spec, target_params, aux_params, predictor_params, prompt_1P, block_CN, n):
+  """Target next-token probabilities [C, n, V] for each block, from the predicted cache."""
+  P = prompt_1P.shape[1]
+  cache, _ = kvpd.prefill(spec, aux_params, predictor_params, prompt_1P, jnp.array([P]), P + n)
+  cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, block_CN.shape[0], axis=0), cache)
+  return jax.nn.softmax(tr.forward(spec.config.target, target_params, block_CN, cache)[0], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "P"))
+def _full_probs(config, params, seqs_CL, P):
+  return jax.nn.softmax(tr.forward(config, params, seqs_CL)[0][:, P - 1:-1], axis=-1)
+
+
+def _joint(probs_CNV: np.ndarray, conts_CN: np.ndarray) -> np.ndarray:
+  """Product over n of probs[c, n, conts[c, n]]: [C]."""
+  C, N = conts_CN.shape
+  return np.asarray(probs_CNV)[np.arange(C)[:, None], np.arange(N)[None], conts_CN].prod(axis=1)
+
+
 def kvp_joint(target: LM, kvp: kvpd.KVP, prompt: list[int], n: int = 3) -> np.ndarray:
   """P(x1..xn | predicted cache of prompt[:-1], prompt[-1]) for every continuation: [V**n]."""
-  V, P = target.config.vocab_size, len(prompt)
+  V = target.config.vocab_size
   conts = np.array(list(itertools.product(range(V), repeat=n)), np.int32)        # [V^n, n]
   spec = kvpd.KVPSpec(config=kvpd.kvp_config(target, kvp), aux_is_draft=False)
-
-  @jax.jit
-  def probs(target_params, aux_params, predictor_params, block):
-    cache, _ = kvpd.prefill(spec, aux_params, predictor_params, jnp.array([prompt]),
-                            jnp.array([P]), P + n)
-    cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, block.shape[0], axis=0), cache)
-    return jax.nn.softmax(tr.forward(target.config, target_params, block, cache)[0], axis=-1)
-
   block = np.concatenate([np.full((len(conts), 1), prompt[-1]), conts[:, :-1]], axis=1)
-  return _joint(np.asarray(probs(target.params, kvp.aux.params, kvp.params, block)), conts)
+  return _joint(_kvp_probs(spec, target.params, kvp.aux.params, kvp.params,
+                           jnp.array([prompt]), jnp.asarray(block, jnp.int32), n), conts)
 
 
 def full_joint(target: LM, prompt: list[int], n: int = 3) -> np.ndarray:
@@ -161,15 +175,13 @@ def full_joint(target: LM, prompt: list[int], n: int = 3) -> np.ndarray:
   V = target.config.vocab_size
   conts = np.array(list(itertools.product(range(V), repeat=n)), np.int32)
   seqs = np.concatenate([np.tile(prompt, (len(conts), 1)), conts], axis=1)
-  probs = jax.jit(lambda p, t: jax.nn.softmax(tr.forward(target.config, p, t)[0][:, len(prompt) - 1:-1],
-                                              axis=-1))(target.params, seqs)
-  return _joint(np.asarray(probs), conts)
+  return _joint(_full_probs(target.config, target.params, seqs, len(prompt)), conts)
 
 
 def test_sampled_speculative_kvp_follows_the_kvp_conditioned_target(tiny_kvp):
   target, kvp = tiny_kvp
   V = target.config.vocab_size
-  prompts, rows = [[1, 2, 3], [7, 5, 2, 2]], 4000
+  prompts, rows = [[1, 2, 3], [7, 5, 2]], 3000  # one length: each reference compiles once
   batch = [prompts[i % 2] for i in range(2 * rows)]
   out = generate(target, batch, method="speculative", num_draft=2, sampling=Sampling(temperature=1.0),
                  max_new_tokens=3, seed=13, prefill="kv_prediction", kvp=kvp)

@@ -155,20 +155,23 @@ def run(config) -> dict:
   val = corpus_data.tokenize_corpus(corpus, tokenizer, config.cache_dir)["val"]
   # One long validation stretch is every timed prompt (content does not change the cost).
   prompt_ids = np.asarray(val[:max(max(config.ttft_prompt_lens), max(config.latency.prompt_lens))])
+  new = {"config": config.to_dict(),
+         "training": {name: kvpd.read_meta(path) for name, path in config.kvp_dirs.items()}}
+  if "quality" in config.phases:
+    new["quality"] = measure_quality(config, target, kvps, val, tokenizer)
+  if "timing" in config.phases:
+    new["machine_before"] = timing.machine_info()
+    new["ttft"] = measure_ttft(config, target, kvps, prompt_ids)
+    new["latency"] = measure_latency(config, target, kvps[config.latency.aux], prompt_ids)
+    new["machine_after"] = timing.machine_info()
+  # Phases run separately (timing under a lock, quality niced) update one file:
+  # read it only now, so a phase that finished meanwhile is kept.
   json_path = os.path.join(config.out_dir, "kvp.json")
   results = {}
-  if os.path.exists(json_path):  # phases run separately (timing under a lock) update one file
+  if os.path.exists(json_path):
     with open(json_path) as f:
       results = json.load(f)
-  results["config"] = config.to_dict()
-  results["training"] = {name: kvpd.read_meta(path) for name, path in config.kvp_dirs.items()}
-  if "quality" in config.phases:
-    results["quality"] = measure_quality(config, target, kvps, val, tokenizer)
-  if "timing" in config.phases:
-    results["machine_before"] = timing.machine_info()
-    results["ttft"] = measure_ttft(config, target, kvps, prompt_ids)
-    results["latency"] = measure_latency(config, target, kvps[config.latency.aux], prompt_ids)
-    results["machine_after"] = timing.machine_info()
+  results.update(new)
   os.makedirs(config.out_dir, exist_ok=True)
   md_path = os.path.join(config.out_dir, "kvp.md")
   utils.write_atomic({json_path: json.dumps(results, indent=2, default=str),

@@ -24,6 +24,7 @@ A KVP folder (written by training/kvp_train.py):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -85,6 +86,13 @@ def kvp_config(target: LM, kvp: KVP) -> kvp_lib.KVPConfig:
                            layer_map=tuple(kvp.layer_map)).validate()
 
 
+@functools.lru_cache(maxsize=32)
+def _param_shapes(config: kvp_lib.KVPConfig):
+  """The predictor's parameter shapes (cached: generate checks them on every call)."""
+  return jax.tree_util.tree_map(lambda x: x.shape, jax.eval_shape(
+      lambda: kvp_lib.init_params(config, jax.random.key(0))))
+
+
 def check(target: LM, draft: LM | None, method: str, prefill: str, kvp: KVP | None
           ) -> KVPSpec | None:
   """Checks the prefill settings before anything compiles; returns the loop's KVPSpec.
@@ -106,8 +114,7 @@ def check(target: LM, draft: LM | None, method: str, prefill: str, kvp: KVP | No
   if aux.tokenizer_id and target.tokenizer_id and aux.tokenizer_id != target.tokenizer_id:
     raise ValueError(f"kvp auxiliary and target tokenizers differ: {aux.tokenizer_id!r} vs "
                      f"{target.tokenizer_id!r}")
-  want = jax.tree_util.tree_map(lambda x: x.shape, jax.eval_shape(
-      lambda: kvp_lib.init_params(config, jax.random.key(0))))
+  want = _param_shapes(config)
   got = jax.tree_util.tree_map(lambda x: tuple(x.shape), kvp.params)
   if want != got:
     raise ValueError("kvp.params do not fit this target / auxiliary pair (another layer map "

@@ -134,12 +134,6 @@ def test_greedy_speculative_kvp_equals_autoregressive_kvp(tiny_kvp):
   assert generate(target, GREEDY_PROMPTS, **GREEDY_AR).tokens != ar.tokens
 
 
-def _joint(probs_CNV: np.ndarray, conts_CN: np.ndarray) -> np.ndarray:
-  """Product over n of probs[c, n, conts[c, n]]: [C]."""
-  C, N = conts_CN.shape
-  return probs_CNV[np.arange(C)[:, None], np.arange(N)[None], conts_CN].prod(axis=1)
-
-
 @functools.partial(jax.jit, static_argnames=("spec", "n"))
 def _kvp_probs(spec, target_params, aux_params, predictor_params, prompt_1P, block_CN, n):
   """Target next-token probabilities [C, n, V] for each block, from the predicted cache."""
@@ -278,14 +272,22 @@ def test_training_lowers_the_loss_resumes_exactly_and_exports_a_kvp(tiny_setup, 
   with open(tmp_path / "staged" / "metrics.jsonl") as f:
     steps = [json.loads(line)["step"] for line in f]
   assert steps == sorted(set(steps))  # no duplicated rows after the resume
-  # The same batch's loss, before and after the 6 steps.
+  # The same batch's loss before and after the 6 steps, from the run's compiled step (no new
+  # compile): the step reports the loss at the parameters it was given.
   _, aux, config, _ = kvp_train.load_models(c)
   batch = kvp_train.SplitBatches(np.concatenate([np.arange(4096)] * 2), c).batch_at(0)
-  loss = jax.jit(lambda aux_params, pred: kvp_train.kvp_loss(
-      config, c.weights.to_dict(), c.data.continuation, {"aux": aux_params, "predictor": pred},
-      target.params, batch)[0])
-  before = loss(aux.params, kp.init_params(config, jax.random.key(c.seed)))
-  assert float(loss(a.aux.params, a.params)) < float(before)
+  optimizer, step_fn = kvp_train.make_step(config, c.weights.to_json(sort_keys=True),
+                                           c.data.continuation, c.optim.to_json(sort_keys=True),
+                                           c.num_steps)
+
+  def loss(aux_params, predictor_params):
+    params = jax.tree_util.tree_map(jnp.copy, {"aux": aux_params, "predictor": predictor_params})
+    state = jax.device_put(kvp_train.train_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)),
+        jax.local_devices()[0])
+    return float(step_fn(state, target.params, batch)[1]["loss"])
+
+  assert loss(a.aux.params, a.params) < loss(aux.params, kp.init_params(config, jax.random.key(c.seed)))
   # The auxiliary model is an ordinary model folder (usable as draft=).
   chex.assert_trees_all_equal(model_io.load_lm(str(tmp_path / "full" / "model" / "aux")).params,
                               a.aux.params)

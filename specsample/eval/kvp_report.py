@@ -82,7 +82,9 @@ def markdown(results: dict) -> str:
             f"{lat['num_draft']}, batch 1, median of {lat['repeats']}; draft = the `{lat['aux']}` "
             "auxiliary model)", ""]
     out += _latency_table(results["latency"])
-  out += ["", "## The paper's reported gains (not comparable metrics)", "", PAPER_GAINS, ""]
+  out += ["", "## The paper's reported gains (not comparable metrics)", "", PAPER_GAINS, "",
+          "Plot: results/kvp_pareto.png (validation quality at the 192-token prompts above "
+          "against TTFT at 512- and 1024-token prompts).", ""]
   return "\n".join(out) + "\n"
 
 

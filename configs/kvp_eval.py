@@ -9,7 +9,7 @@ then the timings alone on the machine under the shared lock:
 Each phase updates results/kvp.json and rewrites the report from it.
 
 Arguments after the colon (comma separated):
-  phases=<a+b>   quality, timing or quality+timing (default)
+  phases=<a+b>   quality, timing (TTFT and latency), latency, or quality+timing (default)
   runlocal       tiny lengths and repeats, for smoke tests
 """
 
@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.cache_dir = ".cache/tokens"            # tokenized corpus cache
   c.corpus_root = ""                       # '' = the standard library corpus
   c.max_seq_len = 2048                     # load-time override: a 1024-token prompt + 128 new tokens
-  c.phases = tuple(args["phases"].split("+"))  # quality and / or timing
+  c.phases = tuple(args["phases"].split("+"))  # quality, timing (TTFT + latency), latency
   c.out_dir = "results"                    # kvp.json, kvp.md, kvp_pareto.png
 
   c.ttft_prompt_lens = (256, 512, 1024)    # TTFT prompt lengths

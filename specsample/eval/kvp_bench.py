@@ -162,8 +162,9 @@ def run(config) -> dict:
   if "timing" in config.phases:
     new["machine_before"] = timing.machine_info()
     new["ttft"] = measure_ttft(config, target, kvps, prompt_ids)
+  if "timing" in config.phases or "latency" in config.phases:
     new["latency"] = measure_latency(config, target, kvps[config.latency.aux], prompt_ids)
-    new["machine_after"] = timing.machine_info()
+    new["machine_after" if "timing" in config.phases else "machine_latency"] = timing.machine_info()
   # Phases run separately (timing under a lock, quality niced) update one file:
   # read it only now, so a phase that finished meanwhile is kept.
   json_path = os.path.join(config.out_dir, "kvp.json")
@@ -171,6 +172,10 @@ def run(config) -> dict:
   if os.path.exists(json_path):
     with open(json_path) as f:
       results = json.load(f)
+  if "latency" in new:  # rows of other prompt lengths (an earlier latency-only run) stay
+    lengths = {r["prompt_len"] for r in new["latency"]}
+    new["latency"] = sorted([r for r in results.get("latency", []) if r["prompt_len"] not in lengths]
+                            + new["latency"], key=lambda r: r["prompt_len"])
   results.update(new)
   os.makedirs(config.out_dir, exist_ok=True)
   md_path = os.path.join(config.out_dir, "kvp.md")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample import sharding as sh
-from specsample.decoding import autoregressive, calibrate, common, speculative
+from specsample.decoding import autoregressive, calibrate, common, kv_prediction, speculative
 from specsample.decoding.sampling import Sampling
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
@@ -168,8 +168,12 @@ def loop_shardings(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerCo
 def make_loop(method: str, target_cfg: tr.TransformerConfig,
               draft_cfg: tr.TransformerConfig | None, spec: common.DecodeSpec, mesh=None,
               target_rules: sh.Rules | None = None, draft_rules: sh.Rules | None = None,
-              batch: int = 0, prompt_width: int = 0, ablate: frozenset[str] = frozenset()):
+              batch: int = 0, prompt_width: int = 0, ablate: frozenset[str] = frozenset(),
+              kvp: kv_prediction.KVPSpec | None = None):
   """The jitted decode loop of one setting; cached, so a setting compiles once per shape.
+
+  With `kvp` (single device only), the prompt caches come from KV Prediction
+  and the function takes a ninth argument, {'aux': params, 'predictor': params}.
 
   Returns:
     fn(target_params, draft_params, prompts [B, P], prompt_len [B], key_data [2],
@@ -190,17 +194,23 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
     [B over batch axes, S, K over tensor, H] instead of leaving it to propagation.
   """
   def run(target_params, draft_params, prompts_BP, prompt_len_B, key_data, cost_C, force_index,
-          max_iterations):
+          max_iterations, kvp_params=None):
     TRACE_COUNT[method] += 1
     key = jax.random.wrap_key_data(key_data)
+    target_cache = aux_cache = None
+    if kvp is not None:
+      target_cache, aux_cache = kv_prediction.prefill(
+          kvp, kvp_params["aux"], kvp_params["predictor"], prompts_BP, prompt_len_B,
+          spec.buffer_len)
     if method == "speculative":
-      s = speculative.speculative_loop(target_cfg, draft_cfg, spec, target_params, draft_params,
-                                       prompts_BP, prompt_len_B, key, cost_C, force_index,
-                                       max_iterations, ablate)
+      s = speculative.speculative_loop(
+          target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP, prompt_len_B,
+          key, cost_C, force_index, max_iterations, ablate, target_cache,
+          aux_cache if kvp is not None and kvp.aux_is_draft else None)
       return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
               (s.target_cache, s.draft_cache))
     s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
-                                           prompt_len_B, key)
+                                           prompt_len_B, key, target_cache)
     zeros = jnp.zeros_like(s.target_calls)
     return s.tokens, s.length, s.target_calls, zeros, zeros, (s.cache,)
 
@@ -222,7 +232,8 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
              sampling: Sampling = Sampling(), max_new_tokens: int = 64,
              eos_id: int | None = None, seed: int = 0, pad_to: int = 16, mesh=None,
              rules: sh.Rules | None = None, draft_rules: sh.Rules | None = None,
-             iteration_costs: Sequence[float] | None = None) -> GenerateOutput:
+             iteration_costs: Sequence[float] | None = None, prefill: str = "full",
+             kvp: kv_prediction.KVP | None = None) -> GenerateOutput:
   """Samples continuations of token-id prompts.
 
   Args:
@@ -250,6 +261,14 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     iteration_costs: with "auto", the time of one iteration at each K of its
       set (any unit); None measures them once per pair, shape and placement
       in this process (decoding/calibrate.py, ~TRIPS x REPEATS iterations per K).
+    prefill: 'full' (the target runs the prompt) or 'kv_prediction' (KV
+      Prediction, decoding/kv_prediction.py; single device): the output then
+      follows the target CONDITIONED ON THE PREDICTED PROMPT CACHE, and
+      speculative decoding is lossless with respect to that, not to the
+      target's exact distribution.
+    kvp: the auxiliary model and predictor (kv_prediction.load_kvp), for
+      prefill='kv_prediction'. With method='speculative' and draft=None (or
+      draft=kvp.aux) the auxiliary is the draft and its prompt cache is reused.
 
   Returns:
     GenerateOutput with the new tokens of each row and per-row statistics.
@@ -258,18 +277,30 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     ValueError: a bad setting, or on a mesh a mesh/rules/shape mismatch naming
       the parameter or array and dimension, before anything compiles.
   """
+  kvp_spec = kv_prediction.check(target, draft, method, prefill, kvp)
+  if kvp_spec is not None:
+    if mesh is not None:
+      raise ValueError("prefill='kv_prediction' runs on one device: pass mesh=None")
+    if kvp_spec.aux_is_draft:
+      draft = kvp.aux
   prompts_BP, prompt_len, spec = prepare(target, draft, prompts, method, num_draft, sampling,
                                          max_new_tokens, eos_id, pad_to)
   calibrate.check_costs(iteration_costs, spec.draft_choices)
+  if kvp_spec is not None and spec.buffer_len > kvp.aux.config.max_seq_len:
+    raise ValueError(f"the prompts need a kvp auxiliary cache of {spec.buffer_len} positions, "
+                     f"above its max_seq_len={kvp.aux.config.max_seq_len}")
   speculative_ = method == "speculative"
   draft_cfg = draft.config if speculative_ else None
   draft_params = draft.params if speculative_ else None
   key_data = np.asarray(jax.random.key_data(jax.random.key(seed)))
   B, P = prompts_BP.shape
-  placement = ()
+  placement, extra = (), ()
   if mesh is None:
     args = (target.params, draft_params, prompts_BP, prompt_len, key_data)
     put = lambda x: x
+    if kvp_spec is not None:
+      placement = (None, None, None, 0, 0, frozenset(), kvp_spec)
+      extra = ({"aux": kvp.aux.params, "predictor": kvp.params},)
   else:
     rules = sh.canonical_rules(sh.TENSOR_PARALLEL if rules is None else rules)
     draft_rules = rules if draft_rules is None else sh.canonical_rules(draft_rules)
@@ -284,7 +315,8 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
             put(key_data))
   loop = make_loop(method, target.config, draft_cfg, spec, *placement)
   decode = lambda cost, force=-1, trips=2**31 - 1: loop(*args, put(np.asarray(cost, np.float32)),
-                                                       put(np.int32(force)), put(np.int32(trips)))
+                                                       put(np.int32(force)), put(np.int32(trips)),
+                                                       *extra)
   cost = np.ones(max(len(spec.draft_choices), 1), np.float32)
   if iteration_costs is not None:
     cost = np.asarray(iteration_costs, np.float32)

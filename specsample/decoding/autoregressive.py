@@ -28,7 +28,7 @@ class ARState:
 
 def autoregressive_loop(target_cfg: tr.TransformerConfig, spec: common.DecodeSpec,
                         target_params, prompts_BP: jax.Array, prompt_len_B: jax.Array,
-                        key: jax.Array) -> ARState:
+                        key: jax.Array, cache: tr.KVCache | None = None) -> ARState:
   """Generates until every row is done. Jit with `spec` and configs static.
 
   Args:
@@ -38,6 +38,9 @@ def autoregressive_loop(target_cfg: tr.TransformerConfig, spec: common.DecodeSpe
     prompts_BP: [B, P] right-padded prompts.
     prompt_len_B: [B] true prompt lengths, each >= 1.
     key: PRNG key.
+    cache: a precomputed prompt cache in the loop's convention (length - 1
+      valid positions, [B, spec.buffer_len]), e.g. from KV Prediction
+      (decoding/kv_prediction.py); None runs a full prefill.
 
   Returns:
     The final ARState; generated tokens of row b are
@@ -47,7 +50,8 @@ def autoregressive_loop(target_cfg: tr.TransformerConfig, spec: common.DecodeSpe
   tokens_BL = common.init_buffer(prompts_BP, spec.buffer_len)
   state = ARState(
       tokens=tokens_BL, length=prompt_len_B, done=jnp.zeros((B,), bool),
-      cache=common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P),
+      cache=(common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P)
+             if cache is None else cache),
       key=key, target_calls=jnp.zeros((B,), jnp.int32))
 
   def body(s: ARState) -> ARState:

@@ -254,16 +254,19 @@ def choose(s: SpecState, choices: tuple[int, ...], cost_C: jax.Array, remaining_
 
 def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
                spec: common.DecodeSpec, target_params, draft_params, prompts_BP: jax.Array,
-               prompt_len_B: jax.Array, key: jax.Array) -> SpecState:
-  """Prefills both caches; the state before the first iteration."""
+               prompt_len_B: jax.Array, key: jax.Array, target_cache: tr.KVCache | None = None,
+               draft_cache: tr.KVCache | None = None) -> SpecState:
+  """The state before the first iteration: both caches prefilled, unless given."""
   B, P = prompts_BP.shape
   tokens_BL = common.init_buffer(prompts_BP, spec.buffer_len)
   zeros_B = jnp.zeros((B,), jnp.int32)
   prior_accept, prior_trials = ALPHA_PRIOR
   return SpecState(
       tokens=tokens_BL, length=prompt_len_B, done=jnp.zeros((B,), bool),
-      target_cache=common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P),
-      draft_cache=common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, P),
+      target_cache=(common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P)
+                    if target_cache is None else target_cache),
+      draft_cache=(common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, P)
+                   if draft_cache is None else draft_cache),
       key=key, target_calls=zeros_B, drafted=zeros_B, accepted=zeros_B,
       accept_ema=jnp.full((B,), prior_accept, jnp.float32),
       trials_ema=jnp.full((B,), prior_trials, jnp.float32))
@@ -274,7 +277,9 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
                      prompts_BP: jax.Array, prompt_len_B: jax.Array, key: jax.Array,
                      cost_C: jax.Array | None = None, force_index: jax.Array | int = -1,
                      max_iterations: jax.Array | int = 2**31 - 1,
-                     ablate: frozenset[str] = frozenset()) -> SpecState:
+                     ablate: frozenset[str] = frozenset(),
+                     target_cache: tr.KVCache | None = None,
+                     draft_cache: tr.KVCache | None = None) -> SpecState:
   """Generates until every row is done. Jit with configs and `spec` static.
 
   Args:
@@ -292,13 +297,16 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
     max_iterations: stop after this many iterations even if rows are left
       (timing); the default never binds.
     ablate: static; parts replaced by stand-ins in every body (timing only).
+    target_cache, draft_cache: precomputed prompt caches in the loop's
+      convention (length - 1 valid positions, [B, spec.buffer_len]), e.g. from
+      KV Prediction (decoding/kv_prediction.py); None runs a full prefill.
 
   Returns:
     The final SpecState; generated tokens of row b are
     tokens[b, prompt_len[b] : length[b]].
   """
   state = init_state(target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP,
-                     prompt_len_B, key)
+                     prompt_len_B, key, target_cache, draft_cache)
   body_of = lambda k: make_body(target_cfg, draft_cfg, spec, k, target_params, draft_params,
                                 prompt_len_B, ablate)
   if spec.draft_choices:

@@ -1,0 +1,65 @@
+r"""KV Prediction (Horton et al. 2024; README "KV Prediction"): train an auxiliary model and predictor.
+
+The two auxiliary models of results/kvp.md (run one after the other or together):
+
+  python scripts/train_kvp.py --config=configs/kvp.py:aux=draft --workdir=workdirs/kvp/draft
+  python scripts/train_kvp.py --config=configs/kvp.py:aux=pruned --workdir=workdirs/kvp/pruned
+
+The result, <workdir>/model, is a KVP folder: load it with
+specsample.decoding.kv_prediction.load_kvp(folder, target).
+
+Arguments after the colon (comma separated):
+  aux=<kind>   draft (default): the embedded draft assets/pair/draft, also usable as the
+               speculative draft; pruned: a copy of the target keeping keep_layers
+  runlocal     a few tiny steps, for smoke tests
+"""
+
+import ml_collections
+
+from specsample import config_common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_common.parse_arg(arg, "configs/kvp.py", switches=("runlocal",),
+                                 options={"aux": "draft"})
+  c = ml_collections.ConfigDict()
+  c.target_dir = "assets/pair/target"      # the frozen target (models.io folder)
+  c.aux = args["aux"]                      # draft | pruned (training.kvp_train.AUX_KINDS)
+  c.aux_dir = "assets/pair/draft"          # aux=draft: the auxiliary model's starting point
+  c.keep_layers = (0, 3)                   # aux=pruned: target layers kept (2 of 6)
+  c.layer_map = ()                         # target layer i -> aux layer; () = floor(i * L_aux / L_target)
+  c.tokenizer = "assets/tokenizer/tokenizer.model"  # both models' tokenizer
+  c.seed = 0                               # predictor init, batch order, prompt splits
+
+  c.data = ml_collections.ConfigDict()
+  c.data.min_prompt = 16                   # prompt length P drawn per row, uniform in [min, max]
+  c.data.max_prompt = 192
+  c.data.continuation = 32                 # tokens the target runs after the predicted cache
+  c.data.cache_dir = ".cache/tokens"       # tokenized corpus cache
+  c.data.corpus_root = ""                  # '' = the standard library (configs/train.py's corpus)
+
+  c.weights = ml_collections.ConfigDict()  # loss weights; 1 each in the paper
+  c.weights.target_ce = 1.0                # target CE on the continuation, predicted prompt cache
+  c.weights.aux_ce = 1.0                   # auxiliary CE on the whole window
+  c.weights.l1 = 1.0                       # L1 between predicted and real target K / V
+
+  c.num_steps = 300                        # optimizer steps
+  c.stop_after_step = 0                    # > 0: stop (resumably) after this step
+  c.batch_size = 8                         # windows per step
+  c.log_every = 10                         # metrics.jsonl cadence
+  c.checkpoint_every = 50                  # orbax save cadence
+
+  c.optim = ml_collections.ConfigDict()    # training.train.make_optimizer fields
+  c.optim.peak_lr = 1e-3
+  c.optim.warmup_steps = 20
+  c.optim.min_lr_ratio = 0.1
+  c.optim.weight_decay = 0.0               # fine-tuning the aux: no decay towards zero
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.grad_clip = 1.0
+
+  if args["runlocal"]:
+    c.data.min_prompt, c.data.max_prompt, c.data.continuation = 4, 16, 8
+    c.num_steps, c.batch_size = 6, 2
+    c.log_every, c.checkpoint_every, c.optim.warmup_steps = 2, 2, 1
+  return c

@@ -1,0 +1,244 @@
+"""KV Prediction prefill (Horton et al. 2024): the auxiliary model runs the prompt, a
+learned predictor fills the target's cache, the target runs only the last prompt token.
+
+    kvp = load_kvp("workdirs/kvp/draft/model", target)
+    out = generate(target, prompts, prefill="kv_prediction", kvp=kvp, method="speculative")
+
+What the output follows: the TARGET CONDITIONED ON THE PREDICTED PROMPT CACHE,
+not the target's exact distribution given the prompt. Positions 0..P-2 of the
+target's cache are predicted; from the last prompt token on, every key and
+value is the target's own. Autoregressive decoding samples that conditioned
+model; speculative decoding is lossless with respect to it (same tokens under
+greedy, same distribution under sampling), since verification only ever
+reads the target's cache.
+
+When the auxiliary model is also the speculative draft (draft=None, or
+draft=kvp.aux), its prompt cache IS the draft's cache: no second prefill.
+
+A KVP folder (written by training/kvp_train.py):
+  aux/        the auxiliary model, an ordinary models.io folder (usable as draft=)
+  predictor/  orbax params of models.kv_predictor.KVPredictor
+  kvp.json    layer map, the target's and the auxiliary's fingerprints, tokenizer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from specsample import sharding as sh
+from specsample.decoding import common
+from specsample.models import io as model_io
+from specsample.models import kv_predictor as kvp_lib
+from specsample.models import transformer as tr
+from specsample.models.lm import LM
+
+PREFILLS = ("full", "kv_prediction")
+# Config fields that do not change what a model computes on a valid prompt.
+_RUNTIME_FIELDS = ("max_seq_len", "dtype", "param_dtype")
+
+
+@dataclasses.dataclass(frozen=True)
+class KVP:
+  """An auxiliary model and its predictor, ready for `generate(prefill='kv_prediction')`.
+
+  Attributes:
+    aux: the auxiliary model (pass it as draft= to reuse its cache, or omit draft).
+    params: the predictor's parameters (models.kv_predictor.KVPredictor).
+    layer_map: for each target layer, the auxiliary layer it reads.
+  """
+  aux: LM
+  params: Any
+  layer_map: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class KVPSpec:
+  """Static part of a KVP prefill: a jit static argument of the decode loop."""
+  config: kvp_lib.KVPConfig
+  aux_is_draft: bool  # the auxiliary's prompt cache becomes the draft cache
+
+
+def fingerprint(model: LM) -> str:
+  """sha256 of a model's architecture and float32 parameter bytes (max_seq_len and
+  dtypes excluded, so a model loaded with a longer max_seq_len keeps its identity)."""
+  fields = {k: v for k, v in dataclasses.asdict(model.config).items() if k not in _RUNTIME_FIELDS}
+  h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+  for leaf in jax.tree_util.tree_leaves(jax.device_get(model.params)):
+    h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+  return h.hexdigest()[:16]
+
+
+def kvp_config(target: LM, kvp: KVP) -> kvp_lib.KVPConfig:
+  """The predictor's config for this target, validated (ValueError naming the field)."""
+  return kvp_lib.KVPConfig(target=target.config, aux=kvp.aux.config,
+                           layer_map=tuple(kvp.layer_map)).validate()
+
+
+@functools.lru_cache(maxsize=32)
+def _param_shapes(config: kvp_lib.KVPConfig):
+  """The predictor's parameter shapes (cached: generate checks them on every call)."""
+  return jax.tree_util.tree_map(lambda x: x.shape, jax.eval_shape(
+      lambda: kvp_lib.init_params(config, jax.random.key(0))))
+
+
+def check(target: LM, draft: LM | None, method: str, prefill: str, kvp: KVP | None
+          ) -> KVPSpec | None:
+  """Checks the prefill settings before anything compiles; returns the loop's KVPSpec.
+
+  Raises:
+    ValueError: unknown prefill, missing kvp, mismatched vocabularies or
+      tokenizers, a bad layer map, or predictor params of other shapes.
+  """
+  if prefill not in PREFILLS:
+    raise ValueError(f"prefill must be one of {PREFILLS}, got {prefill!r}")
+  if prefill == "full":
+    if kvp is not None:
+      raise ValueError("kvp is set but prefill='full'; pass prefill='kv_prediction' to use it")
+    return None
+  if not isinstance(kvp, KVP):
+    raise ValueError(f"prefill='kv_prediction' needs kvp=KVP(...) (see load_kvp), got {kvp!r}")
+  config = kvp_config(target, kvp)
+  aux = kvp.aux
+  if aux.tokenizer_id and target.tokenizer_id and aux.tokenizer_id != target.tokenizer_id:
+    raise ValueError(f"kvp auxiliary and target tokenizers differ: {aux.tokenizer_id!r} vs "
+                     f"{target.tokenizer_id!r}")
+  want = _param_shapes(config)
+  got = jax.tree_util.tree_map(lambda x: tuple(x.shape), kvp.params)
+  if want != got:
+    raise ValueError("kvp.params do not fit this target / auxiliary pair (another layer map "
+                     "or other kv shapes): load the predictor made for them")
+  aux_is_draft = method == "speculative" and (draft is None or draft is aux or (
+      draft.config == aux.config and draft.params is aux.params))
+  return KVPSpec(config=config, aux_is_draft=aux_is_draft)
+
+
+def prefill(spec: KVPSpec, aux_params, predictor_params, prompts_BP: jax.Array,
+            prompt_len_B: jax.Array, buffer_len: int) -> tuple[tr.KVCache, tr.KVCache]:
+  """Auxiliary prefill + predicted target cache, both at `prompt_len - 1` positions.
+
+  Returns:
+    (target cache, auxiliary cache), each [B, buffer_len] long, in the loops'
+    convention (decoding/common.py): the last prompt token is not in either,
+    so the target's first step runs it against the predicted positions 0..P-2.
+  """
+  tokens_BL = common.init_buffer(prompts_BP, buffer_len)
+  aux_cache = common.prefill(spec.config.aux, aux_params, tokens_BL, prompt_len_B,
+                             prompts_BP.shape[1])
+  return kvp_lib.predict_cache(spec.config, predictor_params, aux_cache), aux_cache
+
+
+def first_token_logits(spec: KVPSpec, target_params, aux_params, predictor_params,
+                       prompts_BP: jax.Array) -> jax.Array:
+  """Time-to-first-token path for full-length [B, P] prompts: auxiliary on
+  positions 0..P-2, predictor, one target step on token P-1. Returns [B, V].
+
+  The auxiliary never sees the last prompt token here (as in the paper); the
+  cache is sized P so nothing else is computed.
+  """
+  B, P = prompts_BP.shape
+  aux_cache = tr.init_cache(spec.config.aux, B, P)
+  _, aux_cache = tr.forward(spec.config.aux, aux_params, prompts_BP[:, :P - 1], aux_cache)
+  target_cache = kvp_lib.predict_cache(spec.config, predictor_params, aux_cache)
+  logits_B1V, _ = tr.forward(spec.config.target, target_params, prompts_BP[:, P - 1:],
+                             target_cache)
+  return logits_B1V[:, 0]
+
+
+def predictor_shardings(config: kvp_lib.KVPConfig, mesh, rules: sh.Rules = sh.TENSOR_PARALLEL):
+  """NamedSharding of every predictor parameter under the models' logical-axis rules."""
+  shapes = jax.eval_shape(lambda: kvp_lib.init_params(config, jax.random.key(0)))
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  return jax.tree_util.tree_map(
+      lambda spec, s: jax.sharding.NamedSharding(mesh, sh.logical_to_spec(
+          tuple(spec), s.shape, mesh, sh.canonical_rules(rules), what="kv predictor parameter")),
+      kvp_lib.logical_axes(config), shapes, is_leaf=is_spec)
+
+
+# ----------------------------------------------------------------------------- folders
+
+def save_kvp(directory: str, target: LM, aux: LM, predictor_params, layer_map, *,
+             extra: dict | None = None) -> str:
+  """Writes a KVP folder atomically (temporary sibling renamed into place).
+
+  The auxiliary is stored in float32 so that its fingerprint survives the round trip.
+  """
+  directory = os.path.abspath(directory)
+  tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
+  model_io.save_lm(os.path.join(tmp, "aux"), aux.config, aux.params,
+                   tokenizer_id=aux.tokenizer_id, store_dtype="float32")
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(tmp, "predictor"), jax.device_get(predictor_params))
+    ckptr.wait_until_finished()
+  meta = {"layer_map": list(layer_map), "target_fingerprint": fingerprint(target),
+          "aux_fingerprint": fingerprint(aux), "tokenizer_id": target.tokenizer_id,
+          **(extra or {})}
+  with open(os.path.join(tmp, "kvp.json"), "w") as f:
+    json.dump(meta, f, indent=2)
+  old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
+  if os.path.exists(directory):
+    os.rename(directory, old)
+  os.rename(tmp, directory)
+  shutil.rmtree(old, ignore_errors=True)
+  return directory
+
+
+def read_meta(directory: str) -> dict:
+  path = os.path.join(directory, "kvp.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no KV predictor at {directory} ({path} is missing); train one "
+                            "with scripts/train_kvp.py")
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_kvp(directory: str, target: LM, **aux_overrides) -> KVP:
+  """Loads a KVP folder for `target`, checking both fingerprints before anything compiles.
+
+  Args:
+    directory: a folder written by save_kvp (training's <workdir>/model).
+    target: the target model it must have been trained for.
+    **aux_overrides: auxiliary config overrides, e.g. max_seq_len=2048.
+
+  Raises:
+    ValueError: the predictor was made for another target or auxiliary model,
+      or their tokenizers / vocabularies differ.
+  """
+  meta = read_meta(directory)
+  got = fingerprint(target)
+  if meta["target_fingerprint"] != got:
+    raise ValueError(f"KV predictor at {directory} was trained for target "
+                     f"{meta['target_fingerprint']}, not this target ({got})")
+  aux = model_io.load_lm(os.path.join(directory, "aux"), **aux_overrides)
+  aux_got = fingerprint(aux)
+  if meta["aux_fingerprint"] != aux_got:
+    raise ValueError(f"KV predictor at {directory} was trained with auxiliary model "
+                     f"{meta['aux_fingerprint']}, but its aux/ folder holds {aux_got}")
+  config = kvp_lib.KVPConfig(target=target.config, aux=aux.config,
+                             layer_map=tuple(meta["layer_map"])).validate()
+  abstract = jax.eval_shape(lambda: kvp_lib.init_params(config, jax.random.key(0)))
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.join(os.path.abspath(directory), "predictor"), abstract)
+  kvp = KVP(aux=aux, params=jax.tree_util.tree_map(jnp.asarray, params),
+            layer_map=config.layer_map)
+  check(target, None, "autoregressive", "kv_prediction", kvp)
+  return kvp
+
+
+def check_aux_fingerprint(directory: str, aux: LM) -> None:
+  """Raises ValueError if `aux` is not the auxiliary model the folder's predictor was made for."""
+  meta, got = read_meta(directory), fingerprint(aux)
+  if meta["aux_fingerprint"] != got:
+    raise ValueError(f"KV predictor at {directory} was trained with auxiliary model "
+                     f"{meta['aux_fingerprint']}, not {got}")

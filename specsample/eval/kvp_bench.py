@@ -1,0 +1,185 @@
+"""KV Prediction measured: time to first token, its FLOPs, quality, and SpS + KVP latency.
+
+`run(config)` writes results/kvp.json, results/kvp.md and the Pareto plot. TTFT
+is the median wall time (after warm-up) of one jitted call from prompt ids to
+the first greedy token, at batch 1:
+  full:  the target prefills tokens 0..P-2, then runs token P-1;
+  kvp:   the auxiliary runs tokens 0..P-2, the predictor fills the target's
+         cache, the target runs token P-1 (kv_prediction.first_token_logits);
+  aux:   the auxiliary model alone, as `full`.
+All three compute logits for the last token only (XLA drops the unused
+prefill logits). FLOPs are XLA's cost analysis of the same compiled calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specsample import corpus as corpus_lib
+from specsample import utils
+from specsample.decoding import api
+from specsample.decoding import kv_prediction as kvpd
+from specsample.decoding.sampling import Sampling
+from specsample.eval import humaneval
+from specsample.eval import kvp_quality as quality
+from specsample.eval import kvp_report
+from specsample.eval import timing
+from specsample.models import io as model_io
+from specsample.models import transformer as tr
+from specsample.tokenizer import Tokenizer
+from specsample.training import data as corpus_data
+
+
+def _full_first_token(config: tr.TransformerConfig):
+  """Prefill of tokens 0..P-2, then one step on token P-1: the same shape of work as
+  the KVP path, so XLA drops the unused prefill logits in both (fair FLOPs and ms)."""
+  def fn(params, prompt_BP):
+    B, P = prompt_BP.shape
+    _, cache = tr.forward(config, params, prompt_BP[:, :P - 1], tr.init_cache(config, B, P))
+    logits_B1V, _ = tr.forward(config, params, prompt_BP[:, P - 1:], cache)
+    return jnp.argmax(logits_B1V[:, 0], axis=-1)
+  return jax.jit(fn)
+
+
+def _kvp_first_token(spec: kvpd.KVPSpec):
+  return jax.jit(lambda t, a, p, prompt_BP: jnp.argmax(
+      kvpd.first_token_logits(spec, t, a, p, prompt_BP), axis=-1))
+
+
+def _flops(fn, *args) -> float:
+  cost = fn.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def _median_ms(fn, *args, warmup: int, repeats: int) -> float:
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(1000 * (time.perf_counter() - start))
+  return statistics.median(times)
+
+
+def measure_ttft(config, target, kvps: dict, prompt_ids: np.ndarray) -> list[dict]:
+  """Rows {prompt_len, method, aux, ttft_ms, flops} for every prompt length."""
+  full = _full_first_token(target.config)
+  rows = []
+  for P in config.ttft_prompt_lens:
+    prompt = jnp.asarray(prompt_ids[None, :P])
+    reps = dict(warmup=config.warmup, repeats=config.repeats)
+    rows.append(dict(prompt_len=P, method="full", aux=None, flops=_flops(full, target.params, prompt),
+                     ttft_ms=_median_ms(full, target.params, prompt, **reps)))
+    for name, kvp in kvps.items():
+      spec = kvpd.KVPSpec(kvpd.kvp_config(target, kvp), False)
+      fn, args = _kvp_first_token(spec), (target.params, kvp.aux.params, kvp.params, prompt)
+      rows.append(dict(prompt_len=P, method="kvp", aux=name, flops=_flops(fn, *args),
+                       ttft_ms=_median_ms(fn, *args, **reps)))
+      alone = _full_first_token(kvp.aux.config)
+      rows.append(dict(prompt_len=P, method="aux", aux=name,
+                       flops=_flops(alone, kvp.aux.params, prompt),
+                       ttft_ms=_median_ms(alone, kvp.aux.params, prompt, **reps)))
+    print(json.dumps(rows[-1 - 2 * len(kvps):]), flush=True)
+  return rows
+
+
+def measure_quality(config, target, kvps: dict, val_stream: np.ndarray, tokenizer) -> dict:
+  """Mean log-likelihood per token on validation windows and HumanEval canonical solutions."""
+  P, C, n = config.quality.prompt_len, config.quality.continuation, config.quality.num_windows
+  stride = len(val_stream) // n
+  windows = [val_stream[i * stride:i * stride + P + C].tolist() for i in range(n)]
+  problems = humaneval.load_problems(config.quality.humaneval_limit or None)
+  tasks = {
+      "validation": ([w[:P] for w in windows], [w[P:] for w in windows]),
+      "humaneval": (tokenizer.encode_batch([p["prompt"] for p in problems], add_bos=True),
+                    tokenizer.encode_batch([p["canonical_solution"] for p in problems])),
+  }
+  out = {}
+  for task, (prompts, conts) in tasks.items():
+    row = {"items": len(prompts), "tokens": sum(len(c) for c in conts),
+           "exact": quality.mean_loglik(quality.continuation_logprobs("exact", target, prompts, conts))}
+    for name, kvp in kvps.items():
+      row[f"kvp_{name}"] = quality.mean_loglik(
+          quality.continuation_logprobs("kvp", target, prompts, conts, kvp=kvp))
+      row[f"aux_{name}"] = quality.mean_loglik(
+          quality.continuation_logprobs("aux", target, prompts, conts, aux=kvp.aux))
+      row[f"gap_closed_{name}"] = quality.gap_closed(row["exact"], row[f"kvp_{name}"],
+                                                     row[f"aux_{name}"])
+    out[task] = row
+    print(json.dumps({task: row}), flush=True)
+  return out
+
+
+def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> list[dict]:
+  """Total generate() wall time for prompt + max_new_tokens: SpS (+KVP), AR (+KVP)."""
+  greedy = dict(sampling=Sampling(temperature=0), max_new_tokens=config.latency.new_tokens,
+                num_draft=config.latency.num_draft)
+  settings = {
+      "sps": dict(method="speculative", draft=kvp.aux),
+      "sps_kvp": dict(method="speculative", prefill="kv_prediction", kvp=kvp),
+      "ar_kvp": dict(method="autoregressive", prefill="kv_prediction", kvp=kvp),
+      "ar": dict(method="autoregressive"),
+  }
+  rows = []
+  for P in config.latency.prompt_lens:
+    prompt = [prompt_ids[:P].tolist()]
+    for name, kwargs in settings.items():
+      api.generate(target, prompt, **greedy, **kwargs)  # warm-up (compiles)
+      walls, out = [], None
+      for _ in range(config.latency.repeats):
+        out, wall, _ = timing.timed_generate(target, prompt, **greedy, **kwargs)
+        walls.append(1000 * wall)
+      rows.append(dict(prompt_len=P, setting=name, total_ms=statistics.median(walls),
+                       new_tokens=int(out.stats["new_tokens"][0]),
+                       tokens_per_call=float(out.stats["tokens_per_call"][0])))
+    print(json.dumps(rows[-len(settings):]), flush=True)
+  return rows
+
+
+def run(config) -> dict:
+  """Loads the target and every KVP folder, measures, writes results/kvp.{json,md} and the plot."""
+  tokenizer = Tokenizer.load(config.tokenizer)
+  target = model_io.load_lm(config.target_dir, max_seq_len=config.max_seq_len)
+  kvps = {name: kvpd.load_kvp(path, target, max_seq_len=config.max_seq_len)
+          for name, path in config.kvp_dirs.items()}
+  corpus = corpus_lib.build_corpus(root=config.corpus_root or None)
+  val = corpus_data.tokenize_corpus(corpus, tokenizer, config.cache_dir)["val"]
+  # One long validation stretch is every timed prompt (content does not change the cost).
+  prompt_ids = np.asarray(val[:max(max(config.ttft_prompt_lens), max(config.latency.prompt_lens))])
+  new = {"config": config.to_dict(),
+         "training": {name: kvpd.read_meta(path) for name, path in config.kvp_dirs.items()}}
+  if "quality" in config.phases:
+    new["quality"] = measure_quality(config, target, kvps, val, tokenizer)
+  if "timing" in config.phases:
+    new["machine_before"] = timing.machine_info()
+    new["ttft"] = measure_ttft(config, target, kvps, prompt_ids)
+  if "timing" in config.phases or "latency" in config.phases:
+    new["latency"] = measure_latency(config, target, kvps[config.latency.aux], prompt_ids)
+    new["machine_after" if "timing" in config.phases else "machine_latency"] = timing.machine_info()
+  # Phases run separately (timing under a lock, quality niced) update one file:
+  # read it only now, so a phase that finished meanwhile is kept.
+  json_path = os.path.join(config.out_dir, "kvp.json")
+  results = {}
+  if os.path.exists(json_path):
+    with open(json_path) as f:
+      results = json.load(f)
+  if "latency" in new:  # rows of other prompt lengths (an earlier latency-only run) stay
+    lengths = {r["prompt_len"] for r in new["latency"]}
+    new["latency"] = sorted([r for r in results.get("latency", []) if r["prompt_len"] not in lengths]
+                            + new["latency"], key=lambda r: r["prompt_len"])
+  results.update(new)
+  os.makedirs(config.out_dir, exist_ok=True)
+  md_path = os.path.join(config.out_dir, "kvp.md")
+  utils.write_atomic({json_path: json.dumps(results, indent=2, default=str),
+                      md_path: kvp_report.markdown(results)})
+  kvp_report.plot(results, os.path.join(config.out_dir, "kvp_pareto.png"))
+  return results

@@ -1,0 +1,229 @@
+"""Training an auxiliary model and KV predictor for KV Prediction (Horton et al. 2024).
+
+`run(config, workdir)` trains the auxiliary model and the predictor against a
+FROZEN target on corpus training windows. Each row of a batch is a window of
+max_prompt + continuation tokens split at its own prompt length P, drawn
+uniformly in [min_prompt, max_prompt] from (seed, step). The loss is
+
+  w_target * CE of the target on the continuation, run from the last prompt
+             token against the PREDICTED cache of positions 0..P-2
+  + w_aux  * CE of the auxiliary model on the whole window
+  + w_l1   * sum over target layers of mean |K_pred - K| + mean |V_pred - V|,
+
+with every weight 1 by default (the paper's setting, without its 1e-4
+z-loss). The L1 term compares post-rotary caches at every position of the
+window: the predictor is per position, so continuation positions are extra
+examples of the same map. Everything needed to resume lives in `workdir`:
+
+  workdir/checkpoints/<step>/  orbax: aux + predictor params, optimizer state, step
+  workdir/metrics.jsonl        one JSON object per logged step
+  workdir/config.json          the resolved config
+  workdir/model/               the KVP folder (decoding/kv_prediction.py), at the end
+
+The batch order and the splits are pure functions of (seed, step), so a
+killed run resumed from its last checkpoint ends with identical parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from specsample import checkpoint as ckpt_lib
+from specsample import corpus as corpus_lib
+from specsample import utils
+from specsample.decoding import common
+from specsample.decoding import kv_prediction as kvp_decode
+from specsample.models import io as model_io
+from specsample.models import kv_predictor as kvp_lib
+from specsample.models import transformer as tr
+from specsample.models.lm import LM
+from specsample.tokenizer import Tokenizer
+from specsample.training import data as corpus_data
+from specsample.training import losses
+from specsample.training import train as train_lib
+
+AUX_KINDS = ("draft", "pruned")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad field. Cheap: nothing is loaded."""
+  if config.aux not in AUX_KINDS:
+    raise ValueError(f"config.aux must be one of {AUX_KINDS}, got {config.aux!r}")
+  for name in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
+    if not utils.is_positive_int(config[name]):
+      raise ValueError(f"config.{name} must be an int >= 1, got {config[name]!r}")
+  for name in ("min_prompt", "max_prompt", "continuation"):
+    if not utils.is_positive_int(config.data[name]):
+      raise ValueError(f"config.data.{name} must be an int >= 1, got {config.data[name]!r}")
+  if not 2 <= config.data.min_prompt <= config.data.max_prompt:
+    raise ValueError(f"config.data.min_prompt must be in [2, max_prompt={config.data.max_prompt}],"
+                     f" got {config.data.min_prompt}")
+  if not utils.is_int(config.optim.warmup_steps) or not 0 <= config.optim.warmup_steps < config.num_steps:
+    raise ValueError(f"config.optim.warmup_steps must be an int in [0, num_steps={config.num_steps}), "
+                     f"got {config.optim.warmup_steps!r}")
+  for name in ("target_ce", "aux_ce", "l1"):
+    value = config.weights[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+      raise ValueError(f"config.weights.{name} must be a number >= 0, got {value!r}")
+
+
+def load_models(config) -> tuple[LM, LM, kvp_lib.KVPConfig, Tokenizer]:
+  """(target, initial auxiliary, predictor config, tokenizer), all checked before compiling."""
+  tokenizer = Tokenizer.load(config.tokenizer)
+  target = model_io.load_lm(config.target_dir)
+  if config.aux == "draft":
+    aux = model_io.load_lm(config.aux_dir)
+  else:
+    aux_cfg, aux_params = kvp_lib.prune_layers(target.config, target.params,
+                                               tuple(config.keep_layers))
+    aux = LM(aux_cfg, aux_params, target.tokenizer_id)
+  for name, m in (("target", target), ("aux", aux)):
+    if m.config.vocab_size != tokenizer.vocab_size:
+      raise ValueError(f"{name} vocab_size={m.config.vocab_size} does not match the tokenizer "
+                       f"{config.tokenizer} (vocab {tokenizer.vocab_size})")
+    if m.tokenizer_id and m.tokenizer_id != tokenizer.fingerprint:
+      raise ValueError(f"{name} model was trained with another tokenizer ({m.tokenizer_id}) "
+                       f"than {config.tokenizer} ({tokenizer.fingerprint})")
+  kvp_cfg = kvp_lib.KVPConfig(target=target.config, aux=aux.config,
+                              layer_map=tuple(config.layer_map)).validate()
+  window = config.data.max_prompt + config.data.continuation
+  for name, m in (("target", target), ("aux", aux)):
+    if window > m.config.max_seq_len:
+      raise ValueError(f"config.data.max_prompt + continuation = {window} exceeds the {name}'s "
+                       f"max_seq_len={m.config.max_seq_len}")
+  return target, aux, kvp_cfg, tokenizer
+
+
+class SplitBatches:
+  """Corpus windows of max_prompt + continuation tokens, each with its own prompt length."""
+
+  def __init__(self, tokens: np.ndarray, config):
+    d = config.data
+    self.windows = corpus_data.PackedDataset(tokens, d.max_prompt + d.continuation,
+                                             config.batch_size, seed=config.seed)
+    self.min_prompt, self.max_prompt, self.seed = d.min_prompt, d.max_prompt, config.seed
+
+  def batch_at(self, step: int) -> dict:
+    """inputs, targets [B, W] and split [B] (prompt lengths), a pure function of (seed, step)."""
+    batch = self.windows.batch_at(step)
+    rng = np.random.default_rng([self.seed, step, 1])
+    split = rng.integers(self.min_prompt, self.max_prompt + 1, size=batch["inputs"].shape[0])
+    return {"inputs": batch["inputs"], "targets": batch["targets"], "split": split.astype(np.int32)}
+
+
+def kvp_loss(kvp_cfg: kvp_lib.KVPConfig, weights: dict, continuation: int, trainable,
+             target_params, batch) -> tuple[jax.Array, dict]:
+  """The weighted three-term loss (module docstring) and its parts.
+
+  Args:
+    trainable: {'aux': params, 'predictor': params}.
+    batch: inputs, targets [B, W] int32 and split [B] (prompt lengths P).
+  """
+  aux_cfg, target_cfg = kvp_cfg.aux, kvp_cfg.target
+  inputs_BW, targets_BW, split_B = batch["inputs"], batch["targets"], batch["split"]
+  B, W = inputs_BW.shape
+  aux_logits_BWV, aux_cache = tr.forward(aux_cfg, trainable["aux"], inputs_BW,
+                                         tr.init_cache(aux_cfg, B, W))
+  aux_ce, _ = losses.cross_entropy(aux_logits_BWV, targets_BW)
+  _, real = tr.forward(target_cfg, target_params, inputs_BW, tr.init_cache(target_cfg, B, W))
+  real = jax.lax.stop_gradient(real)
+  pred = kvp_lib.predict_cache(kvp_cfg, trainable["predictor"], aux_cache)
+  l1 = sum(jnp.abs(p - r).mean() for p, r in zip(pred.k + pred.v, real.k + real.v))
+  # The target runs tokens P-1 .. P+C-2 of each row against predicted 0..P-2.
+  start_B = split_B - 1
+  block_BC = common.read_rows(inputs_BW, start_B, continuation)
+  labels_BC = common.read_rows(targets_BW, start_B, continuation)
+  logits_BCV, _ = tr.forward(target_cfg, target_params, block_BC, pred.with_lengths(start_B))
+  target_ce, _ = losses.cross_entropy(logits_BCV, labels_BC)
+  total = weights["target_ce"] * target_ce + weights["aux_ce"] * aux_ce + weights["l1"] * l1
+  return total, {"target_ce": target_ce, "aux_ce": aux_ce, "l1": l1}
+
+
+@functools.lru_cache(maxsize=8)
+def make_step(kvp_cfg: kvp_lib.KVPConfig, weights_json: str, continuation: int, optim_json: str,
+              num_steps: int):
+  """(optimizer, jitted (state, target_params, batch) -> (state, metrics)); cached, so a
+  resumed run in the same process reuses the compiled step."""
+  optimizer = train_lib.make_optimizer(ml_collections.ConfigDict(
+      {"optim": json.loads(optim_json), "num_steps": num_steps}))
+  loss_fn = functools.partial(kvp_loss, kvp_cfg, json.loads(weights_json), continuation)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state: train_lib.TrainState, target_params, batch):
+    (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, target_params, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(loss=value, grad_norm=optax.tree.norm(grads))
+    return train_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return optimizer, step
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the auxiliary model and predictor; returns the last metrics."""
+  check_config(config)
+  target, aux, kvp_cfg, tokenizer = load_models(config)
+  os.makedirs(workdir, exist_ok=True)
+  utils.write_atomic({os.path.join(workdir, "config.json"): config.to_json(indent=2)})
+  corpus = corpus_lib.build_corpus(root=config.data.corpus_root or None)
+  streams = corpus_data.tokenize_corpus(corpus, tokenizer, config.data.cache_dir)
+  batches = SplitBatches(streams["train"], config)
+
+  optimizer, step_fn = make_step(kvp_cfg, config.weights.to_json(sort_keys=True),
+                                 config.data.continuation, config.optim.to_json(sort_keys=True),
+                                 config.num_steps)
+  params = {"aux": aux.params,
+            "predictor": kvp_lib.init_params(kvp_cfg, jax.random.key(config.seed))}
+  # Committed to one device like the step's outputs, so step 2 reuses step 1's compile.
+  state = jax.device_put(train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                              opt_state=optimizer.init(params)),
+                         jax.local_devices()[0])
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       save_every=config.checkpoint_every, keep=2)
+  if checkpointer.latest_step() is not None:
+    _, state, _ = checkpointer.restore(state)
+  start = int(state.step)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if start and os.path.exists(metrics_path):
+    train_lib._truncate_metrics(metrics_path, start)  # pylint: disable=protected-access
+  last, t_last = {}, time.perf_counter()
+  bar = tqdm(range(start, config.num_steps), initial=start, total=config.num_steps,
+             desc=f"kvp {config.aux}", mininterval=2.0)
+  for step in bar:
+    state, metrics = step_fn(state, target.params, batches.batch_at(step))
+    done = step + 1
+    if done % config.log_every == 0 or done == config.num_steps:
+      metrics = {k: float(v) for k, v in metrics.items()}
+      now = time.perf_counter()
+      metrics.update(step=done, s_per_step=(now - t_last) / config.log_every)
+      t_last = now
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", tce=f"{metrics['target_ce']:.3f}",
+                      l1=f"{metrics['l1']:.3f}")
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+      last = metrics
+    checkpointer.save(done, state, {"step": done}, force=done == config.num_steps)
+    if config.stop_after_step and done >= config.stop_after_step:
+      break
+  checkpointer.wait()
+  checkpointer.close()
+  if int(state.step) == config.num_steps:
+    trained_aux = LM(aux.config, state.params["aux"], tokenizer.fingerprint)
+    out = kvp_decode.save_kvp(
+        os.path.join(workdir, "model"), target, trained_aux, state.params["predictor"],
+        kvp_cfg.layer_map, extra={"aux_kind": config.aux, "steps": config.num_steps,
+                                  "target_dir": config.target_dir})
+    shutil.copy(metrics_path, os.path.join(out, "metrics.jsonl"))
+  return last

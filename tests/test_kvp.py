@@ -1,0 +1,311 @@
+"""KV Prediction: predictor shapes and layer map, the identity check, lossless decoding with a
+predicted cache, training, and bad input.
+
+The one statistical test (sampled speculative + KVP against the exact joint of
+the KVP-conditioned target) asserts p > ALPHA = 1e-4 on two prompts, so a
+correct sampler fails it with probability at most 2e-4 (union bound); its
+power check asserts that the same samples REJECT the target's exact
+(full-prefill) joint, which the predicted cache changes.
+"""
+
+import importlib.util
+import itertools
+import json
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specsample.decoding import LM, Sampling, api, common, generate
+from specsample.decoding import kv_prediction as kvpd
+from specsample.models import io as model_io
+from specsample.models import kv_predictor as kp
+from specsample.models import transformer as tr
+from specsample.tokenizer import Tokenizer
+from specsample.training import kvp_train
+from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue
+
+TOKENIZER = "assets/tokenizer/tokenizer.model"
+_spec = importlib.util.spec_from_file_location("kvp_config", "configs/kvp.py")
+kvp_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kvp_config)
+
+
+@pytest.fixture(scope="module")
+def tiny_kvp(tiny_pair):
+  """(target, KVP with the 1-layer draft as auxiliary and a random predictor)."""
+  target, draft = tiny_pair
+  config = kp.KVPConfig(target.config, draft.config).validate()
+  return target, kvpd.KVP(aux=draft, params=kp.init_params(config, jax.random.key(5)),
+                          layer_map=config.layer_map)
+
+
+# ----------------------------------------------------------------- shapes and layer map
+
+def test_default_layer_map_and_shapes(tiny_kvp):
+  assert kp.default_layer_map(6, 2) == (0, 0, 0, 1, 1, 1)
+  assert kp.default_layer_map(6, 6) == tuple(range(6))
+  assert kp.default_layer_map(4, 3) == (0, 0, 1, 2)
+  target, kvp = tiny_kvp
+  t, a = target.config, kvp.aux.config
+  assert kvp.layer_map == (0, 0)
+  I = a.num_kv_heads * a.head_dim
+  assert kvp.params["layer_1_k"].shape == (I, t.num_kv_heads, t.head_dim)
+  assert kvp.params["layer_1_v_bias"].shape == (t.num_kv_heads, t.head_dim)
+  assert kp.logical_axes(kvpd.kvp_config(target, kvp))["layer_0_k"] == jax.sharding.PartitionSpec(
+      None, "kv_heads", "head_dim")
+  aux_cache = tr.init_cache(a, 3, 10).with_lengths(jnp.array([1, 4, 9]))
+  pred = kp.predict_cache(kvpd.kvp_config(target, kvp), kvp.params, aux_cache)
+  assert len(pred.k) == len(pred.v) == t.num_layers
+  chex.assert_shape(pred.k + pred.v, (3, 10, t.num_kv_heads, t.head_dim))
+  np.testing.assert_array_equal(pred.lengths, [1, 4, 9])
+  # A layer-pruned copy: the kept layers' weights, in buffers of its own (training donates them).
+  pruned_cfg, pruned = kp.prune_layers(t, target.params, (1,))
+  assert pruned_cfg.num_layers == 1 and kp.default_layer_map(2, 1) == (0, 0)
+  np.testing.assert_array_equal(pruned["layer_0"]["attn"]["q"], target.params["layer_1"]["attn"]["q"])
+  assert pruned["embedding"] is not target.params["embedding"]
+  with pytest.raises(ValueError, match="kvp.keep_layers must be increasing"):
+    kp.prune_layers(t, target.params, (1, 1))
+  # On a 2 x 4 mesh the predictor's output heads follow the target cache's layout.
+  mesh = jax.make_mesh((2, 4), ("data", "tensor"))
+  rules = (("batch", "data"), ("kv_heads", "tensor"), ("head_dim", None))
+  shardings = kvpd.predictor_shardings(kvpd.kvp_config(target, kvp), mesh, rules)
+  assert shardings["layer_0_k"].spec == jax.sharding.PartitionSpec(None, None, None)  # 2 kv heads
+
+
+@pytest.mark.parametrize("layer_map, message", [
+    ((0,), r"kvp.layer_map must have one entry per target layer \(2\)"),
+    ((0, 1), r"kvp.layer_map entries must be auxiliary layers in \[0, 1\)"),
+    ((0, -1), r"kvp.layer_map entries must be auxiliary layers in \[0, 1\)"),
+])
+def test_bad_layer_map_is_named(tiny_pair, layer_map, message):
+  target, draft = tiny_pair
+  with pytest.raises(ValueError, match=message):
+    kp.KVPConfig(target.config, draft.config, layer_map).validate()
+
+
+# ------------------------------------------------------------------------ identity
+
+# test_decoding's greedy settings: the full-prefill loop compiles once for both files.
+GREEDY_AR = dict(method="autoregressive", sampling=Sampling(temperature=0), max_new_tokens=24,
+                 eos_id=14)
+
+def test_identity_predictor_with_the_target_as_auxiliary_reproduces_its_cache(tiny_pair):
+  """Values are copied bit for bit; keys go through rotary's inverse and back, so they
+  match to float32 rounding; the greedy tokens are then those of a full prefill."""
+  target, _ = tiny_pair
+  config = kp.KVPConfig(target.config, target.config).validate()
+  params = kp.identity_params(config)
+  prompts_BP = jnp.array([[1, 2, 3, 4, 5, 6, 7, 8], [9, 8, 7, 0, 0, 0, 0, 0]])
+  prompt_len = jnp.array([8, 3])
+  tokens = common.init_buffer(prompts_BP, 16)
+  real = jax.jit(common.prefill, static_argnums=(0, 4))(target.config, target.params, tokens,
+                                                        prompt_len, 8)
+  pred = jax.jit(kp.predict_cache, static_argnums=0)(config, params, real)
+  for i in range(target.config.num_layers):
+    np.testing.assert_array_equal(pred.v[i], real.v[i])
+    np.testing.assert_allclose(pred.k[i], real.k[i], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(pred.lengths, real.lengths)
+  kvp = kvpd.KVP(aux=target, params=params, layer_map=config.layer_map)
+  assert (generate(target, GREEDY_PROMPTS, prefill="kv_prediction", kvp=kvp, **GREEDY_AR).tokens
+          == generate(target, GREEDY_PROMPTS, **GREEDY_AR).tokens)
+
+
+# ---------------------------------------------------------------- lossless decoding
+
+def test_greedy_speculative_kvp_equals_autoregressive_kvp(tiny_kvp):
+  target, kvp = tiny_kvp
+  greedy = dict(sampling=Sampling(temperature=0), max_new_tokens=24, eos_id=14,
+                prefill="kv_prediction", kvp=kvp)
+  ar = generate(target, GREEDY_PROMPTS, method="autoregressive", **greedy)
+  traces = api.TRACE_COUNT["speculative"]
+  sps = generate(target, GREEDY_PROMPTS, method="speculative", num_draft=3, **greedy)  # aux = draft
+  assert sps.tokens == ar.tokens
+  explicit = generate(target, GREEDY_PROMPTS, draft=kvp.aux, method="speculative", num_draft=3,
+                      **greedy)
+  assert explicit.tokens == ar.tokens
+  assert api.TRACE_COUNT["speculative"] == traces + 1  # draft=kvp.aux is the same loop
+  assert len({len(t) for t in ar.tokens}) > 1  # rows stop at different times (eos)
+  # The predicted cache matters: the full prefill gives other tokens here.
+  assert generate(target, GREEDY_PROMPTS, **GREEDY_AR).tokens != ar.tokens
+
+
+def _joint(probs_CNV: np.ndarray, conts_CN: np.ndarray) -> np.ndarray:
+  """Product over n of probs[c, n, conts[c, n]]: [C]."""
+  C, N = conts_CN.shape
+  return probs_CNV[np.arange(C)[:, None], np.arange(N)[None], conts_CN].prod(axis=1)
+
+
+def kvp_joint(target: LM, kvp: kvpd.KVP, prompt: list[int], n: int = 3) -> np.ndarray:
+  """P(x1..xn | predicted cache of prompt[:-1], prompt[-1]) for every continuation: [V**n]."""
+  V, P = target.config.vocab_size, len(prompt)
+  conts = np.array(list(itertools.product(range(V), repeat=n)), np.int32)        # [V^n, n]
+  spec = kvpd.KVPSpec(config=kvpd.kvp_config(target, kvp), aux_is_draft=False)
+
+  @jax.jit
+  def probs(target_params, aux_params, predictor_params, block):
+    cache, _ = kvpd.prefill(spec, aux_params, predictor_params, jnp.array([prompt]),
+                            jnp.array([P]), P + n)
+    cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, block.shape[0], axis=0), cache)
+    return jax.nn.softmax(tr.forward(target.config, target_params, block, cache)[0], axis=-1)
+
+  block = np.concatenate([np.full((len(conts), 1), prompt[-1]), conts[:, :-1]], axis=1)
+  return _joint(np.asarray(probs(target.params, kvp.aux.params, kvp.params, block)), conts)
+
+
+def full_joint(target: LM, prompt: list[int], n: int = 3) -> np.ndarray:
+  """P(x1..xn | prompt) under the target with its own (exact) cache: [V**n]."""
+  V = target.config.vocab_size
+  conts = np.array(list(itertools.product(range(V), repeat=n)), np.int32)
+  seqs = np.concatenate([np.tile(prompt, (len(conts), 1)), conts], axis=1)
+  probs = jax.jit(lambda p, t: jax.nn.softmax(tr.forward(target.config, p, t)[0][:, len(prompt) - 1:-1],
+                                              axis=-1))(target.params, seqs)
+  return _joint(np.asarray(probs), conts)
+
+
+def test_sampled_speculative_kvp_follows_the_kvp_conditioned_target(tiny_kvp):
+  target, kvp = tiny_kvp
+  V = target.config.vocab_size
+  prompts, rows = [[1, 2, 3], [7, 5, 2, 2]], 4000
+  batch = [prompts[i % 2] for i in range(2 * rows)]
+  out = generate(target, batch, method="speculative", num_draft=2, sampling=Sampling(temperature=1.0),
+                 max_new_tokens=3, seed=13, prefill="kv_prediction", kvp=kvp)
+  for j, prompt in enumerate(prompts):
+    seqs = np.array([out.tokens[i] for i in range(j, len(batch), 2)])
+    counts = np.bincount(seqs @ (V ** np.arange(2, -1, -1)), minlength=V ** 3)
+    assert chi2_pvalue(counts, kvp_joint(target, kvp, prompt)) > ALPHA, j
+    # Power: the target's exact distribution (full prefill) is rejected by the same test.
+    assert chi2_pvalue(counts, full_joint(target, prompt), strict=False) < ALPHA, j
+
+
+# ------------------------------------------------------------------------- bad input
+
+def test_bad_prefill_settings_raise_before_compiling(tiny_kvp):
+  target, kvp = tiny_kvp
+  traces = dict(api.TRACE_COUNT)
+  cases = [
+      (dict(prefill="predicted"), "prefill must be one of"),
+      (dict(prefill="kv_prediction"), "needs kvp=KVP"),
+      (dict(kvp=kvp), "kvp is set but prefill='full'"),
+      (dict(prefill="kv_prediction", kvp=kvpd.KVP(LM(kvp.aux.config.replace(vocab_size=17),
+                                                     kvp.aux.params), kvp.params, kvp.layer_map)),
+       "kvp auxiliary and target vocabularies differ"),
+      (dict(prefill="kv_prediction", kvp=kvpd.KVP(LM(kvp.aux.config, kvp.aux.params, "tokA"),
+                                                  kvp.params, kvp.layer_map)),
+       "tokenizers differ"),
+      (dict(prefill="kv_prediction", kvp=kvpd.KVP(kvp.aux, kvp.params, (0, 3))),
+       r"layer_map entries must be auxiliary layers in \[0, 1\)"),
+      (dict(prefill="kv_prediction", kvp=kvpd.KVP(
+          kvp.aux, {k: v for k, v in kvp.params.items() if k != "layer_1_v"}, kvp.layer_map)),
+       "kvp.params do not fit"),
+  ]
+  tok_target = LM(target.config, target.params, "tokB")
+  for kwargs, message in cases:
+    model = tok_target if "tokenizers" in message else target
+    with pytest.raises(ValueError, match=message):
+      generate(model, [[1, 2]], method="autoregressive", max_new_tokens=4, **kwargs)
+  assert dict(api.TRACE_COUNT) == traces
+
+
+# -------------------------------------------------------------------------- training
+
+def _tiny(**overrides):
+  cfg = dict(vocab_size=4096, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8,
+             mlp_dim=32, max_seq_len=64)
+  cfg.update(overrides)
+  return tr.TransformerConfig(**cfg).validate()
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+  """Tiny target / draft folders with the real tokenizer, and a small corpus root."""
+  root = tmp_path_factory.mktemp("kvp")
+  fp = Tokenizer.load(TOKENIZER).fingerprint
+  for name, seed, layers in (("target", 0, 2), ("draft", 1, 1)):
+    cfg = _tiny(num_layers=layers)
+    model_io.save_lm(str(root / name), cfg, tr.init_params(cfg, jax.random.key(seed)),
+                     tokenizer_id=fp, store_dtype="float32")
+  corpus = root / "corpus"
+  corpus.mkdir()
+  for i in range(12):
+    body = "".join(f"def f{i}_{j}(x):\n    return x + {j}  # line {j}\n" for j in range(30))
+    (corpus / f"mod{i}.py").write_text(body)
+  return root
+
+
+def _config(root, **overrides):
+  c = kvp_config.get_config("runlocal")
+  c.target_dir, c.aux_dir, c.tokenizer = str(root / "target"), str(root / "draft"), TOKENIZER
+  c.data.corpus_root, c.data.cache_dir = str(root / "corpus"), str(root / "tokens")
+  for key, value in overrides.items():
+    node, (*parents, leaf) = c, key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def test_training_lowers_the_loss_resumes_exactly_and_exports_a_kvp(tiny_setup, tmp_path):
+  c = _config(tiny_setup, checkpoint_every=3)
+  full = kvp_train.run(c, str(tmp_path / "full"))
+  # A run killed after step 3: its workdir holds step 3's checkpoint and the rows logged so far.
+  (tmp_path / "staged" / "checkpoints").mkdir(parents=True)
+  shutil.copytree(tmp_path / "full" / "checkpoints" / "3", tmp_path / "staged" / "checkpoints" / "3")
+  with open(tmp_path / "full" / "metrics.jsonl") as f:
+    rows = f.readlines()
+  (tmp_path / "staged" / "metrics.jsonl").write_text("".join(rows))  # rows past 3 are dropped
+  resumed = kvp_train.run(c, str(tmp_path / "staged"))
+  assert resumed["step"] == full["step"] == c.num_steps
+  target = model_io.load_lm(c.target_dir)
+  a = kvpd.load_kvp(str(tmp_path / "full" / "model"), target)
+  b = kvpd.load_kvp(str(tmp_path / "staged" / "model"), target)
+  chex.assert_trees_all_equal((a.aux.params, a.params), (b.aux.params, b.params))
+  with open(tmp_path / "staged" / "metrics.jsonl") as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps == sorted(set(steps))  # no duplicated rows after the resume
+  # The same batch's loss, before and after the 6 steps.
+  _, aux, config, _ = kvp_train.load_models(c)
+  batch = kvp_train.SplitBatches(np.concatenate([np.arange(4096)] * 2), c).batch_at(0)
+  loss = jax.jit(lambda aux_params, pred: kvp_train.kvp_loss(
+      config, c.weights.to_dict(), c.data.continuation, {"aux": aux_params, "predictor": pred},
+      target.params, batch)[0])
+  before = loss(aux.params, kp.init_params(config, jax.random.key(c.seed)))
+  assert float(loss(a.aux.params, a.params)) < float(before)
+  # The auxiliary model is an ordinary model folder (usable as draft=).
+  chex.assert_trees_all_equal(model_io.load_lm(str(tmp_path / "full" / "model" / "aux")).params,
+                              a.aux.params)
+
+
+def test_a_predictor_for_another_target_or_auxiliary_is_refused(tiny_setup, tmp_path):
+  c = _config(tiny_setup)
+  target = model_io.load_lm(c.target_dir)
+  aux = model_io.load_lm(c.aux_dir)
+  config = kp.KVPConfig(target.config, aux.config).validate()
+  folder = str(tmp_path / "kvp")
+  kvpd.save_kvp(folder, target, aux, kp.init_params(config, jax.random.key(0)), config.layer_map)
+  other = LM(target.config, jax.tree_util.tree_map(lambda x: x * 2, target.params))
+  with pytest.raises(ValueError, match="was trained for target"):
+    kvpd.load_kvp(folder, other)
+  with pytest.raises(ValueError, match="was trained with auxiliary model"):
+    kvpd.check_aux_fingerprint(folder, LM(aux.config, jax.tree_util.tree_map(lambda x: x + 1,
+                                                                             aux.params)))
+  kvpd.load_kvp(folder, target, max_seq_len=128)  # a longer max_seq_len keeps the identity
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("aux", "small", "config.aux must be one of"),
+    ("data.min_prompt", 1, "config.data.min_prompt must be in"),
+    ("weights.l1", -1.0, "config.weights.l1 must be a number >= 0"),
+    ("keep_layers", (1, 0), "kvp.keep_layers must be increasing"),
+    ("layer_map", (0, 0, 0), "kvp.layer_map must have one entry per target layer"),
+])
+def test_bad_training_config_fields_are_named(tiny_setup, tmp_path, field, value, message):
+  c = _config(tiny_setup, **{field: value})
+  if field in ("keep_layers",):
+    c.aux = "pruned"
+  with pytest.raises(ValueError, match=message):
+    kvp_train.check_config(c)
+    kvp_train.load_models(c)

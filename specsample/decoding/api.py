@@ -6,6 +6,13 @@
                    eos_id=tokenizer.eos_id, seed=0)               # mesh=..., rules=... to shard
     out.tokens[0], out.stats["tokens_per_call"][0]
 
+With Sampling(..., coupling="gumbel") and one seed per row (seed=[s_0, ...]),
+a row's tokens depend only on its prompt, its seed and the models: they are
+the same autoregressive or speculative at any K, in any batch at any place,
+on one device or a mesh (decoding/coupling.py), up to float rounding in the
+models (see `generate`). An int seed gives row b a seed derived from (seed, b),
+which changes when rows are added, removed or reordered.
+
 Every setting (and on a mesh every divisibility) is checked before anything
 compiles. Prompts are padded to a multiple of `pad_to` and the buffer length is
 rounded the same way, so calls with new prompts of similar length reuse the
@@ -23,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample import sharding as sh
-from specsample.decoding import autoregressive, common, speculative
+from specsample.decoding import autoregressive, common, coupling, speculative
 from specsample.decoding.sampling import Sampling
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
@@ -47,12 +54,37 @@ class GenerateOutput:
   stats: dict[str, np.ndarray]
 
 
+def _is_seed(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and 0 <= x < coupling.SEED_LIMIT
+
+
+def check_seed(seed, sampling: Sampling, num_rows: int) -> None:
+  """An int, or under coupling='gumbel' one int per row; ValueError naming `seed` otherwise."""
+  if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+    if sampling.coupling == "gumbel" and not _is_seed(seed):
+      raise ValueError(f"seed must be in [0, 2**32) with sampling.coupling='gumbel', got {seed}")
+    return
+  if not isinstance(seed, (list, tuple, np.ndarray)):
+    raise ValueError(f"seed must be an int or (with sampling.coupling='gumbel') a sequence of one "
+                     f"int per prompt, got {type(seed).__name__}")
+  if sampling.coupling != "gumbel":
+    raise ValueError(f"seed: one seed per row needs sampling.coupling='gumbel' (got "
+                     f"coupling={sampling.coupling!r}, which draws a whole batch from one key)")
+  if len(seed) != num_rows:
+    raise ValueError(f"seed: {len(seed)} per-row seeds for {num_rows} prompts; give one per prompt")
+  for i, s in enumerate(seed):
+    if not _is_seed(s):
+      raise ValueError(f"seed[{i}] must be an int in [0, 2**32), got {s!r}")
+
+
 def check_settings(target: LM, draft: LM | None, method: str, num_draft: int,
-                   sampling: Sampling, max_new_tokens: int, eos_id: int | None) -> None:
+                   sampling: Sampling, max_new_tokens: int, eos_id: int | None,
+                   seed: int | Sequence[int] = 0, num_rows: int = 1) -> None:
   """Raises ValueError naming the offending setting. Cheap; no compilation."""
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
   sampling.validate()
+  check_seed(seed, sampling, num_rows)
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
   if eos_id is not None and not 0 <= eos_id < target.config.vocab_size:
@@ -99,13 +131,15 @@ def buffer_len(prompt_width: int, max_new_tokens: int, num_draft: int, method: s
 
 def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], method: str,
             num_draft: int, sampling: Sampling, max_new_tokens: int, eos_id: int | None,
-            pad_to: int) -> tuple[np.ndarray, np.ndarray, common.DecodeSpec]:
+            pad_to: int, seed: int | Sequence[int] = 0
+            ) -> tuple[np.ndarray, np.ndarray, common.DecodeSpec]:
   """Checks every setting and pads the prompts, before anything compiles.
 
   Returns:
     ([B, P] padded prompts, [B] prompt lengths, the loop's DecodeSpec).
   """
-  check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id)
+  check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id, seed,
+                 len(prompts))
   prompts_BP, prompt_len = pad_prompts(prompts, target.config.vocab_size, pad_to)
   length = buffer_len(prompts_BP.shape[1], max_new_tokens, num_draft, method, pad_to)
   models = [target] + ([draft] if method == "speculative" else [])
@@ -169,10 +203,11 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
   """The jitted decode loop of one setting; cached, so a setting compiles once per shape.
 
   Returns:
-    fn(target_params, draft_params, prompts [B, P], prompt_len [B], key_data [2]) ->
+    fn(target_params, draft_params, prompts [B, P], prompt_len [B], key_data) ->
     (tokens [B, L], length [B], target_calls [B], drafted [B], accepted [B]),
     plus the final caches as a sixth element on a mesh. key_data is
-    jax.random.key_data of the PRNG key. draft_params is ignored (pass None)
+    jax.random.key_data of the PRNG key: [2], or [B, 2] one key per row
+    under coupling='gumbel' (coupling.row_key_data). draft_params is ignored (pass None)
     for method='autoregressive'.
 
     Without a mesh, shapes come from the arguments (batch and prompt_width
@@ -184,14 +219,16 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
   """
   def run(target_params, draft_params, prompts_BP, prompt_len_B, key_data):
     TRACE_COUNT[method] += 1
-    key = jax.random.wrap_key_data(key_data)
+    key, row_keys = jax.random.wrap_key_data(key_data), None
+    if spec.sampling.coupling == "gumbel":  # noise by (row key, position): no loop key
+      key, row_keys = jax.random.key(0), key
     if method == "speculative":
       s = speculative.speculative_loop(target_cfg, draft_cfg, spec, target_params, draft_params,
-                                       prompts_BP, prompt_len_B, key)
+                                       prompts_BP, prompt_len_B, key, row_keys)
       return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
               (s.target_cache, s.draft_cache))
     s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
-                                           prompt_len_B, key)
+                                           prompt_len_B, key, row_keys)
     zeros = jnp.zeros_like(s.target_calls)
     return s.tokens, s.length, s.target_calls, zeros, zeros, (s.cache,)
 
@@ -210,7 +247,8 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
 
 def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None = None,
              method: str = "speculative", num_draft: int = 4, sampling: Sampling = Sampling(),
-             max_new_tokens: int = 64, eos_id: int | None = None, seed: int = 0,
+             max_new_tokens: int = 64, eos_id: int | None = None,
+             seed: int | Sequence[int] = 0,
              pad_to: int = 16, mesh=None, rules: sh.Rules | None = None,
              draft_rules: sh.Rules | None = None) -> GenerateOutput:
   """Samples continuations of token-id prompts.
@@ -224,7 +262,15 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     sampling: temperature / top-k / top-p, applied to both models.
     max_new_tokens: tokens generated per row at most.
     eos_id: a row stops after emitting this id (included in its output).
-    seed: PRNG seed.
+    seed: PRNG seed: an int, or with sampling.coupling='gumbel' one int in
+      [0, 2**32) per prompt. Under 'gumbel' an int gives row b the key
+      fold_in(key(seed), b), so only per-row seeds make a row's output
+      independent of the rest of the batch (its size, order and content).
+      The guarantee is exact for the sampling maths; the models themselves
+      may round differently in the last bits when the padded prompt width,
+      the buffer length (which grows with K) or the number of tokens per
+      forward (K + 1 versus 1) changes, and a Gumbel-max whose top two scores
+      are that close can then flip (tests/test_coupling.py bounds how often).
     pad_to: prompt and buffer lengths are rounded up to this multiple, so
       similar-length batches share one compilation.
     mesh: a jax.sharding.Mesh (sharding.make_mesh), possibly spanning hosts;
@@ -243,11 +289,14 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
       the parameter or array and dimension, before anything compiles.
   """
   prompts_BP, prompt_len, spec = prepare(target, draft, prompts, method, num_draft, sampling,
-                                         max_new_tokens, eos_id, pad_to)
+                                         max_new_tokens, eos_id, pad_to, seed)
   speculative_ = method == "speculative"
   draft_cfg = draft.config if speculative_ else None
   draft_params = draft.params if speculative_ else None
-  key_data = np.asarray(jax.random.key_data(jax.random.key(seed)))
+  if sampling.coupling == "gumbel":
+    key_data = coupling.row_key_data(seed, len(prompt_len))       # [B, 2]
+  else:
+    key_data = np.asarray(jax.random.key_data(jax.random.key(seed)))
   if mesh is None:
     loop = make_loop(method, target.config, draft_cfg, spec)
     return make_output(prompt_len, *loop(target.params, draft_params, prompts_BP, prompt_len,

@@ -7,7 +7,10 @@ Each iteration, for every row at once:
   2. score [current, x_1..x_G] with ONE target pass at the row's own offset,
      giving q_1..q_{G+1};
   3. rejection-sample (decoding/rejection.py): accept a prefix of a tokens and
-     emit one more, so 1..G+1 tokens per target call;
+     emit one more, so 1..G+1 tokens per target call (with
+     Sampling(coupling='gumbel') steps 1 and 3 use the noise of each row's
+     positions instead, decoding/coupling.py: the output is then the
+     autoregressive loop's, token for token);
   4. commit them (cut at eos / max_new_tokens) and roll the caches back to the
      committed length by setting their `lengths`.
 
@@ -32,9 +35,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from specsample.decoding import common
-from specsample.decoding.rejection import rejection_sample
-from specsample.decoding.sampling import sample
+from specsample.decoding import common, coupling
 from specsample.models import transformer as tr
 
 
@@ -49,38 +50,44 @@ class SpecState:
   target_calls: jax.Array    # [B] target passes while the row was active
   drafted: jax.Array         # [B] draft tokens proposed
   accepted: jax.Array        # [B] draft tokens accepted
+  row_keys: jax.Array | None # [B] per-row keys of coupling='gumbel'; None otherwise
 
 
-def _draft(draft_cfg, spec, draft_params, s: SpecState, key):
-  """Proposes G tokens per row. Returns (tokens [B, G], probs [B, G, V] f32, cache)."""
+def _draft(draft_cfg, spec, draft_params, s: SpecState, key, noise_BXV):
+  """Proposes G tokens per row. Returns (tokens [B, G], probs [B, G, V] f32 or None
+  under coupling='gumbel', cache). noise_BXV: the block's Gumbel noise, or None."""
   G = spec.num_draft
   keys = jax.random.split(key, G)
+  noise_GBV = None if noise_BXV is None else noise_BXV[:, :G].transpose(1, 0, 2)
   start_B = jnp.maximum(s.length - 2, 0)
   pair_B2 = common.read_rows(s.tokens, start_B, 2)      # [previous, current] (or [current, pad])
   logits_B2V, cache = tr.forward(draft_cfg, draft_params, pair_B2, s.draft_cache.with_lengths(start_B))
   read_B = s.length - 1 - start_B                        # 1, or 0 for length-1 rows
   logits_BV = jnp.take_along_axis(logits_B2V, read_B[:, None, None], axis=1)[:, 0]
-  probs_BV = spec.sampling.probs(logits_BV)
-  greedy = spec.sampling.greedy
-  token_B = sample(keys[0], probs_BV, greedy=greedy)
+  token_B, probs_BV = coupling.draw(spec.sampling, logits_BV, keys[0],
+                                    None if noise_GBV is None else noise_GBV[0])
   cache = cache.with_lengths(s.length)
 
-  def step(carry, step_key):
+  def step(carry, xs):
     cache, token_B = carry
+    step_key, noise_BV = xs
     logits_B1V, cache = tr.forward(draft_cfg, draft_params, token_B[:, None], cache)
-    probs_BV = spec.sampling.probs(logits_B1V[:, 0])
-    next_B = sample(step_key, probs_BV, greedy=greedy)
+    next_B, probs_BV = coupling.draw(spec.sampling, logits_B1V[:, 0], step_key, noise_BV)
     return (cache, next_B), (next_B, probs_BV)
 
-  (cache, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (cache, token_B), keys[1:])
+  xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:])
+  (cache, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (cache, token_B), xs)
   tokens_BG = jnp.concatenate([token_B[:, None], rest_GB.T], axis=1)
+  if probs_BV is None:  # coupling='gumbel' verifies tokens, not probabilities
+    return tokens_BG, None, cache
   probs_BGV = jnp.concatenate([probs_BV[:, None], rest_probs_GBV.transpose(1, 0, 2)], axis=1)
   return tokens_BG, probs_BGV, cache
 
 
 def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
                      spec: common.DecodeSpec, target_params, draft_params,
-                     prompts_BP: jax.Array, prompt_len_B: jax.Array, key: jax.Array) -> SpecState:
+                     prompts_BP: jax.Array, prompt_len_B: jax.Array, key: jax.Array,
+                     row_keys: jax.Array | None = None) -> SpecState:
   """Generates until every row is done. Jit with configs and `spec` static.
 
   Args:
@@ -90,6 +97,7 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
     prompts_BP: [B, P] right-padded prompts.
     prompt_len_B: [B] true prompt lengths, each >= 1.
     key: PRNG key.
+    row_keys: [B] per-row PRNG keys, for coupling='gumbel' only.
 
   Returns:
     The final SpecState; generated tokens of row b are
@@ -103,22 +111,23 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
       tokens=tokens_BL, length=prompt_len_B, done=jnp.zeros((B,), bool),
       target_cache=common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P),
       draft_cache=common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, P),
-      key=key, target_calls=zeros_B, drafted=zeros_B, accepted=zeros_B)
+      key=key, target_calls=zeros_B, drafted=zeros_B, accepted=zeros_B, row_keys=row_keys)
 
   def body(s: SpecState) -> SpecState:
     key, draft_key, accept_key = jax.random.split(s.key, 3)
-    draft_tokens_BG, draft_probs_BGV, draft_cache = _draft(draft_cfg, spec, draft_params, s, draft_key)
+    # The noise of positions length .. length + G (None for coupling='rejection').
+    noise_BXV = coupling.noise(spec.sampling, s.row_keys, s.length, target_cfg.vocab_size, G + 1)
+    draft_tokens_BG, draft_probs_BGV, draft_cache = _draft(draft_cfg, spec, draft_params, s,
+                                                           draft_key, noise_BXV)
 
     # One target pass over [current, x_1..x_G] at each row's own offset.
     current_B1 = common.read_rows(s.tokens, s.length - 1, 1)
     block_BX = jnp.concatenate([current_B1, draft_tokens_BG], axis=1)   # [B, G + 1]
     logits_BXV, target_cache = tr.forward(target_cfg, target_params, block_BX,
                                           s.target_cache.with_lengths(s.length - 1))
-    target_probs_BXV = spec.sampling.probs(logits_BXV)
 
-    num_accepted_B, _, emitted_BX = rejection_sample(
-        draft_tokens_BG, draft_probs_BGV, target_probs_BXV, accept_key,
-        greedy=spec.sampling.greedy)
+    num_accepted_B, _, emitted_BX = coupling.accept(
+        spec.sampling, draft_tokens_BG, draft_probs_BGV, logits_BXV, accept_key, noise_BXV)
     tokens, length, done, _ = common.commit(
         s.tokens, s.length, s.done, prompt_len_B, emitted_BX, num_accepted_B + 1, spec)
 

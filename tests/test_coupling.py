@@ -1,30 +1,40 @@
 """Sampling(coupling="gumbel"): a row's tokens depend only on its prompt and seed.
 
-One batch of 4,000 rows (two ragged prompts, one seed per row, 12 new tokens)
-is decoded autoregressively and speculatively for three (sampling, K) pairs:
-every sampling option once and every K in {1, 3, 7} once (a Latin design
-rather than the 3 x 3 grid: each speculative compile costs seconds on 2
-cores, and the coupling treats K and the sampling transform independently).
-On it: speculative == autoregressive token for token on every row, and the
-first two tokens pass the exact-enumeration chi-square of test_decoding.py.
-Then eight of those rows in another batch (reordered, with a longer prompt
-added: another shape), on one device and on a mesh of 8 fake CPU devices.
-Every sampling option's Gumbel-max draw is also checked alone, on [N, V].
+A batch of 2,000 rows (two ragged prompts, one seed per row, 10 new tokens)
+is decoded autoregressively on one device with temperature, top-k and top-p
+all on (Sampling(temperature=0.7, top_k=5, top_p=0.8): one transform that
+runs all three; each option alone is checked below on single draws, without a
+decode loop); its first two tokens pass the exact-enumeration chi-square of
+test_decoding.py. Speculative decoding of 256 of those rows must give each
+row's autoregressive tokens exactly, at every K, each K in another setting:
 
-Float rounding: the models round differently when the batch, the padded
-width, the buffer length or the tokens per forward change, and a Gumbel-max
-whose top two scores lie within that rounding would flip. These tests assert
-EXACT equality and it holds on every row: over the 3 x 4,000 rows x 12
-tokens here no token differs (a flip needs two scores within ~1e-6, about
-one token in 10^5 to 10^6 for these 16-token vocabularies).
+  K=1: rows 0..255 in order, one device (another batch size);
+  K=3: rows 256..511 on the data=8 mesh of 8 fake CPU devices;
+  K=7: 255 rows picked out of order plus a new 20-token prompt (padded width
+       32 instead of 16, a longer buffer), one device.
 
-Statistics: 6 chi-square assertions at ALPHA = 1e-4 (3 samplings x 2
-prompts), 4 more on single draws, and 2 Monte-Carlo checks of the acceptance
-formula at 5 sigma (6e-7 each): a correct sampler fails this file with
-probability < 10e-4 + 2e-6 < 0.11% (union bound). Seeds are fixed, so a given
-run is deterministic. Power checks reject the draft's joint and a wrong
-transform with the same statistic.
+So four compiles check speculative == autoregressive at K = 1, 3, 7, batch
+invariance (rows removed, added, reordered) and mesh == one device; each
+decode loop compiles for seconds on 2 cores. The models are a 1-layer pair
+with a 16-token vocabulary and host weights (no init compile).
+
+Float rounding: the models may round differently when the batch, the padded
+width, the buffer length (it grows with K), the tokens per forward (K + 1
+against 1) or the device layout change, and a Gumbel-max whose top two scores
+lie within that rounding would flip. These tests assert EXACT equality, and
+it holds on every row (also in a 4,000-row, 12-token run of three
+(sampling, K) cases on the 2-layer tiny pair while writing them: 144,000
+tokens, none differed).
+
+Statistics: 2 chi-square assertions at ALPHA = 1e-4 (2 prompts), 4 on single
+Gumbel-max draws and 2 Monte-Carlo checks of the acceptance formula at 5
+sigma (6e-7 each): a correct sampler fails this file with probability
+< 6e-4 + 2e-6 < 0.07% (union bound). Seeds are fixed, so a given run is
+deterministic. Power checks reject the draft's joint and a wrong transform
+with the same statistics.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -32,152 +42,134 @@ import numpy as np
 import pytest
 
 from specsample import sharding as sh
-from specsample.decoding import Sampling, api, coupling, generate
+from specsample.decoding import LM, Sampling, api, coupling, generate
+from specsample.models.presets import get_preset
 from test_decoding import ALPHA, chi2_pvalue, exact_joint
 
+import sharding_case as case
+
 PROMPTS = [[1, 2, 3], [7, 5]]
-ROWS = 4000                          # 2,000 samples per prompt
-NEW = 12
+ROWS = 2000                          # 1,000 samples per prompt
+NEW = 10
 SEEDS = list(range(1000, 1000 + ROWS))
-# (sampling, K): each sampling option once, each K once.
-CASES = [(Sampling(temperature=1.0, coupling="gumbel"), 1),
-         (Sampling(temperature=0.7, top_k=5, coupling="gumbel"), 3),
-         (Sampling(top_p=0.8, coupling="gumbel"), 7)]
-IDS = ["t1_K1", "t0.7_top5_K3", "top_p0.8_K7"]
-
-
-def _batch():
-  return [PROMPTS[i % 2] for i in range(ROWS)]
-
-
-@pytest.fixture(scope="module", params=range(len(CASES)), ids=IDS)
-def decoded(request, tiny_pair):
-  """(sampling, K, autoregressive output, speculative output) on the big batch."""
-  target, draft = tiny_pair
-  sampling, k = CASES[request.param]
-  kwargs = dict(sampling=sampling, max_new_tokens=NEW, seed=SEEDS)
-  ar = generate(target, _batch(), method="autoregressive", **kwargs)
-  spec = generate(target, _batch(), draft=draft, method="speculative", num_draft=k, **kwargs)
-  return sampling, k, ar, spec
-
-
-def test_speculative_equals_autoregressive(decoded):
-  sampling, k, ar, spec = decoded
-  assert spec.tokens == ar.tokens          # every row, every token (4,000 seeds)
-  s = spec.stats
-  assert (s["new_tokens"] == NEW).all()
-  assert (s["drafted"] == k * s["target_calls"]).all()
-  # Both outcomes occur: some drafts accepted, some rejected (the tiny random
-  # pair agrees rarely, so this spans accepted prefixes and rollbacks).
-  assert 0 < s["accepted"].sum() < s["drafted"].sum()
-  assert (s["tokens_per_call"] > 1).any()
-
-
-def test_first_two_tokens_follow_the_target(tiny_pair, decoded):
-  target, draft = tiny_pair
-  sampling, _, _, spec = decoded
-  V = target.config.vocab_size
-  codes = np.array([t[:2] for t in spec.tokens]) @ np.array([V, 1])
-  for j, prompt in enumerate(PROMPTS):
-    observed = np.bincount(codes[j::2], minlength=V ** 2)
-    assert chi2_pvalue(observed, exact_joint(target, prompt, sampling, n=2)) > ALPHA, j
-    if j == 0:  # power: the draft's joint is rejected by the same statistic
-      wrong = exact_joint(draft, prompt, sampling, n=2)
-      assert chi2_pvalue(observed, wrong, strict=False) < ALPHA
-
-
-PICKED = [11, 4, 7, 0, 2, 9, 5]          # rows of the big batch, reordered
+SAMPLING = Sampling(temperature=0.7, top_k=5, top_p=0.8, coupling="gumbel")
+LONG_PROMPT = [i % 16 for i in range(20)]
+# Big-batch rows decoded speculatively, per K (module docstring).
+SPEC_ROWS = {1: list(range(256)), 3: list(range(256, 512)),
+             7: list(np.random.default_rng(0).permutation(ROWS)[:255])}
 
 
 @pytest.fixture(scope="module")
-def other_batch(tiny_pair):
-  """Seven big-batch rows, reordered, plus a 20-token prompt (padded width 32
-  instead of 16, a longer buffer): the K=3 case, decoded on one device."""
-  target, draft = tiny_pair
-  sampling, k = CASES[1]
-  prompts = [_batch()[i] for i in PICKED] + [[i % 16 for i in range(20)]]
-  kwargs = dict(draft=draft, num_draft=k, sampling=sampling, max_new_tokens=NEW)
-  seeds = [SEEDS[i] for i in PICKED] + [7]
-  return prompts, seeds, kwargs, generate(target, prompts, seed=seeds, **kwargs)
+def pair():
+  """1-layer target and draft over 16 tokens, host weights (no init compile)."""
+  cfg = get_preset("tiny", vocab_size=16, num_layers=1, tie_embeddings=False)
+  return LM(cfg, case.random_params(cfg, 0)), LM(cfg, case.random_params(cfg, 1))
 
 
-def test_row_output_independent_of_the_batch(tiny_pair, decoded, other_batch):
-  target, _ = tiny_pair
-  _, k, _, spec = decoded
-  if k != CASES[1][1]:
-    pytest.skip("the other batch is decoded for the K=3 case only (one more compile)")
-  prompts, _, kwargs, out = other_batch
-  assert out.tokens[:-1] == [spec.tokens[i] for i in PICKED]
-  # An int seed derives row b's key from (seed, b): moving a row changes its tokens.
-  rows = generate(target, prompts, seed=3, **kwargs).tokens
-  moved = generate(target, prompts[::-1], seed=3, **kwargs).tokens[::-1]
-  assert rows != moved
+@pytest.fixture(scope="module")
+def autoregressive(pair):
+  batch = [PROMPTS[i % 2] for i in range(ROWS)]
+  return generate(pair[0], batch, method="autoregressive", sampling=SAMPLING,
+                  max_new_tokens=NEW, seed=SEEDS)
 
 
-def test_mesh_equals_one_device(tiny_pair, other_batch):
-  """The same 8 rows on the (fsdp=2, tensor=4) mesh of 8 fake CPU devices: batch
-  split in two, heads and vocabulary in four (kv heads replicated)."""
-  target, _ = tiny_pair
-  prompts, seeds, kwargs, single = other_batch
-  mesh = sh.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
-  sharded = generate(target, prompts, seed=seeds, mesh=mesh, **kwargs)
-  assert sharded.tokens == single.tokens
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_speculative_equals_autoregressive_in_any_batch(pair, autoregressive, k):
+  target, draft = pair
+  rows = SPEC_ROWS[k]
+  prompts, seeds = [PROMPTS[i % 2] for i in rows], [SEEDS[i] for i in rows]
+  run = functools.partial(generate, target, draft=draft, method="speculative", num_draft=k,
+                          sampling=SAMPLING, max_new_tokens=NEW)
+  if k == 3:
+    run = functools.partial(run, mesh=sh.make_mesh({"data": 8, "fsdp": 1, "tensor": 1}))
+  if k == 7:
+    prompts, seeds = prompts + [LONG_PROMPT], seeds + [7]
+  out = run(prompts, seed=seeds)
+  assert out.tokens[:len(rows)] == [autoregressive.tokens[i] for i in rows]
+  s = out.stats
+  assert (s["new_tokens"] == NEW).all()
+  assert (s["drafted"] == k * s["target_calls"]).all()
+  # Both outcomes occur: drafts accepted and rejected, so accepted prefixes,
+  # bonus tokens and rollbacks are all exercised.
+  assert 0 < s["accepted"].sum() < s["drafted"].sum()
+  assert (s["tokens_per_call"] > 1).any()
+  if k == 1:
+    # An int seed derives row b's key from (seed, b): moving rows changes their tokens.
+    assert run(prompts, seed=3).tokens != run(prompts[::-1], seed=3).tokens[::-1]
+
+
+def test_first_two_tokens_follow_the_target(pair, autoregressive):
+  """The chi-square through the coupling (speculative output is the same tokens)."""
+  target, draft = pair
+  V = target.config.vocab_size
+  codes = np.array([t[:2] for t in autoregressive.tokens]) @ np.array([V, 1])
+  for j, prompt in enumerate(PROMPTS):
+    observed = np.bincount(codes[j::2], minlength=V ** 2)
+    assert chi2_pvalue(observed, exact_joint(target, prompt, SAMPLING, n=2)) > ALPHA, j
+    if j == 0:  # power: the draft's joint is rejected by the same statistic
+      wrong = exact_joint(draft, prompt, SAMPLING, n=2)
+      assert chi2_pvalue(observed, wrong, strict=False) < ALPHA
 
 
 # ------------------------------------------------------------------ the pure maths
 
-def test_log_weights_are_the_transformed_distribution():
-  logits = 3 * jax.random.normal(jax.random.key(0), (64, 50))
-  for sampling in (Sampling(temperature=0.7), Sampling(temperature=1.3, top_k=7),
-                   Sampling(top_p=0.6), Sampling(temperature=0.5, top_k=20, top_p=0.9)):
-    np.testing.assert_allclose(jax.nn.softmax(coupling.log_weights(sampling, logits)),
-                               sampling.probs(logits), rtol=1e-5, atol=1e-7)
+SAMPLINGS = [Sampling(temperature=1.0), Sampling(temperature=0.7, top_k=5), Sampling(top_p=0.8),
+             Sampling(temperature=0.5, top_k=9, top_p=0.9)]
 
 
-@pytest.mark.parametrize("sampling", [Sampling(temperature=1.0), Sampling(temperature=0.7, top_k=5),
-                                      Sampling(top_p=0.8), Sampling(temperature=0.5, top_k=9, top_p=0.9)])
+@functools.partial(jax.jit, static_argnums=0)
+def _transform_and_draw(sampling, logits_V, noise_NV):
+  weights = coupling.log_weights(sampling, logits_V)
+  tokens = coupling.propose(sampling, jnp.broadcast_to(logits_V, noise_NV.shape), noise_NV)
+  return jax.nn.softmax(weights), sampling.probs(logits_V), tokens
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["t1", "t0.7_top5", "top_p0.8", "all"])
 def test_gumbel_max_draws_follow_the_transform(sampling):
-  """propose() on 100,000 rows of one logit vector is distributed as sampling.probs."""
+  """log_weights is log sampling.probs up to a constant, and propose() on
+  100,000 noise rows is distributed as sampling.probs (chi-square)."""
   N, V = 100_000, 16
-  logits = 2 * jax.random.normal(jax.random.key(3), (V,))
-  noise = jax.random.gumbel(jax.random.key(4), (N, V))
-  tokens = np.asarray(jax.jit(coupling.propose, static_argnums=0)(
-      sampling, jnp.broadcast_to(logits, (N, V)), noise))
-  counts = np.bincount(tokens, minlength=V)
-  assert chi2_pvalue(counts, np.asarray(sampling.probs(logits), np.float64)) > ALPHA
+  rng = np.random.default_rng(3)
+  logits = (2 * rng.standard_normal(V)).astype(np.float32)
+  normalised, probs, tokens = _transform_and_draw(sampling, logits,
+                                                  rng.gumbel(size=(N, V)).astype(np.float32))
+  np.testing.assert_allclose(normalised, probs, rtol=1e-5, atol=1e-7)
+  counts = np.bincount(np.asarray(tokens), minlength=V)
+  assert chi2_pvalue(counts, np.asarray(probs, np.float64)) > ALPHA
   # Power: a wrong transform (temperature 2, none of the cases) is rejected.
-  assert chi2_pvalue(counts, np.asarray(jax.nn.softmax(logits / 2), np.float64), strict=False) < ALPHA
+  wrong = np.exp(logits / 2) / np.exp(logits / 2).sum()
+  assert chi2_pvalue(counts, wrong, strict=False) < ALPHA
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_acceptance_probability_formula(seed):
   """Monte Carlo of P(argmax(log p + g) == argmax(log q + g)) against the closed form,
-  at 5 sigma; and the closed form is below sum min(p, q), equal to it when p = q."""
+  at 5 sigma; and the closed form is below sum min(p, q), and 1 when p = q."""
   N, V = 200_000, 6
-  kp, kq, kg = jax.random.split(jax.random.key(seed), 3)
-  p = np.asarray(jax.random.dirichlet(kp, jnp.full(V, 0.5)), np.float64)
-  q = np.asarray(jax.random.dirichlet(kq, jnp.full(V, 0.5)), np.float64)
-  g = jax.random.gumbel(kg, (N, V))
-  same = np.asarray(jnp.argmax(jnp.log(p) + g, -1) == jnp.argmax(jnp.log(q) + g, -1))
-  alpha = coupling.acceptance_probability(p, q)
+  rng = np.random.default_rng(seed)
+  p, q = rng.dirichlet(np.full(V, 0.5)), rng.dirichlet(np.full(V, 0.5))
+  g = rng.gumbel(size=(N, V))
+  same = np.argmax(np.log(p) + g, -1) == np.argmax(np.log(q) + g, -1)
+  alpha = float(coupling.acceptance_probability(p, q))
   assert abs(same.mean() - alpha) < 5 * np.sqrt(alpha * (1 - alpha) / N)
   assert alpha < np.minimum(p, q).sum() - 0.01
-  np.testing.assert_allclose(coupling.acceptance_probability(q, q), 1.0, rtol=1e-12)
+  # The sorted O(V log V) form equals the O(V^2) definition.
+  brute = p * q / np.maximum(p[None] * q[:, None], q[None] * p[:, None]).sum(-1)
+  np.testing.assert_allclose(alpha, brute.sum(), rtol=1e-5)
+  np.testing.assert_allclose(coupling.acceptance_probability(q, q), 1.0, rtol=1e-5)
 
 
 def test_verify_contract():
   """Emitted tokens are the target's Gumbel-max tokens; the accepted prefix is the
   draft's longest prefix equal to them."""
   B, G, V = 64, 3, 5
-  k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
-  logits = jax.random.normal(k1, (B, G + 1, V))
-  noise = jax.random.gumbel(k2, (B, G + 1, V))
-  sampling = Sampling(coupling="gumbel")
-  target = np.asarray(coupling.propose(sampling, logits, noise))
-  draft = np.where(np.asarray(jax.random.bernoulli(k3, 0.6, (B, G))), target[:, :G],
-                   (target[:, :G] + 1) % V)
-  num, nxt, toks = coupling.verify(sampling, jnp.asarray(draft), logits, noise)
-  num, nxt, toks = np.asarray(num), np.asarray(nxt), np.asarray(toks)
+  rng = np.random.default_rng(2)
+  logits = rng.standard_normal((B, G + 1, V)).astype(np.float32)
+  noise = rng.gumbel(size=(B, G + 1, V)).astype(np.float32)
+  target = np.argmax(logits + noise, -1)                  # temperature 1: Gumbel-max
+  draft = np.where(rng.random((B, G)) < 0.6, target[:, :G], (target[:, :G] + 1) % V)
+  verify = jax.jit(coupling.verify, static_argnums=0)
+  num, nxt, toks = (np.asarray(x) for x in verify(Sampling(coupling="gumbel"), draft, logits, noise))
   np.testing.assert_array_equal(toks, target)
   np.testing.assert_array_equal(nxt, target[np.arange(B), num])
   for b in range(B):
@@ -211,8 +203,8 @@ GUMBEL = Sampling(coupling="gumbel")
     (dict(sampling=GUMBEL, seed="7"), "seed must be an int or"),
     (dict(seed=[1, 2]), "seed: one seed per row needs sampling.coupling='gumbel'"),
 ])
-def test_bad_coupling_settings_raise_before_compiling(tiny_pair, kwargs, message):
-  target, draft = tiny_pair
+def test_bad_coupling_settings_raise_before_compiling(pair, kwargs, message):
+  target, draft = pair
   before = dict(api.TRACE_COUNT)
   with pytest.raises(ValueError, match=message):
     generate(target, [[1, 2], [3]], draft=draft, max_new_tokens=4, **kwargs)

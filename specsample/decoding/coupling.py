@@ -134,20 +134,28 @@ def verify(sampling: Sampling, draft_tokens_BG: jax.Array, target_logits_BXV: ja
   return num_accepted_B.astype(jnp.int32), next_token_B, target_BX
 
 
-def acceptance_probability(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def acceptance_probability(p: jax.Array, q: jax.Array) -> jax.Array:
   """P(Gumbel-max of p == Gumbel-max of q) with shared noise, over the last axis (derivation above).
+
+  With r = p / q, max(p_j q_i, q_j p_i) is q_i p_j where r_j >= r_i and p_i q_j
+  elsewhere, so after sorting by r every denominator is two cumulative sums:
+  O(V log V) instead of O(V^2). Ties in r give equal terms either way.
 
   Args:
     p, q: [..., V] probabilities (draft, target).
 
   Returns:
-    [...] float64 in [0, sum min(p, q)].
+    [...] float32 in [0, sum min(p, q)].
   """
-  p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
-  # denominator[..., i] = sum_j max(p_j q_i, q_j p_i)
-  denominator = np.maximum(p[..., None, :] * q[..., :, None], q[..., None, :] * p[..., :, None]).sum(-1)
-  both = p * q
-  return np.where(both > 0, both / np.where(both > 0, denominator, 1), 0).sum(-1)
+  p, q = jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
+  ratio = jnp.where(q > 0, p / jnp.where(q > 0, q, 1), jnp.inf)      # p > 0 = q: +inf
+  order = jnp.argsort(ratio, axis=-1)
+  p_s, q_s = (jnp.take_along_axis(x, order, axis=-1) for x in (p, q))
+  p_at_or_above = jnp.flip(jnp.cumsum(jnp.flip(p_s, -1), -1), -1)      # sum of p_j, j >= i
+  q_below = jnp.cumsum(q_s, -1) - q_s                                  # sum of q_j, j < i
+  both = p_s * q_s
+  denominator = q_s * p_at_or_above + p_s * q_below
+  return jnp.where(both > 0, both / jnp.where(both > 0, denominator, 1), 0).sum(-1)
 
 
 # -------------------------------------------- dispatch used by the decode loops (static)

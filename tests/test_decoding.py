@@ -105,6 +105,7 @@ def test_rejection_never_nan_on_degenerate_inputs():
 # ------------------------------------------------------- 2. end to end, joint of 3 tokens
 
 _forward = jax.jit(tr.forward, static_argnums=0)  # one compile per (config, shape)
+_probs = jax.jit(Sampling.probs, static_argnums=0)  # eager top-p would compile op by op
 
 
 def exact_joint(lm: LM, prompt: list[int], sampling: Sampling, n: int = 3) -> np.ndarray:
@@ -114,7 +115,7 @@ def exact_joint(lm: LM, prompt: list[int], sampling: Sampling, n: int = 3) -> np
   seqs = np.concatenate([np.tile(prompt, (len(conts), 1)), conts], axis=1)
   logits, _ = _forward(lm.config, lm.params, jnp.asarray(seqs))
   P = len(prompt)
-  probs = np.asarray(sampling.probs(logits[:, P - 1:P - 1 + n]))               # [V^n, n, V]
+  probs = np.asarray(_probs(sampling, logits[:, P - 1:P - 1 + n]))             # [V^n, n, V]
   step = probs[np.arange(len(conts))[:, None], np.arange(n)[None], conts]      # [V^n, n]
   return step.prod(axis=1)
 

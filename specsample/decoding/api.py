@@ -270,7 +270,8 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
       may round differently in the last bits when the padded prompt width,
       the buffer length (which grows with K) or the number of tokens per
       forward (K + 1 versus 1) changes, and a Gumbel-max whose top two scores
-      are that close can then flip (tests/test_coupling.py bounds how often).
+      are that close can then flip. tests/test_coupling.py asserts exact
+      equality across K, batches, widths and a mesh, and sees no flip.
     pad_to: prompt and buffer lengths are rounded up to this multiple, so
       similar-length batches share one compilation.
     mesh: a jax.sharding.Mesh (sharding.make_mesh), possibly spanning hosts;

@@ -104,14 +104,18 @@ def test_rejection_never_nan_on_degenerate_inputs():
 
 # ------------------------------------------------------- 2. end to end, joint of 3 tokens
 
+_forward = jax.jit(tr.forward, static_argnums=0)  # one compile per (config, shape)
+_probs = jax.jit(Sampling.probs, static_argnums=0)  # eager top-p would compile op by op
+
+
 def exact_joint(lm: LM, prompt: list[int], sampling: Sampling, n: int = 3) -> np.ndarray:
   """P(x1..xn | prompt) for every continuation, by enumeration: [V**n]."""
   V = lm.config.vocab_size
   conts = np.array(list(itertools.product(range(V), repeat=n)), np.int32)      # [V^n, n]
   seqs = np.concatenate([np.tile(prompt, (len(conts), 1)), conts], axis=1)
-  logits, _ = jax.jit(lambda p, t: tr.forward(lm.config, p, t))(lm.params, jnp.asarray(seqs))
+  logits, _ = _forward(lm.config, lm.params, jnp.asarray(seqs))
   P = len(prompt)
-  probs = np.asarray(sampling.probs(logits[:, P - 1:P - 1 + n]))               # [V^n, n, V]
+  probs = np.asarray(_probs(sampling, logits[:, P - 1:P - 1 + n]))             # [V^n, n, V]
   step = probs[np.arange(len(conts))[:, None], np.arange(n)[None], conts]      # [V^n, n]
   return step.prod(axis=1)
 

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample import sharding as sh
-from specsample.decoding import autoregressive, calibrate, common, kv_prediction, speculative
+from specsample.decoding import (autoregressive, calibrate, common, coupling, kv_prediction,
+                                 speculative)
 from specsample.decoding.sampling import Sampling
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
@@ -48,12 +49,37 @@ class GenerateOutput:
   stats: dict[str, np.ndarray]
 
 
+def _is_seed(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and 0 <= x < coupling.SEED_LIMIT
+
+
+def check_seed(seed, sampling: Sampling, num_rows: int) -> None:
+  """An int, or under coupling='gumbel' one int per row; ValueError naming `seed` otherwise."""
+  if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+    if sampling.coupling == "gumbel" and not _is_seed(seed):
+      raise ValueError(f"seed must be in [0, 2**32) with sampling.coupling='gumbel', got {seed}")
+    return
+  if not isinstance(seed, (list, tuple, np.ndarray)):
+    raise ValueError(f"seed must be an int or (with sampling.coupling='gumbel') a sequence of one "
+                     f"int per prompt, got {type(seed).__name__}")
+  if sampling.coupling != "gumbel":
+    raise ValueError(f"seed: one seed per row needs sampling.coupling='gumbel' (got "
+                     f"coupling={sampling.coupling!r}, which draws a whole batch from one key)")
+  if len(seed) != num_rows:
+    raise ValueError(f"seed: {len(seed)} per-row seeds for {num_rows} prompts; give one per prompt")
+  for i, s in enumerate(seed):
+    if not _is_seed(s):
+      raise ValueError(f"seed[{i}] must be an int in [0, 2**32), got {s!r}")
+
+
 def check_settings(target: LM, draft: LM | None, method: str, num_draft,
-                   sampling: Sampling, max_new_tokens: int, eos_id: int | None) -> None:
+                   sampling: Sampling, max_new_tokens: int, eos_id: int | None,
+                   seed: int | Sequence[int] = 0, num_rows: int = 1) -> None:
   """Raises ValueError naming the offending setting. Cheap; no compilation."""
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
   sampling.validate()
+  check_seed(seed, sampling, num_rows)
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
   if eos_id is not None and not 0 <= eos_id < target.config.vocab_size:
@@ -99,13 +125,15 @@ def buffer_len(prompt_width: int, max_new_tokens: int, num_draft: int, method: s
 
 def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], method: str,
             num_draft, sampling: Sampling, max_new_tokens: int, eos_id: int | None,
-            pad_to: int) -> tuple[np.ndarray, np.ndarray, common.DecodeSpec]:
+            pad_to: int, seed: int | Sequence[int] = 0
+            ) -> tuple[np.ndarray, np.ndarray, common.DecodeSpec]:
   """Checks every setting and pads the prompts, before anything compiles.
 
   Returns:
     ([B, P] padded prompts, [B] prompt lengths, the loop's DecodeSpec).
   """
-  check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id)
+  check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id, seed,
+                 len(prompts))
   prompts_BP, prompt_len = pad_prompts(prompts, target.config.vocab_size, pad_to)
   speculative_ = method == "speculative"
   largest_k = calibrate.max_draft(num_draft) if speculative_ else 0
@@ -179,7 +207,8 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
     fn(target_params, draft_params, prompts [B, P], prompt_len [B], key_data [2],
     cost [C], force_index [], max_iterations []) -> (tokens [B, L], length [B],
     target_calls [B], drafted [B], accepted [B]), plus the final caches as a
-    sixth element on a mesh. key_data is jax.random.key_data of the PRNG key.
+    sixth element on a mesh. key_data is jax.random.key_data of the PRNG key:
+    [2], or [B, 2] one key per row under coupling='gumbel' (coupling.row_key_data).
     cost, force_index and max_iterations are speculative_loop's (the
     iteration cost of each K of "auto", and two timing hooks: pass any array,
     -1 and 2**31 - 1 to decode). draft_params is ignored (pass None) for
@@ -196,7 +225,9 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
   def run(target_params, draft_params, prompts_BP, prompt_len_B, key_data, cost_C, force_index,
           max_iterations, kvp_params=None):
     TRACE_COUNT[method] += 1
-    key = jax.random.wrap_key_data(key_data)
+    key, row_keys = jax.random.wrap_key_data(key_data), None
+    if spec.sampling.coupling == "gumbel":  # noise by (row key, position): no loop key
+      key, row_keys = jax.random.key(0), key
     target_cache = aux_cache = None
     if kvp is not None:
       target_cache, aux_cache = kv_prediction.prefill(
@@ -206,11 +237,11 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
       s = speculative.speculative_loop(
           target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP, prompt_len_B,
           key, cost_C, force_index, max_iterations, ablate, target_cache,
-          aux_cache if kvp is not None and kvp.aux_is_draft else None)
+          aux_cache if kvp is not None and kvp.aux_is_draft else None, row_keys)
       return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
               (s.target_cache, s.draft_cache))
     s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
-                                           prompt_len_B, key, target_cache)
+                                           prompt_len_B, key, target_cache, row_keys)
     zeros = jnp.zeros_like(s.target_calls)
     return s.tokens, s.length, s.target_calls, zeros, zeros, (s.cache,)
 
@@ -230,7 +261,7 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
 def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None = None,
              method: str = "speculative", num_draft: int | str | Sequence[int] = 4,
              sampling: Sampling = Sampling(), max_new_tokens: int = 64,
-             eos_id: int | None = None, seed: int = 0, pad_to: int = 16, mesh=None,
+             eos_id: int | None = None, seed: int | Sequence[int] = 0, pad_to: int = 16, mesh=None,
              rules: sh.Rules | None = None, draft_rules: sh.Rules | None = None,
              iteration_costs: Sequence[float] | None = None, prefill: str = "full",
              kvp: kv_prediction.KVP | None = None) -> GenerateOutput:
@@ -248,7 +279,16 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     sampling: temperature / top-k / top-p, applied to both models.
     max_new_tokens: tokens generated per row at most.
     eos_id: a row stops after emitting this id (included in its output).
-    seed: PRNG seed.
+    seed: PRNG seed: an int, or with sampling.coupling='gumbel' one int in
+      [0, 2**32) per prompt. Under 'gumbel' an int gives row b the key
+      fold_in(key(seed), b), so only per-row seeds make a row's output
+      independent of the rest of the batch (its size, order and content).
+      The guarantee is exact for the sampling maths; the models themselves
+      may round differently in the last bits when the padded prompt width,
+      the buffer length (which grows with K) or the number of tokens per
+      forward (K + 1 versus 1) changes, and a Gumbel-max whose top two scores
+      are that close can then flip. tests/test_coupling.py asserts exact
+      equality across K, batches, widths and a mesh, and sees no flip.
     pad_to: prompt and buffer lengths are rounded up to this multiple, so
       similar-length batches share one compilation.
     mesh: a jax.sharding.Mesh (sharding.make_mesh), possibly spanning hosts;
@@ -284,7 +324,7 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     if kvp_spec.aux_is_draft:
       draft = kvp.aux
   prompts_BP, prompt_len, spec = prepare(target, draft, prompts, method, num_draft, sampling,
-                                         max_new_tokens, eos_id, pad_to)
+                                         max_new_tokens, eos_id, pad_to, seed)
   calibrate.check_costs(iteration_costs, spec.draft_choices)
   if kvp_spec is not None and spec.buffer_len > kvp.aux.config.max_seq_len:
     raise ValueError(f"the prompts need a kvp auxiliary cache of {spec.buffer_len} positions, "
@@ -292,7 +332,10 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
   speculative_ = method == "speculative"
   draft_cfg = draft.config if speculative_ else None
   draft_params = draft.params if speculative_ else None
-  key_data = np.asarray(jax.random.key_data(jax.random.key(seed)))
+  if sampling.coupling == "gumbel":
+    key_data = coupling.row_key_data(seed, len(prompt_len))       # [B, 2]
+  else:
+    key_data = np.asarray(jax.random.key_data(jax.random.key(seed)))
   B, P = prompts_BP.shape
   placement, extra = (), ()
   if mesh is None:

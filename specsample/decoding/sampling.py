@@ -26,6 +26,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+# How sampled tokens are drawn and verified (decoding/coupling.py): 'rejection'
+# is the modified rejection sampler of rejection.py, 'gumbel' the Gumbel-max
+# coupling keyed by (row seed, position) that makes speculative output equal
+# autoregressive output token for token.
+COUPLINGS = ("rejection", "gumbel")
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -36,10 +42,15 @@ class Sampling:
     top_k: keep the k most likely tokens; 0 disables. Must be >= 0.
     top_p: keep the smallest set of tokens whose mass reaches top_p; 1.0
       disables. Must be in (0, 1].
+    coupling: 'rejection' (standard speculative sampling) or 'gumbel' (each
+      row's tokens fixed by its seed and positions: the same whatever the
+      method, K, batch or mesh; decoding/coupling.py). Both sample exactly
+      from `probs`; greedy output is the same under both.
   """
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  coupling: str = "rejection"
 
   def validate(self) -> "Sampling":
     if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
@@ -48,6 +59,8 @@ class Sampling:
       raise ValueError(f"sampling.top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
     if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
       raise ValueError(f"sampling.top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
+    if self.coupling not in COUPLINGS:
+      raise ValueError(f"sampling.coupling must be one of {COUPLINGS}, got {self.coupling!r}")
     return self
 
   @property

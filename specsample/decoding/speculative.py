@@ -48,7 +48,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from specsample.decoding import common
+from specsample.decoding import common, coupling
 from specsample.decoding.rejection import rejection_sample
 from specsample.decoding.sampling import sample
 from specsample.models import transformer as tr
@@ -74,6 +74,7 @@ class SpecState:
   accepted: jax.Array        # [B] draft tokens accepted
   accept_ema: jax.Array      # [B] f32 discounted accepted draft tokens (auto K)
   trials_ema: jax.Array      # [B] f32 discounted acceptance trials (auto K)
+  row_keys: jax.Array | None # [B] per-row keys of coupling='gumbel'; None otherwise
 
 
 def _stand_in(inputs, value):
@@ -119,14 +120,27 @@ class _Parts:
       return _stand_in(logits, jax.ShapeDtypeStruct(logits.shape, jnp.float32))
     return self.spec.sampling.probs(logits)
 
-  def verify(self, draft_tokens_BG, draft_probs_BGV, target_probs_BXV, key):
-    if "rejection" not in self.ablate:
-      return rejection_sample(draft_tokens_BG, draft_probs_BGV, target_probs_BXV, key,
-                              greedy=self.spec.sampling.greedy)
-    B, G = draft_tokens_BG.shape
-    int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-    like = (int32(B), int32(B), int32(B, G + 1))
-    return _stand_in((draft_tokens_BG, draft_probs_BGV, target_probs_BXV, key), like)
+  @property
+  def gumbel(self) -> bool:
+    return self.spec.sampling.coupling == "gumbel"
+
+  def draw(self, logits_BV, key, noise_BV):
+    """(tokens [B], probs [B, V] for the rejection step, or None under gumbel)."""
+    if self.gumbel:  # Gumbel-max on the position's noise (decoding/coupling.py)
+      return coupling.draw(self.spec.sampling, logits_BV, key, noise_BV)
+    probs_BV = self.probs(logits_BV)
+    return sample(key, probs_BV, greedy=self.spec.sampling.greedy), probs_BV
+
+  def verify(self, draft_tokens_BG, draft_probs_BGV, target_logits_BXV, key, noise_BXV):
+    if "rejection" in self.ablate:
+      B, G = draft_tokens_BG.shape
+      int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
+      like = (int32(B), int32(B), int32(B, G + 1))
+      return _stand_in((draft_tokens_BG, draft_probs_BGV, target_logits_BXV, key), like)
+    if self.gumbel:
+      return coupling.verify(self.spec.sampling, draft_tokens_BG, target_logits_BXV, noise_BXV)
+    return rejection_sample(draft_tokens_BG, draft_probs_BGV, self.probs(target_logits_BXV), key,
+                            greedy=self.spec.sampling.greedy)
 
   def commit(self, s, prompt_len_B, emitted_BX, num_emitted_B):
     if "commit" not in self.ablate:
@@ -146,23 +160,26 @@ def _draft_first(parts: _Parts, s: SpecState):
   return logits_BV, cache.with_lengths(s.length)
 
 
-def _draft(parts: _Parts, num_draft: int, s: SpecState, key):
-  """Proposes G tokens per row. Returns (tokens [B, G], probs [B, G, V] f32, cache)."""
-  greedy = parts.spec.sampling.greedy
+def _draft(parts: _Parts, num_draft: int, s: SpecState, key, noise_BXV):
+  """Proposes G tokens per row. Returns (tokens [B, G], probs [B, G, V] f32 or None
+  under coupling='gumbel', cache). noise_BXV: the block's Gumbel noise, or None."""
   keys = jax.random.split(key, num_draft)
+  noise_GBV = None if noise_BXV is None else noise_BXV[:, :num_draft].transpose(1, 0, 2)
   logits_BV, cache = _draft_first(parts, s)
-  probs_BV = parts.probs(logits_BV)
-  token_B = sample(keys[0], probs_BV, greedy=greedy)
+  token_B, probs_BV = parts.draw(logits_BV, keys[0], None if noise_GBV is None else noise_GBV[0])
 
-  def step(carry, step_key):
+  def step(carry, xs):
     cache, token_B = carry
+    step_key, noise_BV = xs
     logits_B1V, cache = parts.draft(token_B[:, None], cache)
-    probs_BV = parts.probs(logits_B1V[:, 0])
-    next_B = sample(step_key, probs_BV, greedy=greedy)
+    next_B, probs_BV = parts.draw(logits_B1V[:, 0], step_key, noise_BV)
     return (cache, next_B), (next_B, probs_BV)
 
-  (cache, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (cache, token_B), keys[1:])
+  xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:])
+  (cache, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (cache, token_B), xs)
   tokens_BG = jnp.concatenate([token_B[:, None], rest_GB.T], axis=1)
+  if probs_BV is None:  # coupling='gumbel' verifies tokens, not probabilities
+    return tokens_BG, None, cache
   probs_BGV = jnp.concatenate([probs_BV[:, None], rest_probs_GBV.transpose(1, 0, 2)], axis=1)
   return tokens_BG, probs_BGV, cache
 
@@ -203,22 +220,30 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
     key, draft_key, accept_key = jax.random.split(s.key, 3)
     current_B1 = common.read_rows(s.tokens, s.length - 1, 1)
     target_cache_in = s.target_cache.with_lengths(s.length - 1)
+    vocab = target_cfg.vocab_size
     if num_draft == 0:
+      noise_BV = coupling.noise(spec.sampling, s.row_keys, s.length, vocab)
       draft_logits_BV, draft_cache = _draft_first(parts, s)
       logits_B1V, target_cache = parts.target(current_B1, target_cache_in)
-      target_probs_BV = parts.probs(logits_B1V[:, 0])
-      token_B = sample(accept_key, target_probs_BV, greedy=spec.sampling.greedy)
-      overlap_B = jnp.minimum(parts.probs(draft_logits_BV), target_probs_BV).sum(-1)
+      token_B, target_probs_BV = parts.draw(logits_B1V[:, 0], accept_key, noise_BV)
+      if parts.gumbel:  # one Bernoulli draw of this coupling's acceptance
+        draft_token_B, _ = parts.draw(draft_logits_BV, accept_key, noise_BV)
+        overlap_B = (draft_token_B == token_B).astype(jnp.float32)
+      else:
+        overlap_B = jnp.minimum(parts.probs(draft_logits_BV), target_probs_BV).sum(-1)
       zeros_B = jnp.zeros_like(s.length)
       return _finish(parts, s, prompt_len_B, key, token_B[:, None], zeros_B + 1, target_cache,
                      draft_cache, 0, zeros_B, overlap_B, jnp.ones_like(overlap_B))
 
-    draft_tokens_BG, draft_probs_BGV, draft_cache = _draft(parts, num_draft, s, draft_key)
+    # The noise of positions length .. length + G (None for coupling='rejection').
+    noise_BXV = coupling.noise(spec.sampling, s.row_keys, s.length, vocab, num_draft + 1)
+    draft_tokens_BG, draft_probs_BGV, draft_cache = _draft(parts, num_draft, s, draft_key,
+                                                           noise_BXV)
     # One target pass over [current, x_1..x_G] at each row's own offset.
     block_BX = jnp.concatenate([current_B1, draft_tokens_BG], axis=1)   # [B, G + 1]
     logits_BXV, target_cache = parts.target(block_BX, target_cache_in)
-    num_accepted_B, _, emitted_BX = parts.verify(
-        draft_tokens_BG, draft_probs_BGV, parts.probs(logits_BXV), accept_key)
+    num_accepted_B, _, emitted_BX = parts.verify(draft_tokens_BG, draft_probs_BGV, logits_BXV,
+                                                 accept_key, noise_BXV)
     # Acceptance trials: the accepted tokens, plus the rejection if there was one.
     trials_B = num_accepted_B + (num_accepted_B < num_draft)
     return _finish(parts, s, prompt_len_B, key, emitted_BX, num_accepted_B + 1, target_cache,
@@ -255,7 +280,8 @@ def choose(s: SpecState, choices: tuple[int, ...], cost_C: jax.Array, remaining_
 def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
                spec: common.DecodeSpec, target_params, draft_params, prompts_BP: jax.Array,
                prompt_len_B: jax.Array, key: jax.Array, target_cache: tr.KVCache | None = None,
-               draft_cache: tr.KVCache | None = None) -> SpecState:
+               draft_cache: tr.KVCache | None = None, row_keys: jax.Array | None = None
+               ) -> SpecState:
   """The state before the first iteration: both caches prefilled, unless given."""
   B, P = prompts_BP.shape
   tokens_BL = common.init_buffer(prompts_BP, spec.buffer_len)
@@ -269,7 +295,7 @@ def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig
                    if draft_cache is None else draft_cache),
       key=key, target_calls=zeros_B, drafted=zeros_B, accepted=zeros_B,
       accept_ema=jnp.full((B,), prior_accept, jnp.float32),
-      trials_ema=jnp.full((B,), prior_trials, jnp.float32))
+      trials_ema=jnp.full((B,), prior_trials, jnp.float32), row_keys=row_keys)
 
 
 def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
@@ -279,7 +305,8 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
                      max_iterations: jax.Array | int = 2**31 - 1,
                      ablate: frozenset[str] = frozenset(),
                      target_cache: tr.KVCache | None = None,
-                     draft_cache: tr.KVCache | None = None) -> SpecState:
+                     draft_cache: tr.KVCache | None = None,
+                     row_keys: jax.Array | None = None) -> SpecState:
   """Generates until every row is done. Jit with configs and `spec` static.
 
   Args:
@@ -300,13 +327,14 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
     target_cache, draft_cache: precomputed prompt caches in the loop's
       convention (length - 1 valid positions, [B, spec.buffer_len]), e.g. from
       KV Prediction (decoding/kv_prediction.py); None runs a full prefill.
+    row_keys: [B] per-row PRNG keys, for coupling='gumbel' only.
 
   Returns:
     The final SpecState; generated tokens of row b are
     tokens[b, prompt_len[b] : length[b]].
   """
   state = init_state(target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP,
-                     prompt_len_B, key, target_cache, draft_cache)
+                     prompt_len_B, key, target_cache, draft_cache, row_keys)
   body_of = lambda k: make_body(target_cfg, draft_cfg, spec, k, target_params, draft_params,
                                 prompt_len_B, ablate)
   if spec.draft_choices:

@@ -81,8 +81,12 @@ def cell_fingerprint(cell: Cell, config, tasks: dict, model_fps: dict) -> str:
           "data": tasks[cell.task].fingerprint, "target": model_fps["target"],
           "tokenizer": model_fps["tokenizer"]}
   if cell.kind == "generate":
-    spec.update(sampling=dataclasses.asdict(grid.sampling_for(config, cell.task, cell.sampling)),
-                max_new_tokens=c.max_new_tokens, pad_to=c.pad_to, seed=config.seed)
+    sampling = dataclasses.asdict(grid.sampling_for(config, cell.task, cell.sampling))
+    if sampling.get("coupling") == "rejection":
+      # The default, whose output is unchanged bit for bit since the field was
+      # added: records written before it stay valid.
+      del sampling["coupling"]
+    spec.update(sampling=sampling, max_new_tokens=c.max_new_tokens, pad_to=c.pad_to, seed=config.seed)
     if cell.method == "speculative":
       spec["draft"] = model_fps["draft"]
     if cell.task == "humaneval":

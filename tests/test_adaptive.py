@@ -33,7 +33,9 @@ def test_auto_greedy_equals_autoregressive_and_compiles_once(tiny_pair, greedy_a
   out = generate(target, GREEDY_PROMPTS, draft=target, num_draft="auto", sampling=GREEDY, **KWARGS)
   assert out.tokens == greedy_ar.tokens
   assert (out.stats["acceptance_rate"] == 1).all()
-  assert (out.stats["draft_per_call"] > 2).all(), out.stats["draft_per_call"]
+  # (A row that hits eos after one iteration only saw the prior's choice.)
+  s = out.stats
+  assert s["drafted"].sum() / s["target_calls"].sum() > 2, s["draft_per_call"]
   before = dict(api.TRACE_COUNT)
   other = [[2, 2, 2], [5, 1], [3, 4, 5, 6, 7, 8, 9], [1], [8] * 9]   # same padded shape
   generate(target, other, draft=target, num_draft="auto", sampling=GREEDY, seed=3, **KWARGS)
@@ -56,7 +58,7 @@ def test_choose_minimises_the_bottleneck_rows_time(done):
   state = speculative.SpecState(
       tokens=None, length=None, done=np.array(done), target_cache=None,
       draft_cache=None, key=None, target_calls=None, drafted=None, accepted=None,
-      accept_ema=alpha * 10, trials_ema=np.full(2, 10.0, np.float32))
+      accept_ema=alpha * 10, trials_ema=np.full(2, 10.0, np.float32), row_keys=None)
   choices = (0, 1, 2, 4)
   cost = np.array([1.0, 1.1, 1.2, 1.4], np.float32)
   remaining = np.array([20, 10])
@@ -139,3 +141,16 @@ def test_timing_hooks_force_k_and_cut_the_loop(tiny_pair):
   np.testing.assert_array_equal(out[3], 10)                # at K = 2
   with pytest.raises(ValueError, match="ks must include 0"):
     breakdown.measure(target, draft, GREEDY_PROMPTS, GREEDY, (1, 2), 24)
+
+
+def test_auto_under_the_gumbel_coupling_equals_autoregressive(tiny_pair):
+  """coupling='gumbel' keys the noise by position, so the K picked per iteration
+  (here forced to mix by the costs) cannot change a row's tokens."""
+  target, draft = tiny_pair
+  sampling = Sampling(temperature=1.0, top_k=8, coupling="gumbel")
+  seeds = list(range(100, 100 + len(GREEDY_PROMPTS)))
+  kwargs = dict(sampling=sampling, max_new_tokens=24, eos_id=14, seed=seeds)
+  ar = generate(target, GREEDY_PROMPTS, method="autoregressive", **kwargs)
+  out = generate(target, GREEDY_PROMPTS, draft=draft, num_draft=(0, 1, 2),
+                 iteration_costs=[1.0, 1.3, 1.6], **kwargs)
+  assert out.tokens == ar.tokens

@@ -197,7 +197,6 @@ def test_benchmark_runlocal_via_flags(saved_pair, tmp_path):
     assert r["expected_tokens"] == pytest.approx(e)
     assert r["bound"] == pytest.approx(e / (2 * r["c"] + r["v_k"]))
     assert r["measured_over_bound"] == pytest.approx(r["speedup"] / r["bound"])
-    assert all(math.isfinite(v) for v in r["profile"].values())
   # Every table row names the machine.
   label = results["machine"]["label"]
   rows = [l for l in markdown.splitlines() if l.startswith("| ") and "ms/token" not in l]

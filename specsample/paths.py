@@ -234,6 +234,16 @@ def local_file(p: str) -> Iterator[str]:
       os.remove(tmp)
 
 
+def swap_in_folder(tmp: str, directory: str) -> None:
+  """Replaces local `directory` (if any) by the finished folder `tmp`: two renames,
+  so a reader sees the old folder or the new one, never a half-written one."""
+  old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
+  if os.path.exists(directory):
+    os.rename(directory, old)
+  os.rename(tmp, directory)
+  shutil.rmtree(old, ignore_errors=True)
+
+
 def check_writable(directory: str, field: str = "workdir") -> None:
   """Creates `directory` and writes then deletes a probe file in it.
 

@@ -28,7 +28,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from typing import Any
 
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from specsample import paths
 from specsample import sharding as sh
 from specsample.decoding import common
 from specsample.models import io as model_io
@@ -186,11 +186,7 @@ def save_kvp(directory: str, target: LM, aux: LM, predictor_params, layer_map, *
           **(extra or {})}
   with open(os.path.join(tmp, "kvp.json"), "w") as f:
     json.dump(meta, f, indent=2)
-  old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
-  if os.path.exists(directory):
-    os.rename(directory, old)
-  os.rename(tmp, directory)
-  shutil.rmtree(old, ignore_errors=True)
+  paths.swap_in_folder(tmp, directory)
   return directory
 
 

@@ -74,11 +74,7 @@ def _atomic_dir(directory: str, write) -> str:
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
-  if os.path.exists(directory):
-    os.rename(directory, old)
-  os.rename(tmp, directory)
-  shutil.rmtree(old, ignore_errors=True)
+  paths.swap_in_folder(tmp, directory)
   return directory
 
 

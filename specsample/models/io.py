@@ -72,11 +72,7 @@ def save_lm(directory: str, config: tr.TransformerConfig, params, *,
   if main:
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(meta, f, indent=2)
-    old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
-    if os.path.exists(directory):
-      os.rename(directory, old)
-    os.rename(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    paths.swap_in_folder(tmp, directory)
   if multi:
     multihost_utils.sync_global_devices(f"save_lm done {directory}")
   return directory

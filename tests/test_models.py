@@ -14,6 +14,9 @@ from specsample.models import presets
 from specsample.models import transformer as tr
 
 ATOL = 2e-4  # logits are O(10): ~1e-5 relative
+# Jitted (one compile per shape) rather than run op by op: the same function, a
+# fraction of the time.
+_forward = jax.jit(tr.forward, static_argnums=0)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,8 @@ def model():
   # Grouped-query (4 heads, 2 kv heads), untied, GELU: exercises the options
   # the tiny_pair fixture does not.
   cfg = presets.get_preset("tiny", tie_embeddings=False, mlp_type="gelu")
-  params = jax.tree_util.tree_map(lambda x: 2 * x, tr.init_params(cfg, jax.random.key(3)))
+  params = jax.tree_util.tree_map(lambda x: 2 * x, jax.jit(tr.init_params, static_argnums=0)(
+      cfg, jax.random.key(3)))
   return cfg, params
 
 
@@ -32,21 +36,21 @@ def _tokens(cfg, B, T, seed=0):
 def test_shapes_and_dtypes(model):
   cfg, params = model
   tokens = _tokens(cfg, 3, 5)
-  logits, no_cache = tr.forward(cfg, params, tokens)
+  logits, no_cache = _forward(cfg, params, tokens)
   assert logits.shape == (3, 5, cfg.vocab_size) and logits.dtype == jnp.float32
   assert no_cache is None
   cache = tr.init_cache(cfg, 3, 16)
   assert cache.k[0].shape == (3, 16, cfg.num_kv_heads, cfg.head_dim)
   assert len(cache.k) == len(cache.v) == cfg.num_layers
-  logits, cache = tr.forward(cfg, params, tokens, cache)
+  logits, cache = _forward(cfg, params, tokens, cache)
   assert logits.shape == (3, 5, cfg.vocab_size)
   np.testing.assert_array_equal(cache.lengths, [5, 5, 5])
 
 
 def test_bfloat16_compute_keeps_float32_logits(model):
   cfg, params = model
-  logits, _ = tr.forward(cfg.replace(dtype="bfloat16"), params, _tokens(cfg, 2, 4))
-  full, _ = tr.forward(cfg, params, _tokens(cfg, 2, 4))
+  logits, _ = _forward(cfg.replace(dtype="bfloat16"), params, _tokens(cfg, 2, 4))
+  full, _ = _forward(cfg, params, _tokens(cfg, 2, 4))
   assert logits.dtype == jnp.float32
   # bf16 round-off (8 mantissa bits through 2 layers), not a different model.
   err = np.abs(np.asarray(logits - full)).max()
@@ -56,11 +60,11 @@ def test_bfloat16_compute_keeps_float32_logits(model):
 def test_prefill_then_decode_equals_full_forward(model):
   cfg, params = model
   tokens = _tokens(cfg, 2, 12)
-  full, _ = tr.forward(cfg, params, tokens)
+  full, _ = _forward(cfg, params, tokens)
   cache = tr.init_cache(cfg, 2, 16)
-  logits, cache = tr.forward(cfg, params, tokens[:, :5], cache)  # prefill
+  logits, cache = _forward(cfg, params, tokens[:, :5], cache)  # prefill
   outs = [logits]
-  step = jax.jit(lambda c, t: tr.forward(cfg, params, t, c))
+  step = jax.jit(lambda c, t: _forward(cfg, params, t, c))
   for t in range(5, 12):  # 1-token decode
     logits, cache = step(cache, tokens[:, t:t + 1])
     outs.append(logits)
@@ -74,24 +78,24 @@ def test_extension_at_mixed_row_offsets_equals_full_forward(model):
   cfg, params = model
   B, T, L = 4, 5, 20
   tokens = _tokens(cfg, B, L, seed=1)
-  full, _ = tr.forward(cfg, params, tokens)
+  full, _ = _forward(cfg, params, tokens)
   offsets = np.array([0, 3, 7, 11])
   cache = tr.init_cache(cfg, B, 32)
   # Fill each row to its own offset, with garbage written past it that must be
   # ignored (stale entries are masked by position, not zeroed).
-  _, cache = tr.forward(cfg, params, _tokens(cfg, B, 15, seed=9), cache)
+  _, cache = _forward(cfg, params, _tokens(cfg, B, 15, seed=9), cache)
   rows = []
   for b in range(B):
     c = tr.init_cache(cfg, 1, 32)
     if offsets[b]:
-      _, c = tr.forward(cfg, params, tokens[b:b + 1, :offsets[b]], c)
+      _, c = _forward(cfg, params, tokens[b:b + 1, :offsets[b]], c)
     rows.append(c)
   # Stitch per-row prefixes into one cache; stale garbage stays beyond offsets.
   k = tuple(_merge(cache.k[i], [r.k[i] for r in rows], offsets) for i in range(cfg.num_layers))
   v = tuple(_merge(cache.v[i], [r.v[i] for r in rows], offsets) for i in range(cfg.num_layers))
   cache = tr.KVCache(k=k, v=v, lengths=jnp.asarray(offsets, jnp.int32))
   new = jnp.stack([tokens[b, offsets[b]:offsets[b] + T] for b in range(B)])
-  logits, cache = tr.forward(cfg, params, new, cache)
+  logits, cache = _forward(cfg, params, new, cache)
   want = jnp.stack([full[b, offsets[b]:offsets[b] + T] for b in range(B)])
   np.testing.assert_allclose(logits, want, atol=ATOL)
   np.testing.assert_array_equal(cache.lengths, offsets + T)
@@ -110,12 +114,12 @@ def test_rollback_by_lowering_lengths(model):
   """Rejected tokens are removed by lowering lengths; rewriting gives fresh logits."""
   cfg, params = model
   tokens = _tokens(cfg, 2, 10, seed=2)
-  full, _ = tr.forward(cfg, params, tokens)
+  full, _ = _forward(cfg, params, tokens)
   cache = tr.init_cache(cfg, 2, 16)
-  _, cache = tr.forward(cfg, params, tokens[:, :6], cache)
-  _, cache = tr.forward(cfg, params, _tokens(cfg, 2, 3, seed=5), cache)  # to be rejected
+  _, cache = _forward(cfg, params, tokens[:, :6], cache)
+  _, cache = _forward(cfg, params, _tokens(cfg, 2, 3, seed=5), cache)  # to be rejected
   cache = cache.with_lengths(jnp.array([6, 6]))
-  logits, _ = tr.forward(cfg, params, tokens[:, 6:10], cache)
+  logits, _ = _forward(cfg, params, tokens[:, 6:10], cache)
   np.testing.assert_allclose(logits, full[:, 6:10], atol=ATOL)
 
 
@@ -124,8 +128,8 @@ def test_causality(model):
   cfg, params = model
   tokens = _tokens(cfg, 1, 10, seed=4)
   changed = tokens.at[0, 6].set((tokens[0, 6] + 1) % cfg.vocab_size)
-  a, _ = tr.forward(cfg, params, tokens)
-  b, _ = tr.forward(cfg, params, changed)
+  a, _ = _forward(cfg, params, tokens)
+  b, _ = _forward(cfg, params, changed)
   np.testing.assert_array_equal(a[:, :6], b[:, :6])
   assert np.abs(np.asarray(a[:, 6:] - b[:, 6:])).max() > 1e-3  # and it does reach t onward
 

@@ -1,8 +1,8 @@
 """Adaptive K (num_draft="auto" or a set of K): lossless, compiled once, and it really adapts.
 
 The statistical test reuses test_decoding's exact-enumeration chi-square with
-ALPHA = 1e-4 per assertion; this file makes 2 such assertions (2 prompts),
-so a correct sampler fails it with probability < 2e-4 (union bound) for a
+ALPHA = 1e-4 per assertion; this file makes 4 such assertions (2 prompts, 2
+settings), so a correct sampler fails it with probability < 4e-4 (union bound) for a
 random seed; seeds are fixed, so a given run is deterministic.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from specsample.decoding import Sampling, api, calibrate, generate
-from specsample.decoding import speculative
+from specsample.decoding import adaptive, speculative
 from specsample.eval import breakdown
 from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue, exact_joint
 
@@ -62,24 +62,28 @@ def test_choose_minimises_the_bottleneck_rows_time(done):
   state = speculative.SpecState(
       tokens=None, length=None, done=np.array(done), target_cache=None,
       draft_cache=None, key=None, target_calls=None, drafted=None, accepted=None,
-      accept_ema=alpha * 10, trials_ema=np.full(2, 10.0, np.float32), row_keys=None)
+      accept_ema=alpha * 10, trials_ema=np.full(2, 10.0, np.float32), row_keys=None,
+      zero_streak=np.int32(0), ar_only=np.bool_(False))
   choices = (0, 1, 2, 4)
   cost = np.array([1.0, 1.1, 1.2, 1.4], np.float32)
   remaining = np.array([20, 10])
   # Time to finish = cost_K x max over active rows of remaining / E(alpha, K).
   active = ~np.array(done)
-  time_ = [c * max(r / speculative.expected_tokens(float(a), k)
+  time_ = [c * max(r / adaptive.expected_tokens(float(a), k)
                    for a, r, on in zip(alpha, remaining, active) if on)
            for k, c in zip(choices, cost)]
-  chosen = int(speculative.choose(state, choices, cost, remaining))
+  chosen = int(adaptive.choose(state, choices, cost, remaining))
   assert chosen == int(np.argmin(time_))
   # Alone, the high-alpha row wants K=4; with the low-alpha row active, K=4
   # would make that row the bottleneck, and K=2 finishes first.
   assert chosen == (3 if done[1] else 2)
 
 
-def test_auto_samples_the_target_distribution(tiny_pair):
-  """Costs chosen so that K moves between 0, 1 and 2 as the acceptance estimate moves."""
+@pytest.mark.parametrize("ar_after", [speculative.AR_AFTER, 1])
+def test_auto_samples_the_target_distribution(tiny_pair, monkeypatch, ar_after):
+  """Costs chosen so that K moves between 0, 1 and 2 as the acceptance estimate moves;
+  with ar_after=1 most rows also end in the draft-free steps of ar_only."""
+  monkeypatch.setattr(speculative, "AR_AFTER", ar_after)
   target, draft = tiny_pair
   V = target.config.vocab_size
   sampling = Sampling(temperature=1.0)
@@ -90,6 +94,24 @@ def test_auto_samples_the_target_distribution(tiny_pair):
   for j, prompt in enumerate(prompts):
     codes = np.array([out.tokens[i] for i in range(j, len(batch), 2)]) @ (V ** np.arange(2, -1, -1))
     assert chi2_pvalue(np.bincount(codes, minlength=V ** 3), exact_joint(target, prompt, sampling)) > ALPHA
+
+
+def test_auto_gives_up_on_the_draft_losslessly(tiny_pair, greedy_ar, monkeypatch):
+  """After AR_AFTER iterations at K = 0, auto runs draft-free target steps for the rest
+  of the call (the draft cache falls behind): still token for token autoregressive."""
+  monkeypatch.setattr(speculative, "AR_AFTER", 2)
+  target, draft = tiny_pair
+  prompts, prompt_len, spec = api.prepare(target, draft, GREEDY_PROMPTS, "speculative", (0, 1),
+                                          GREEDY, 24, 14, 16)
+  loop = jax.jit(speculative.speculative_loop, static_argnums=(0, 1, 2))
+  # K = 1 pays at the prior alpha (0.5): 1.5 tokens for 1.45; below alpha 0.45 it does not.
+  s = loop(target.config, draft.config, spec, target.params, draft.params, prompts, prompt_len,
+           jax.random.key(0), np.array([1.0, 1.45], np.float32))
+  assert bool(s.ar_only)
+  tokens = [np.asarray(s.tokens)[b, prompt_len[b]:int(s.length[b])].tolist()
+            for b in range(len(GREEDY_PROMPTS))]
+  assert tokens == greedy_ar.tokens
+  assert int(np.asarray(s.drafted).sum()) > 0   # it did speculate before giving up
 
 
 @pytest.mark.parametrize("num_draft,costs,field", [

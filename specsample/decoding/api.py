@@ -274,7 +274,7 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     method: 'autoregressive' or 'speculative'.
     num_draft: draft tokens per iteration (the paper's K), an int >= 1; or
       'auto': every iteration picks K in 0..8 (0 = an autoregressive step)
-      maximising expected tokens per unit time (speculative.choose); or a set
+      maximising expected tokens per unit time (adaptive.choose); or a set
       of ints to pick from instead of 0..8.
     sampling: temperature / top-k / top-p, applied to both models.
     max_new_tokens: tokens generated per row at most.

@@ -1,7 +1,7 @@
 """Adaptive K ("auto"): which K values it may pick, and what one iteration at each costs.
 
 The cost of an iteration at K, measured on the actual shapes, parameters and
-device, is the denominator of the rule speculative.choose maximises,
+device, is the denominator of the rule adaptive.choose maximises,
 E(alpha, K) / cost_K. It is measured once per (pair, loop shape, placement) in
 a process and cached, on the very compiled loop that then decodes (no second
 compile): with K forced (`force_index`) and the loop cut at 0 and at TRIPS

@@ -32,7 +32,7 @@ class DecodeSpec:
     num_draft: the paper's K (draft lookahead G); with draft_choices, the
       largest K; ignored by autoregressive.
     buffer_len: L, token-buffer and cache length (prompt + new + slack).
-    draft_choices: the K set of "auto" (speculative.choose picks one per
+    draft_choices: the K set of "auto" (adaptive.choose picks one per
       iteration); () for a fixed K.
   """
   sampling: Sampling

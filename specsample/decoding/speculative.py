@@ -14,10 +14,13 @@ Each iteration, for every row at once, with G = the iteration's K:
 G is fixed (`spec.num_draft`), or chosen every iteration ("auto",
 `spec.draft_choices`): a `lax.switch` over one body per K in the set, each
 with static shapes, picks the K that maximises expected tokens per unit of
-time, E(alpha, K) / cost_K, for the batch's bottleneck row (`choose`), where
+time, E(alpha, K) / cost_K, for the batch's bottleneck row (adaptive.choose), where
 cost_K is the measured time of one iteration at K (decoding/calibrate.py) and
 alpha_b an exponentially discounted estimate of row b's acceptance rate. K = 0 is a plain
-autoregressive step (which also keeps the draft cache in step). Every body is
+autoregressive step (which also keeps the draft cache in step, and observes
+the acceptance rate for free). After AR_AFTER consecutive K = 0 choices auto
+gives up on the draft for the rest of the call (`ar_only`): draft-free target
+steps, which cost what the autoregressive loop's steps cost. Every body is
 lossless given the tokens so far, and the choice depends only on those, so
 the output is distributed as the target's whatever K is picked.
 
@@ -49,16 +52,16 @@ import jax
 import jax.numpy as jnp
 
 from specsample.decoding import common, coupling
+from specsample.decoding.adaptive import ALPHA_DECAY, ALPHA_PRIOR, choose
 from specsample.decoding.rejection import rejection_sample
 from specsample.decoding.sampling import sample
 from specsample.models import transformer as tr
 
 # Parts of an iteration that make_body can replace by stand-ins (see _stand_in).
 ABLATABLE = ("draft_forward", "target_forward", "transform", "rejection", "commit")
-# Adaptive K: discount of the acceptance statistics per iteration (an
-# effective window of ~10 iterations), and their prior: alpha = 0.5 worth 2 trials.
-ALPHA_DECAY = 0.9
-ALPHA_PRIOR = (1.0, 2.0)
+# After this many consecutive iterations at K = 0, auto stops running the
+# draft: the rest of the call is plain autoregressive steps (`_target_step`).
+AR_AFTER = 4
 
 
 @flax.struct.dataclass(kw_only=True)
@@ -75,6 +78,8 @@ class SpecState:
   accept_ema: jax.Array      # [B] f32 discounted accepted draft tokens (auto K)
   trials_ema: jax.Array      # [B] f32 discounted acceptance trials (auto K)
   row_keys: jax.Array | None # [B] per-row keys of coupling='gumbel'; None otherwise
+  zero_streak: jax.Array     # [] consecutive iterations auto chose K = 0
+  ar_only: jax.Array         # [] bool: auto gave up on the draft for this call
 
 
 def _stand_in(inputs, value):
@@ -103,7 +108,8 @@ class _Parts:
   def _forward(self, which, tokens_BT, cache):
     cfg, params = self._target if which == "target_forward" else self._draft
     if which not in self.ablate:
-      return tr.forward(cfg, params, tokens_BT, cache)
+      with jax.named_scope(which):
+        return tr.forward(cfg, params, tokens_BT, cache)
     B, T = tokens_BT.shape
     logits = jax.ShapeDtypeStruct((B, T, cfg.vocab_size), jnp.float32)
     logits_BTV = _stand_in((tokens_BT, cache), logits)
@@ -118,7 +124,8 @@ class _Parts:
   def probs(self, logits):
     if "transform" in self.ablate:
       return _stand_in(logits, jax.ShapeDtypeStruct(logits.shape, jnp.float32))
-    return self.spec.sampling.probs(logits)
+    with jax.named_scope("transform"):
+      return self.spec.sampling.probs(logits)
 
   @property
   def gumbel(self) -> bool:
@@ -127,9 +134,11 @@ class _Parts:
   def draw(self, logits_BV, key, noise_BV):
     """(tokens [B], probs [B, V] for the rejection step, or None under gumbel)."""
     if self.gumbel:  # Gumbel-max on the position's noise (decoding/coupling.py)
-      return coupling.draw(self.spec.sampling, logits_BV, key, noise_BV)
+      with jax.named_scope("transform"):
+        return coupling.draw(self.spec.sampling, logits_BV, key, noise_BV)
     probs_BV = self.probs(logits_BV)
-    return sample(key, probs_BV, greedy=self.spec.sampling.greedy), probs_BV
+    with jax.named_scope("transform"):
+      return sample(key, probs_BV, greedy=self.spec.sampling.greedy), probs_BV
 
   def verify(self, draft_tokens_BG, draft_probs_BGV, target_logits_BXV, key, noise_BXV):
     if "rejection" in self.ablate:
@@ -137,10 +146,11 @@ class _Parts:
       int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
       like = (int32(B), int32(B), int32(B, G + 1))
       return _stand_in((draft_tokens_BG, draft_probs_BGV, target_logits_BXV, key), like)
-    if self.gumbel:
-      return coupling.verify(self.spec.sampling, draft_tokens_BG, target_logits_BXV, noise_BXV)
-    return rejection_sample(draft_tokens_BG, draft_probs_BGV, self.probs(target_logits_BXV), key,
-                            greedy=self.spec.sampling.greedy)
+    with jax.named_scope("rejection"):
+      if self.gumbel:
+        return coupling.verify(self.spec.sampling, draft_tokens_BG, target_logits_BXV, noise_BXV)
+      return rejection_sample(draft_tokens_BG, draft_probs_BGV, self.probs(target_logits_BXV),
+                              key, greedy=self.spec.sampling.greedy)
 
   def commit(self, s, prompt_len_B, emitted_BX, num_emitted_B):
     if "commit" not in self.ablate:
@@ -187,21 +197,22 @@ def _draft(parts: _Parts, num_draft: int, s: SpecState, key, noise_BXV):
 def _finish(parts: _Parts, s: SpecState, prompt_len_B, key, emitted_BX, num_emitted_B,
             target_cache, draft_cache, num_draft: int, accepted_B, accept_obs_B, trials_obs_B):
   """Commits the emitted tokens, rolls both caches back and updates the counters."""
-  tokens, length, done, _ = parts.commit(s, prompt_len_B, emitted_BX, num_emitted_B)
-  active_B = ~s.done
-  active = active_B.astype(jnp.int32)
-  discount = lambda ema_B, obs_B: jnp.where(active_B, ALPHA_DECAY * ema_B + obs_B, ema_B)
-  return s.replace(
-      tokens=tokens, length=length, done=done, key=key,
-      # Roll back: only committed positions stay valid. The draft's next
-      # iteration re-sets its own offset (see module docstring).
-      target_cache=target_cache.with_lengths(length - 1),
-      draft_cache=draft_cache.with_lengths(jnp.maximum(length - 2, 0)),
-      target_calls=s.target_calls + active,
-      drafted=s.drafted + num_draft * active,
-      accepted=s.accepted + accepted_B * active,
-      accept_ema=discount(s.accept_ema, accept_obs_B),
-      trials_ema=discount(s.trials_ema, trials_obs_B))
+  with jax.named_scope("commit"):
+    tokens, length, done, _ = parts.commit(s, prompt_len_B, emitted_BX, num_emitted_B)
+    active_B = ~s.done
+    active = active_B.astype(jnp.int32)
+    discount = lambda ema_B, obs_B: jnp.where(active_B, ALPHA_DECAY * ema_B + obs_B, ema_B)
+    return s.replace(
+        tokens=tokens, length=length, done=done, key=key,
+        # Roll back: only committed positions stay valid. The draft's next
+        # iteration re-sets its own offset (see module docstring).
+        target_cache=target_cache.with_lengths(length - 1),
+        draft_cache=draft_cache.with_lengths(jnp.maximum(length - 2, 0)),
+        target_calls=s.target_calls + active,
+        drafted=s.drafted + num_draft * active,
+        accepted=s.accepted + accepted_B * active,
+        accept_ema=discount(s.accept_ema, accept_obs_B),
+        trials_ema=discount(s.trials_ema, trials_obs_B))
 
 
 def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
@@ -253,28 +264,32 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
   return body
 
 
-def expected_tokens(alpha, num_draft: int):
-  """E(alpha, K) = 1 + alpha + ... + alpha^K, tokens per iteration (PAPERS.md section 2)."""
-  return sum(alpha ** i for i in range(num_draft + 1))
+def make_target_step(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
+                     spec: common.DecodeSpec, target_params, draft_params, prompt_len_B):
+  """A plain autoregressive step, SpecState -> SpecState, that leaves the draft alone.
 
-
-def choose(s: SpecState, choices: tuple[int, ...], cost_C: jax.Array, remaining_B: jax.Array
-           ) -> jax.Array:
-  """Index into `choices` of the K that finishes the batch soonest, one step ahead.
-
-  A batch of fixed rows runs until its slowest row is done, so the rate that
-  matters is not the mean tokens per iteration but how fast the bottleneck
-  row advances: with E(alpha_b, K) expected tokens per iteration for row b
-  and remaining_b tokens to go, the batch needs about max_b remaining_b /
-  E(alpha_b, K) more iterations, each costing cost_K. The choice minimises
-  that product (at batch 1: maximises E(alpha, K) / cost_K). Done rows are
-  ignored; an all-done batch (never run: the loop has stopped) picks by the
-  prior.
+  What auto runs once it has given up on the draft (`ar_only`): the target
+  emits one token from its own distribution; the draft cache falls behind,
+  which is why the mode never ends within a call; the acceptance statistics
+  stay as they were.
   """
-  alpha_B = s.accept_ema / s.trials_ema
-  remaining_B = jnp.where(s.done, 0.0, jnp.maximum(remaining_B, 1).astype(jnp.float32))
-  iterations_C = jnp.stack([jnp.max(remaining_B / expected_tokens(alpha_B, k)) for k in choices])
-  return jnp.argmin(iterations_C * cost_C)
+  parts = _Parts(target_cfg, draft_cfg, spec, target_params, draft_params, frozenset())
+
+  def body(s: SpecState) -> SpecState:
+    key, _, accept_key = jax.random.split(s.key, 3)
+    current_B1 = common.read_rows(s.tokens, s.length - 1, 1)
+    noise_BV = coupling.noise(spec.sampling, s.row_keys, s.length, target_cfg.vocab_size)
+    logits_B1V, target_cache = parts.target(current_B1, s.target_cache.with_lengths(s.length - 1))
+    token_B, _ = parts.draw(logits_B1V[:, 0], accept_key, noise_BV)
+    zeros_B = jnp.zeros_like(s.length)
+    no_obs_B = jnp.zeros(s.length.shape, jnp.float32)
+    # No observation: (accept_ema, trials_ema) only decay, and keep their ratio.
+    out = _finish(parts, s, prompt_len_B, key, token_B[:, None], zeros_B + 1, target_cache,
+                  s.draft_cache, 0, zeros_B, no_obs_B, no_obs_B)
+    return out.replace(draft_cache=s.draft_cache, accept_ema=s.accept_ema,
+                       trials_ema=s.trials_ema)
+
+  return body
 
 
 def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
@@ -295,7 +310,8 @@ def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig
                    if draft_cache is None else draft_cache),
       key=key, target_calls=zeros_B, drafted=zeros_B, accepted=zeros_B,
       accept_ema=jnp.full((B,), prior_accept, jnp.float32),
-      trials_ema=jnp.full((B,), prior_trials, jnp.float32), row_keys=row_keys)
+      trials_ema=jnp.full((B,), prior_trials, jnp.float32), row_keys=row_keys,
+      zero_streak=jnp.int32(0), ar_only=jnp.bool_(False))
 
 
 def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
@@ -338,11 +354,22 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
   body_of = lambda k: make_body(target_cfg, draft_cfg, spec, k, target_params, draft_params,
                                 prompt_len_B, ablate)
   if spec.draft_choices:
-    bodies = [body_of(k) for k in spec.draft_choices]
+    choices = spec.draft_choices
+    bodies = [body_of(k) for k in choices]
+    if 0 in choices:  # the draft-free step of ar_only (make_target_step)
+      bodies.append(make_target_step(target_cfg, draft_cfg, spec, target_params, draft_params,
+                                     prompt_len_B))
     remaining = lambda s: spec.max_new_tokens - (s.length - prompt_len_B)
-    pick = lambda s: jnp.where(force_index >= 0, force_index,
-                               choose(s, spec.draft_choices, cost_C, remaining(s)))
-    body = lambda s: jax.lax.switch(pick(s), bodies, s)
+
+    def body(s):
+      index = jnp.where(force_index >= 0, force_index,
+                        choose(s, choices, cost_C, remaining(s)))
+      if 0 not in choices:
+        return jax.lax.switch(index, bodies, s)
+      s = jax.lax.switch(jnp.where(s.ar_only, len(choices), index), bodies, s)
+      # Auto (never a forced K) gives up on the draft after AR_AFTER K = 0 in a row.
+      streak = jnp.where((index == choices.index(0)) & (force_index < 0), s.zero_streak + 1, 0)
+      return s.replace(zero_streak=streak, ar_only=s.ar_only | (streak >= AR_AFTER))
   else:
     body = body_of(spec.num_draft)
 

@@ -54,17 +54,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.nucleus = ml_collections.ConfigDict({"temperature": 0.8, "top_k": 0, "top_p": 0.95})
   c.seed = 0                 # PRNG seed of every generate call
   c.auto = True              # also time num_draft="auto" (K chosen per iteration) per setting
-  # K values of the ablation breakdown (eval/breakdown.py): one loop per part and
-  # setting with these K, each compiled once; must include 0 (the unit of c and
-  # v_K). () skips it.
+  # K values of the breakdown (eval/breakdown.py): one loop per setting with these
+  # K, compiled once, each K timed and profiled inside it; must include 0 (the
+  # unit of c and v_K). () skips it.
   c.breakdown_ks = tuple(range(0, 9))
-  c.breakdown_trips = 8      # loop iterations per timed breakdown call (and 0, subtracted)
+  c.breakdown_trips = 16     # loop iterations per timed / traced breakdown call
+  # Also the ablation cross-check: one more loop per part and setting (6 compiles
+  # of ~15 s each per setting), which does not add up (eval/breakdown.py).
+  c.breakdown_ablation = False
 
   # --- Timing ---
-  # Timed speculative passes per K after its warm-up (each call's fastest is
-  # kept). Autoregressive passes are interleaved, one per K, so AR gets
-  # len(k_sweep) + 1 of them. On a loaded machine use 2 or 3 (+2 to 4 min).
-  c.repeats = 1
+  # Timed rounds after every loop's warm-up: one round is a pass of AR, of every
+  # K, then of auto (round-robin, so the machine's drift hits all alike); each
+  # call's fastest wall over the rounds is kept. About 1 min per round.
+  c.repeats = 3
   c.pad_to = 16              # generate's pad_to (prompt and buffer rounding)
   c.forward_seconds = 0.1    # each c / v_K / prefill / sampling measurement runs about this long
   c.forward_repeats = 3      # such measurements per quantity; the minimum is kept

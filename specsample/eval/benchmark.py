@@ -14,12 +14,13 @@ same shapes, so compilation never lands in a timing. Definitions:
 * bound_sampled adds each step's sampling cost to c and v_K.
 * auto: num_draft="auto" (K picked per iteration, decoding/calibrate.py),
   against the best fixed K of the sweep (the oracle) and K = 4.
-* breakdown: ms per loop iteration split into parts by ablation inside the
-  compiled loop (eval/breakdown.py), with c, v_K and the bound measured the
-  same way.
+* breakdown: ms per loop iteration split into parts by a profiler trace of
+  the compiled loop itself (eval/breakdown.py, eval/trace.py), with c, v_K and
+  the bound taken from the same trace (bound_loop); optionally the ablation
+  cross-check.
 
-Autoregressive passes are interleaved with the speculative ones, so load that
-comes and goes on a shared machine hits both sides of a ratio. On a device
+All loops are timed round-robin (AR, every K, auto, then again), so load that
+comes and goes on a shared machine hits every side of a ratio alike. On a device
 mesh (config.mesh) every generate call, forward and alpha runs on the mesh;
 only the sampling transform is timed on one device per process.
 """
@@ -80,9 +81,12 @@ def humaneval_prompts(tokenizer: Tokenizer, num_prompts: int, prompt_tokens: int
 def check_config(config) -> None:
   """Raises ValueError / FileNotFoundError naming the bad field. Before any model is loaded."""
   for name in ("num_prompts", "prompt_tokens", "max_new_tokens", "repeats", "forward_repeats",
-               "pad_to"):
+               "pad_to", "breakdown_trips"):
     if not is_positive_int(config[name]):
       raise ValueError(f"{name} must be an int >= 1, got {config[name]!r}")
+  for name in ("auto", "breakdown_ablation"):
+    if not isinstance(config[name], bool):
+      raise ValueError(f"{name} must be True or False, got {config[name]!r}")
   if not config.forward_seconds > 0:
     raise ValueError(f"forward_seconds must be > 0, got {config.forward_seconds!r}")
   if not config.batch_sizes:
@@ -157,31 +161,33 @@ class _Pieces:
 
 def _time_loops(config, target: LM, draft: LM, batches, common: dict, bar, label: str
                 ) -> tuple[timing.GenerateTiming, dict[int, timing.GenerateTiming]]:
-  """AR and every K's speculative timings; AR passes interleaved (spec, AR, spec, ...)."""
+  """AR, every K's and auto's timings: all warmed up, then `repeats` round-robin rounds.
+
+  One round is a pass of AR, then of every K, then of auto, so drift of the
+  machine's speed (seconds-long on a shared VM) hits every variant alike, and
+  each call's fastest wall over the rounds is kept (timing.summarise).
+  """
   traces = api.TRACE_COUNT
-  ar_kwargs = dict(method="autoregressive", **common)
-  bar.set_postfix_str(f"{label} autoregressive")
-  ar_warmup = timing.warm_up(target, batches, **ar_kwargs)
-  ar_traces = traces["autoregressive"]
-  ar_passes = [timing.timed_pass(target, batches, **ar_kwargs)]
-  bar.update()
-  spec_timings = {}
+  variants = {"autoregressive": dict(method="autoregressive", **common)}
   for k in tuple(config.k_sweep) + (("auto",) if config.auto else ()):
-    bar.set_postfix_str(f"{label} K={k}")
-    spec_kwargs = dict(method="speculative", draft=draft, num_draft=k, **common)
-    spec_warmup = timing.warm_up(target, batches, **spec_kwargs)
-    spec_traces, spec_passes = traces["speculative"], []
-    for r in range(config.repeats):
-      spec_passes.append(timing.timed_pass(target, batches, **spec_kwargs))
-      if r == 0:  # AR passes spread over the whole sweep
-        ar_passes.append(timing.timed_pass(target, batches, **ar_kwargs))
-    spec_timings[k] = timing.summarise(spec_passes, spec_warmup,
-                                       traces["speculative"] != spec_traces)
-    bar.update()
-    tqdm.write(f"{label} K={k}: {spec_timings[k].ms_per_token:.2f} ms/token, "
-               f"AR {min(p.ms_per_token for p in ar_passes):.2f}")
-  ar = timing.summarise(ar_passes, ar_warmup, traces["autoregressive"] != ar_traces)
-  return ar, spec_timings
+    variants[k] = dict(method="speculative", draft=draft, num_draft=k, **common)
+  warmup_s = {}
+  for name, kwargs in variants.items():
+    bar.set_postfix_str(f"{label} {'K=' if name != 'autoregressive' else ''}{name} warm-up")
+    warmup_s[name] = timing.warm_up(target, batches, **kwargs)
+  warm = dict(traces)
+  passes = {name: [] for name in variants}
+  for r in range(config.repeats):
+    bar.set_postfix_str(f"{label} round {r + 1}/{config.repeats}")
+    for name, kwargs in variants.items():
+      passes[name].append(timing.timed_pass(target, batches, **kwargs))
+  recompiled = traces != warm  # a timed call compiled: its timing is not to be trusted
+  out = {name: timing.summarise(passes[name], warmup_s[name], recompiled) for name in variants}
+  bar.update(len(variants))
+  ar = out.pop("autoregressive")
+  tqdm.write(f"{label}: AR {ar.ms_per_token:.2f} ms/token; " + ", ".join(
+      f"K={k} {t.ms_per_token:.2f}" for k, t in out.items()))
+  return ar, out
 
 
 def _speculative_row(k: int, sp: timing.GenerateTiming, ar: timing.GenerateTiming,
@@ -254,9 +260,11 @@ def _auto_row(sp: timing.GenerateTiming, ar: timing.GenerateTiming, ar_decode: f
 def _breakdown(config, target: LM, draft: LM, prompts, sampling: Sampling, alpha: float,
                setting: dict) -> dict:
   """eval/breakdown.py on the setting's first batch, with the bound from in-loop c and v_K."""
-  out = breakdown_lib.measure(target, draft, prompts, sampling, config.breakdown_ks,
-                              config.max_new_tokens, config.pad_to, config.breakdown_trips,
-                              config.forward_repeats)
+  args = (target, draft, prompts, sampling, config.breakdown_ks, config.max_new_tokens,
+          config.pad_to, config.breakdown_trips, config.forward_repeats)
+  out = breakdown_lib.measure(*args)
+  if config.breakdown_ablation:
+    out["ablation"] = breakdown_lib.ablation(*args)
   decode = {r["K"]: r["decode_speedup"] for r in setting["speculative"]}
   out["bound"], out["decode_over_bound"] = [], []
   for k, c, v_k in zip(out["K"], out["c"], out["v_k"]):
@@ -275,11 +283,9 @@ def run(config, command: str = "", start: Callable[[], None] = lambda: None) -> 
   speculative ms/token, speedup, acceptance statistics, c, v_K, the bound and
   "auto" and the breakdown (module docstring). See configs/benchmark.py for the fields.
 
-  Autoregressive passes are spread over the sweep (one after the first
-  speculative pass of every K) and the AR ms/token is the best over all of
-  them: load that comes and goes on a shared machine then hits both sides of
-  a ratio alike. Taking the best of more AR passes than speculative ones can
-  only understate the speedup.
+  Every loop is warmed up first, then timed in `repeats` round-robin rounds
+  (AR, every K, auto), so load that comes and goes on a shared machine hits
+  all sides of a ratio alike.
 
   `start` runs once the config is checked, before any JAX work (scripts
   start jax.distributed there: cli.start_jax).

@@ -26,9 +26,9 @@ def format_markdown(results: dict) -> str:
       f"({results['draft']['num_layers']} layers, d_model {results['draft']['d_model']}). "
       f"{len(results['prompts'])} HumanEval prompts ({results['prompts'][0]}, ...), each cut to its "
       f"last {cfg['prompt_tokens']} tokens, {cfg['max_new_tokens']} new tokens per row, "
-      f"{'stopping' if cfg['stop_at_eos'] else 'not stopping'} at eos; per K a warm-up, then "
-      f"{cfg['repeats']} timed pass(es), one autoregressive pass after the first; each call's "
-      "fastest wall is kept (AR: over all its passes).", "",
+      f"{'stopping' if cfg['stop_at_eos'] else 'not stopping'} at eos; every loop warmed up, "
+      f"then {cfg['repeats']} round(s) of one timed pass of each (AR, every K, auto: "
+      "round-robin); each call's fastest wall over the rounds is kept.", "",
       "ms/token = wall / mean new tokens per row, prefill included; speedup = autoregressive "
       "ms/token / speculative ms/token at the same batch and sampling. decode = the same with "
       "the separately timed prefill taken out of both walls: the part the bound models. alpha = "
@@ -41,7 +41,7 @@ def format_markdown(results: dict) -> str:
       "", "## Summary (best K per setting, by end-to-end speedup)", "",
       "auto = num_draft='auto', K picked every iteration inside the loop (mean K shown); "
       "oracle = the best fixed K of the sweep, found by timing them all. bound_loop = the bound "
-      "with c and v_K measured by ablation inside the loop (breakdown below).", "",
+      "with c and v_K from the profiler trace of the loop (breakdown below).", "",
       "| batch | sampling | AR ms/token | best K | speedup | decode speedup | bound | "
       "decode / bound | bound_loop | decode / bound_loop | auto speedup | auto mean K | "
       "auto / oracle | auto / K=4 | machine |",
@@ -105,29 +105,49 @@ def _at_k(breakdown: dict | None, k: int) -> dict:
   return {name: values[i] for name, values in breakdown.items() if isinstance(values, list)}
 
 
-BREAKDOWN_PARTS = ("draft_forward", "target_forward", "transform", "rejection", "commit", "rest")
+TRACED_PARTS = ("draft_forward", "target_forward", "transform", "rejection", "commit",
+                "xla_copies", "other", "idle")
+ABLATED_PARTS = ("draft_forward", "target_forward", "transform", "rejection", "commit", "rest")
 
 
 def _breakdown_lines(b: dict) -> list[str]:
   lines = [
-      "", "Where an iteration's time goes, ms, by ablation inside the compiled loop "
-      "(eval/breakdown.py): each part = full iteration - the iteration with that part replaced "
-      "by a stand-in of the same shapes; rest = the iteration with every part replaced (loop, "
-      "switch, buffer reads, roll-back, counters). sum = parts + rest, residual = (full - sum) "
-      "/ full. K = 0 is an autoregressive step that keeps the draft cache in step; its target "
-      "forward is the unit of c and v_K. Compile s = compile and first run of each variant's loop.",
-      "",
-      "| K | full | draft fwd | target fwd | transforms | rejection | commit | rest | sum | "
-      "residual | c | v_K | bound_loop | decode / bound_loop |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      "", "Where an iteration's time goes, ms, from a profiler trace of the compiled loop "
+      "itself (eval/breakdown.py): every thunk XLA ran in the loop is charged to the named "
+      "scope it was traced under; xla copies = copies XLA inserted (loop carry, layouts); "
+      "other = unscoped ops (current token, block, K choice); idle = no thunk running (the "
+      "executor between thunks, loop condition, switch). sum = the traced iteration, which the "
+      "parts add up to exactly. measured = the same loop untraced, interleaved with the traces; "
+      "overhead = sum / measured - 1 (the profiler's ~us per thunk, plus drift). K = 0 is an "
+      "autoregressive step that keeps the draft cache in step; its target forward is the unit "
+      "of c and v_K.", "",
+      "| K | measured | draft fwd | target fwd | transforms | rejection | commit | xla copies | "
+      "other | idle | sum | overhead | thunks | c | v_K | bound_loop | decode / bound_loop |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for k in b["K"]:
     r = _at_k(b, k)
-    parts = " | ".join(_f(r[p]) for p in BREAKDOWN_PARTS)
-    lines.append(f"| {k} | {r['full']:.2f} | {parts} | {r['sum']:.2f} | {100 * r['residual']:.1f}% "
-                 f"| {_f(r['c'], 3)} | {_f(r['v_k'])} | {_f(r['bound'])} | "
-                 f"{_f(r['decode_over_bound'])} |")
-  compile_s = ", ".join(f"{name} {sec:.0f}" for name, sec in b["compile_s"].items())
-  return lines + ["", f"Compile s: {compile_s}."]
+    parts = " | ".join(_f(r[p]) for p in TRACED_PARTS)
+    lines.append(f"| {k} | {r['measured']:.2f} | {parts} | {r['traced']:.2f} | "
+                 f"{100 * r['overhead']:+.1f}% | {r['thunks']:.0f} | {_f(r['c'], 3)} | "
+                 f"{_f(r['v_k'])} | {_f(r['bound'])} | {_f(r['decode_over_bound'])} |")
+  lines += ["", f"Compile s of the loop: {b['compile_s']:.0f}."]
+  a = b.get("ablation")
+  if a:
+    lines += [
+        "", "Cross-check by ablation (eval/breakdown.py): each part = full iteration - the "
+        "iteration with that part replaced by a stand-in of the same shapes, rest = every part "
+        "replaced; residual = (full - sum) / full. It does not add up: removing a part changes "
+        "how XLA compiles the rest.", "",
+        "| K | full | draft fwd | target fwd | transforms | rejection | commit | rest | sum | "
+        "residual |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in a["K"]:
+      r = _at_k(a, k)
+      parts = " | ".join(_f(r[p]) for p in ABLATED_PARTS)
+      lines.append(f"| {k} | {r['full']:.2f} | {parts} | {r['sum']:.2f} | "
+                   f"{100 * r['residual']:.1f}% |")
+    compile_s = ", ".join(f"{name} {sec:.0f}" for name, sec in a["compile_s"].items())
+    lines += ["", f"Compile s of the ablation variants: {compile_s}."]
+  return lines
 
 
 def write_results(results: dict, output_dir: str) -> tuple[str, str]:

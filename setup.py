@@ -31,7 +31,8 @@ setup(
         "matplotlib>=3.8",          # results/ plots of the reproduction
     ],
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.88", "scipy>=1.11"],  # scipy: chi-square p-values
+        # scipy: chi-square p-values; pytest-xdist: test files in parallel (pytest.ini).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.88", "scipy>=1.11"],
         # gs:// paths (specsample/paths.py; orbax's own gs:// metadata): etils.epath reads and
         # writes buckets through fsspec's gcsfs. Checkpoint arrays go through tensorstore.
         "gcs": ["gcsfs"],

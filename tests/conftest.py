@@ -18,6 +18,12 @@ from specsample.models import transformer as tr  # noqa: E402
 from specsample.models.presets import get_preset  # noqa: E402
 
 
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto` (pytest.ini): one worker per core, at most 4 (each holds ~2 GB of JAX)."""
+  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, min(4, usable or 1))
+
+
 def _random_lm(config, seed: int, scale: float) -> LM:
   # Untied embeddings give random models whose next-token
   # distributions are neither uniform nor one-hot: good test cases.

@@ -31,8 +31,8 @@ def test_attribute_splits_overlaps_and_counts_idle():
   assert out["other"] == pytest.approx(5)
   assert out["idle"] == pytest.approx(3 + 2)
   assert out["wall"] == pytest.approx(25)
-  assert out["thunks"] == 4
-  assert sum(v for k, v in out.items() if k not in ("wall", "thunks")) == pytest.approx(25)
+  assert out["thunks"] == 4 and out["thunks:a"] == 2 and out["thunks:b"] == 1
+  assert sum(v for k, v in out.items() if k in ("a", "b", "other", "idle")) == pytest.approx(25)
   # A window: only thunks that start in it (not x), cut at its end (z).
   out = trace.attribute(events, part_of, {"loop"}, window=(4, 18))
   assert out["b"] == pytest.approx(8) and out["other"] == pytest.approx(3)
@@ -72,7 +72,8 @@ def test_instruction_parts_of_a_compiled_loop():
   window = trace.loop_window(events, trace.entry_instructions(hlo))
   out = trace.attribute(events, part_of, containers, window)
   assert out["a"] > 0 and out["b"] > 0
-  assert sum(v for k, v in out.items() if k not in ("wall", "thunks")) == pytest.approx(out["wall"])
+  parts = [v for k, v in out.items() if k != "wall" and not k.startswith("thunks")]
+  assert sum(parts) == pytest.approx(out["wall"])
 
 
 def test_breakdown_of_the_decode_loop_adds_up_and_reports(tiny_pair):
@@ -88,7 +89,9 @@ def test_breakdown_of_the_decode_loop_adds_up_and_reports(tiny_pair):
   assert out["rejection"][0] == 0 < out["rejection"][1]  # K = 0 runs no rejection step
   assert out["c"][0] is None and out["c"][1] > 0 and out["v_k"][1] > 0
   out["bound"], out["decode_over_bound"] = [None, 1.5], [None, 0.9]
-  text = "\n".join(benchmark_report._breakdown_lines(out))
-  assert "| 2 | " in text and "overhead" in text
+  assert out["thunks"][1] > out["thunks"][0] > 0
+  cost = benchmark_report.profiler_cost_ms({"settings": [{"breakdown": out}]})
+  text = "\n".join(benchmark_report._breakdown_lines(out, cost))
+  assert "| 2 | " in text and "sum - tracer" in text
   with pytest.raises(ValueError, match="ks must include 0"):
     breakdown.measure(target, draft, GREEDY_PROMPTS, Sampling(temperature=0), (1, 2), 24)

@@ -88,7 +88,7 @@ def format_markdown(results: dict) -> str:
                 + (f", {a['over_k4']:.2f} of K=4's." if a["over_k4"] else ".")
                 + " Its compile s includes the one-off cost calibration (decoding/calibrate.py)."]
     if s.get("breakdown"):
-      lines += _breakdown_lines(s["breakdown"])
+      lines += _breakdown_lines(s["breakdown"], profiler_cost_ms(results))
     lines.append("")
   return "\n".join(lines)
 
@@ -110,7 +110,22 @@ TRACED_PARTS = ("draft_forward", "target_forward", "transform", "rejection", "co
 ABLATED_PARTS = ("draft_forward", "target_forward", "transform", "rejection", "commit", "rest")
 
 
-def _breakdown_lines(b: dict) -> list[str]:
+def profiler_cost_ms(results: dict) -> float | None:
+  """The tracer's cost per thunk (ms), fitted over every breakdown row of a run.
+
+  traced - measured = cost x thunks, least squares through the origin: one
+  number for all rows of all settings, so how well the rows then agree is
+  still a check, not a fit.
+  """
+  rows = [(t, m, n) for s in results["settings"] if s.get("breakdown")
+          for t, m, n in zip(s["breakdown"]["traced"], s["breakdown"]["measured"],
+                             s["breakdown"]["thunks"])]
+  if not rows:
+    return None
+  return sum((t - m) * n for t, m, n in rows) / sum(n * n for _, _, n in rows)
+
+
+def _breakdown_lines(b: dict, cost_ms: float) -> list[str]:
   lines = [
       "", "Where an iteration's time goes, ms, from a profiler trace of the compiled loop "
       "itself (eval/breakdown.py): every thunk XLA ran in the loop is charged to the named "
@@ -118,19 +133,25 @@ def _breakdown_lines(b: dict) -> list[str]:
       "other = unscoped ops (current token, block, K choice); idle = no thunk running (the "
       "executor between thunks, loop condition, switch). sum = the traced iteration, which the "
       "parts add up to exactly. measured = the same loop untraced, interleaved with the traces; "
-      "overhead = sum / measured - 1 (the profiler's ~us per thunk, plus drift). K = 0 is an "
-      "autoregressive step that keeps the draft cache in step; its target forward is the unit "
-      "of c and v_K.", "",
+      "overhead = sum / measured - 1: the tracer's own cost, which grows with the thunks run, "
+      f"plus drift. sum - tracer = sum - thunks x {1e3 * cost_ms:.2f} us, the tracer's cost per "
+      "thunk fitted once over every row of this run (benchmark_report.profiler_cost_ms); "
+      "residual = (sum - tracer) / measured - 1. K = 0 is an autoregressive step that keeps the "
+      "draft cache in step; its target forward is the unit of c and v_K.", "",
       "| K | measured | draft fwd | target fwd | transforms | rejection | commit | xla copies | "
-      "other | idle | sum | overhead | thunks | c | v_K | bound_loop | decode / bound_loop |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      "other | idle | sum | overhead | thunks | sum - tracer | residual | c | v_K | bound_loop | "
+      "decode / bound_loop |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for k in b["K"]:
     r = _at_k(b, k)
     parts = " | ".join(_f(r[p]) for p in TRACED_PARTS)
+    net = r["traced"] - cost_ms * r["thunks"]
     lines.append(f"| {k} | {r['measured']:.2f} | {parts} | {r['traced']:.2f} | "
-                 f"{100 * r['overhead']:+.1f}% | {r['thunks']:.0f} | {_f(r['c'], 3)} | "
+                 f"{100 * r['overhead']:+.1f}% | {r['thunks']:.0f} | {net:.2f} | "
+                 f"{100 * (net / r['measured'] - 1):+.1f}% | {_f(r['c'], 3)} | "
                  f"{_f(r['v_k'])} | {_f(r['bound'])} | {_f(r['decode_over_bound'])} |")
-  lines += ["", f"Compile s of the loop: {b['compile_s']:.0f}."]
+  lines += ["", f"Compile s of the loop: {b['compile_s']:.1f} (near 0 when the persistent "
+            "compilation cache already held it: it is auto's loop)."]
   a = b.get("ablation")
   if a:
     lines += [

@@ -27,6 +27,7 @@ import collections
 import glob
 import gzip
 import json
+import logging
 import re
 import tempfile
 from typing import Callable, Sequence
@@ -119,6 +120,8 @@ def thunk_events(run: Callable[[], object], calls: int = 1) -> list[list[dict]]:
   Returns one list of thunk events per execution (XLA run_id), in time
   order; an event has "op" (HLO instruction), "ts" and "dur" (microseconds).
   """
+  # jax logs every trace file it writes at INFO: quiet during the benchmark's many traces.
+  logging.getLogger("jax._src.profiler").setLevel(logging.WARNING)
   options = jax.profiler.ProfileOptions()
   options.python_tracer_level = 0  # Python calls are not what is measured: less overhead
   options.enable_hlo_proto = False
@@ -152,20 +155,20 @@ def attribute(events: Sequence[dict], part_of: dict[str, str], containers: set[s
     window: (start, end) to attribute, e.g. the decode loop's (`loop_window`);
       thunks that started in it count, cut at its end. None: the whole execution.
 
-  Returns {part: us, ..., "idle": us, "wall": us, "thunks": leaf thunks run},
-  where wall (the window, or first thunk start to last thunk end) equals the
-  sum of the parts and idle.
+  Returns {part: us, ..., "idle": us, "wall": us, "thunks": leaf thunks run,
+  "thunks:<part>": those charged to <part>}, where wall (the window, or first
+  thunk start to last thunk end) equals the sum of the parts and idle.
   """
   if not events:
     raise ValueError("no thunk events: was the executable run under the profiler?")
   start, end = window or (min(e["ts"] for e in events), max(e["ts"] + e["dur"] for e in events))
   events = [e for e in events if start <= e["ts"] < end]
-  marks, leaves = [], 0  # marks: (time, +1 start / -1 end, part)
+  marks, counts = [], collections.Counter()  # marks: (time, +1 start / -1 end, part)
   for e in events:
     if e["op"] in containers:
       continue
-    leaves += 1
     part = part_of.get(e["op"], "other")
+    counts[part] += 1
     marks += [(e["ts"], 1, part), (min(e["ts"] + e["dur"], end), -1, part)]
   marks.sort(key=lambda m: (m[0], m[1]))
   totals = collections.Counter()
@@ -186,5 +189,6 @@ def attribute(events: Sequence[dict], part_of: dict[str, str], containers: set[s
   totals["idle"] += end - now
   out = {p: float(v) for p, v in totals.items()}
   out["wall"] = float(end - start)
-  out["thunks"] = float(leaves)
+  out["thunks"] = float(sum(counts.values()))
+  out.update({f"thunks:{p}": float(n) for p, n in counts.items()})
   return out

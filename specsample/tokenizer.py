@@ -122,6 +122,17 @@ class Tokenizer:
     """Number of ids, reserved ones included."""
     return self.processor.get_piece_size()
 
+  def check_model(self, name: str, model, path: str, where: str = "") -> None:
+    """ValueError unless `model` (an LM) has this vocabulary and, if it records one, this
+    tokenizer's fingerprint. name, where: how the messages call the model ("draft", " at
+    <dir>"); path: where this tokenizer was loaded from."""
+    if model.config.vocab_size != self.vocab_size:
+      raise ValueError(f"{name} vocab_size={model.config.vocab_size} does not match the tokenizer "
+                       f"{path} (vocab {self.vocab_size})")
+    if model.tokenizer_id and model.tokenizer_id != self.fingerprint:
+      raise ValueError(f"{name}{where} was trained with another tokenizer ({model.tokenizer_id}) "
+                       f"than {path} ({self.fingerprint})")
+
   @property
   def pad_id(self) -> int:
     """Padding id (0)."""

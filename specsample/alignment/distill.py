@@ -18,15 +18,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
-from tqdm import tqdm
 
-from specsample import checkpoint as ckpt_lib
 from specsample import corpus as corpus_lib
 from specsample import paths
 from specsample import utils
@@ -37,6 +33,7 @@ from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.tokenizer import Tokenizer
 from specsample.training import data as corpus_data
+from specsample.training import loop as loop_lib
 from specsample.training import train as train_lib
 
 
@@ -66,13 +63,7 @@ def load_pair(config):
   tokenizer = Tokenizer.load(config.tokenizer)
   target, draft = model_io.load_lm(config.target_dir), model_io.load_lm(config.draft_dir)
   for name, m in (("target", target), ("draft", draft)):
-    if m.config.vocab_size != tokenizer.vocab_size:
-      raise ValueError(f"{name} vocab_size={m.config.vocab_size} does not match the tokenizer "
-                       f"{config.tokenizer} (vocab {tokenizer.vocab_size})")
-    if m.tokenizer_id and m.tokenizer_id != tokenizer.fingerprint:
-      raise ValueError(f"{name} at {getattr(config, name + '_dir')} was trained with another "
-                       f"tokenizer ({m.tokenizer_id}) than {config.tokenizer} "
-                       f"({tokenizer.fingerprint})")
+    tokenizer.check_model(name, m, config.tokenizer, f" at {getattr(config, name + '_dir')}")
   return target, draft, tokenizer
 
 
@@ -121,16 +112,7 @@ def make_step(loss_name: str, draft_cfg, target_cfg, optim_json: str, num_steps:
     metrics["tokens"] = mask.sum()
     return value, metrics
 
-  @functools.partial(jax.jit, donate_argnums=0)
-  def step(state: train_lib.TrainState, target_params, batch, key):
-    (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, target_params, batch, key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics.update(loss=value, grad_norm=optax.tree.norm(grads))
-    return train_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return optimizer, step
+  return optimizer, loop_lib.make_update_step(loss_fn, optimizer)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -145,42 +127,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  config.optim.to_json(sort_keys=True), config.num_steps)
   state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=draft.params,
                                opt_state=optimizer.init(draft.params))
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       save_every=config.checkpoint_every, keep=2)
-  if checkpointer.latest_step() is not None:
-    _, state, _ = checkpointer.restore(state)
-  start = int(state.step)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if start and paths.exists(metrics_path):
-    train_lib._truncate_metrics(metrics_path, start)  # pylint: disable=protected-access
   base_key = jax.random.key(config.seed)
-  last, t_last = {}, time.perf_counter()
-  bar = tqdm(range(start, config.num_steps), initial=start, total=config.num_steps,
-             desc=f"distill {config.loss}", mininterval=2.0)
-  for step in bar:
-    state, metrics = step_fn(state, target.params, batches.batch_at(step),
-                             jax.random.fold_in(base_key, step))
-    done = step + 1
-    if done % config.log_every == 0 or done == config.num_steps:
-      metrics = {k: float(v) for k, v in metrics.items()}
-      now = time.perf_counter()
-      s_per_step = (now - t_last) / config.log_every
-      metrics.update(step=done, s_per_step=s_per_step,
-                     tokens_per_s=config.batch_size * config.seq_len / s_per_step)
-      t_last = now
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}", tvd=f"{metrics['tvd']:.3f}",
-                      agree=f"{metrics['greedy_agreement']:.3f}")
-      paths.append_line(metrics_path, json.dumps(metrics))
-      last = metrics
-    checkpointer.save(done, state, {"step": done}, force=done == config.num_steps)
-    if config.stop_after_step and done >= config.stop_after_step:
-      break
-  checkpointer.wait()
-  checkpointer.close()
+  step = lambda state, i: step_fn(state, target.params, batches.batch_at(i),
+                                  jax.random.fold_in(base_key, i))
+  state, last = loop_lib.run_steps(
+      state, step, config, workdir, desc=f"distill {config.loss}",
+      postfix={"loss": "loss", "tvd": "tvd", "agree": "greedy_agreement"},
+      tokens_per_step=config.batch_size * config.seq_len)
   if int(state.step) == config.num_steps:
     model_io.save_lm(os.path.join(workdir, "model"), draft.config, state.params,
                      tokenizer_id=tokenizer.fingerprint,
                      extra={"distilled_from": config.draft_dir, "loss": config.loss,
                             "steps": config.num_steps, "data_source": config.data.source})
-    paths.copy(metrics_path, os.path.join(workdir, "model", "metrics.jsonl"))
+    paths.copy(os.path.join(workdir, "metrics.jsonl"),
+               os.path.join(workdir, "model", "metrics.jsonl"))
   return last

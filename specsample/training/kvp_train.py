@@ -30,16 +30,12 @@ import functools
 import json
 import os
 import shutil
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from tqdm import tqdm
 
-from specsample import checkpoint as ckpt_lib
 from specsample import corpus as corpus_lib
 from specsample import utils
 from specsample.decoding import common
@@ -51,6 +47,7 @@ from specsample.models.lm import LM
 from specsample.tokenizer import Tokenizer
 from specsample.training import data as corpus_data
 from specsample.training import losses
+from specsample.training import loop as loop_lib
 from specsample.training import train as train_lib
 
 AUX_KINDS = ("draft", "pruned")
@@ -89,12 +86,7 @@ def load_models(config) -> tuple[LM, LM, kvp_lib.KVPConfig, Tokenizer]:
                                                tuple(config.keep_layers))
     aux = LM(aux_cfg, aux_params, target.tokenizer_id)
   for name, m in (("target", target), ("aux", aux)):
-    if m.config.vocab_size != tokenizer.vocab_size:
-      raise ValueError(f"{name} vocab_size={m.config.vocab_size} does not match the tokenizer "
-                       f"{config.tokenizer} (vocab {tokenizer.vocab_size})")
-    if m.tokenizer_id and m.tokenizer_id != tokenizer.fingerprint:
-      raise ValueError(f"{name} model was trained with another tokenizer ({m.tokenizer_id}) "
-                       f"than {config.tokenizer} ({tokenizer.fingerprint})")
+    tokenizer.check_model(name, m, config.tokenizer, " model")
   kvp_cfg = kvp_lib.KVPConfig(target=target.config, aux=aux.config,
                               layer_map=tuple(config.layer_map)).validate()
   window = config.data.max_prompt + config.data.continuation
@@ -158,17 +150,7 @@ def make_step(kvp_cfg: kvp_lib.KVPConfig, weights_json: str, continuation: int, 
   optimizer = train_lib.make_optimizer(ml_collections.ConfigDict(
       {"optim": json.loads(optim_json), "num_steps": num_steps}))
   loss_fn = functools.partial(kvp_loss, kvp_cfg, json.loads(weights_json), continuation)
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def step(state: train_lib.TrainState, target_params, batch):
-    (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, target_params, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics.update(loss=value, grad_norm=optax.tree.norm(grads))
-    return train_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return optimizer, step
+  return optimizer, loop_lib.make_update_step(loss_fn, optimizer)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -190,40 +172,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = jax.device_put(train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                               opt_state=optimizer.init(params)),
                          jax.local_devices()[0])
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       save_every=config.checkpoint_every, keep=2)
-  if checkpointer.latest_step() is not None:
-    _, state, _ = checkpointer.restore(state)
-  start = int(state.step)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if start and os.path.exists(metrics_path):
-    train_lib._truncate_metrics(metrics_path, start)  # pylint: disable=protected-access
-  last, t_last = {}, time.perf_counter()
-  bar = tqdm(range(start, config.num_steps), initial=start, total=config.num_steps,
-             desc=f"kvp {config.aux}", mininterval=2.0)
-  for step in bar:
-    state, metrics = step_fn(state, target.params, batches.batch_at(step))
-    done = step + 1
-    if done % config.log_every == 0 or done == config.num_steps:
-      metrics = {k: float(v) for k, v in metrics.items()}
-      now = time.perf_counter()
-      metrics.update(step=done, s_per_step=(now - t_last) / config.log_every)
-      t_last = now
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}", tce=f"{metrics['target_ce']:.3f}",
-                      l1=f"{metrics['l1']:.3f}")
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(metrics) + "\n")
-      last = metrics
-    checkpointer.save(done, state, {"step": done}, force=done == config.num_steps)
-    if config.stop_after_step and done >= config.stop_after_step:
-      break
-  checkpointer.wait()
-  checkpointer.close()
+  state, last = loop_lib.run_steps(
+      state, lambda state, step: step_fn(state, target.params, batches.batch_at(step)), config,
+      workdir, desc=f"kvp {config.aux}", postfix={"loss": "loss", "tce": "target_ce", "l1": "l1"})
   if int(state.step) == config.num_steps:
     trained_aux = LM(aux.config, state.params["aux"], tokenizer.fingerprint)
     out = kvp_decode.save_kvp(
         os.path.join(workdir, "model"), target, trained_aux, state.params["predictor"],
         kvp_cfg.layer_map, extra={"aux_kind": config.aux, "steps": config.num_steps,
                                   "target_dir": config.target_dir})
-    shutil.copy(metrics_path, os.path.join(out, "metrics.jsonl"))
+    shutil.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
   return last

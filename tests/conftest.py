@@ -14,8 +14,10 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from specsample.decoding import LM  # noqa: E402
+from specsample.models import io as model_io  # noqa: E402
 from specsample.models import transformer as tr  # noqa: E402
 from specsample.models.presets import get_preset  # noqa: E402
+from specsample.tokenizer import Tokenizer  # noqa: E402
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -37,3 +39,30 @@ def tiny_pair():
   target_cfg = get_preset("tiny", tie_embeddings=False, vocab_size=16)
   draft_cfg = target_cfg.replace(num_layers=1)
   return _random_lm(target_cfg, 0, 1.0), _random_lm(draft_cfg, 1, 1.0)
+
+
+TOKENIZER = "assets/tokenizer/tokenizer.model"
+
+
+def tiny_config(max_seq_len: int, **overrides):
+  """A tiny model over the real tokenizer's 4096 ids (for model folders the scripts load)."""
+  cfg = dict(vocab_size=4096, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
+             mlp_dim=32, max_seq_len=max_seq_len)
+  cfg.update(overrides)
+  return tr.TransformerConfig(**cfg).validate()
+
+
+def write_tiny_setup(root, max_seq_len: int):
+  """Tiny target (2 layers) / draft (1 layer) folders with the real tokenizer, and a small
+  corpus root, under `root`; returns it."""
+  fp = Tokenizer.load(TOKENIZER).fingerprint
+  for name, seed, layers in (("target", 0, 2), ("draft", 1, 1)):
+    cfg = tiny_config(max_seq_len, num_layers=layers)
+    model_io.save_lm(str(root / name), cfg, tr.init_params(cfg, jax.random.key(seed)),
+                     tokenizer_id=fp, store_dtype="float32")
+  corpus = root / "corpus"
+  corpus.mkdir()
+  for i in range(12):
+    body = "".join(f"def f{i}_{j}(x):\n    return x + {j}  # line {j}\n" for j in range(30))
+    (corpus / f"mod{i}.py").write_text(body)
+  return root

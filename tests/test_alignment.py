@@ -20,8 +20,8 @@ from specsample.alignment import teacher
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.tokenizer import Tokenizer
+from conftest import TOKENIZER, tiny_config, write_tiny_setup
 
-TOKENIZER = "assets/tokenizer/tokenizer.model"
 _spec = importlib.util.spec_from_file_location("distill_config", "configs/distill.py")
 distill_config = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(distill_config)
@@ -104,28 +104,10 @@ def test_unknown_loss_names_the_known_ones():
 
 # --- the distillation set and fine-tuning, on tiny models -------------------
 
-def _tiny(**overrides):
-  cfg = dict(vocab_size=4096, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-             mlp_dim=32, max_seq_len=128)
-  cfg.update(overrides)
-  return tr.TransformerConfig(**cfg).validate()
-
-
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
   """Tiny target and draft folders with the real tokenizer, and a small corpus root."""
-  root = tmp_path_factory.mktemp("align")
-  fp = Tokenizer.load(TOKENIZER).fingerprint
-  for name, seed, layers in (("target", 0, 2), ("draft", 1, 1)):
-    cfg = _tiny(num_layers=layers)
-    model_io.save_lm(str(root / name), cfg, tr.init_params(cfg, jax.random.key(seed)),
-                     tokenizer_id=fp, store_dtype="float32")
-  corpus = root / "corpus"
-  corpus.mkdir()
-  for i in range(12):
-    body = "".join(f"def f{i}_{j}(x):\n    return x + {j}  # line {j}\n" for j in range(30))
-    (corpus / f"mod{i}.py").write_text(body)
-  return root
+  return write_tiny_setup(tmp_path_factory.mktemp("align"), max_seq_len=128)
 
 
 def _config(root, workdir, **overrides):
@@ -181,7 +163,7 @@ def test_prompt_source_too_short_is_a_clear_error(tiny_setup):
 
 
 def test_pair_with_another_tokenizer_is_refused(tiny_setup, tmp_path):
-  cfg = _tiny()
+  cfg = tiny_config(128)
   model_io.save_lm(str(tmp_path / "draft"), cfg, tr.init_params(cfg, jax.random.key(3)),
                    tokenizer_id="someothertokenizer", store_dtype="float32")
   c = _config(tiny_setup, tmp_path)

@@ -24,11 +24,10 @@ from specsample.decoding import kv_prediction as kvpd
 from specsample.models import io as model_io
 from specsample.models import kv_predictor as kp
 from specsample.models import transformer as tr
-from specsample.tokenizer import Tokenizer
 from specsample.training import kvp_train
+from conftest import TOKENIZER, write_tiny_setup
 from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue
 
-TOKENIZER = "assets/tokenizer/tokenizer.model"
 _spec = importlib.util.spec_from_file_location("kvp_config", "configs/kvp.py")
 kvp_config = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kvp_config)
@@ -212,28 +211,10 @@ def test_bad_prefill_settings_raise_before_compiling(tiny_kvp):
 
 # -------------------------------------------------------------------------- training
 
-def _tiny(**overrides):
-  cfg = dict(vocab_size=4096, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8,
-             mlp_dim=32, max_seq_len=64)
-  cfg.update(overrides)
-  return tr.TransformerConfig(**cfg).validate()
-
-
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-  """Tiny target / draft folders with the real tokenizer, and a small corpus root."""
-  root = tmp_path_factory.mktemp("kvp")
-  fp = Tokenizer.load(TOKENIZER).fingerprint
-  for name, seed, layers in (("target", 0, 2), ("draft", 1, 1)):
-    cfg = _tiny(num_layers=layers)
-    model_io.save_lm(str(root / name), cfg, tr.init_params(cfg, jax.random.key(seed)),
-                     tokenizer_id=fp, store_dtype="float32")
-  corpus = root / "corpus"
-  corpus.mkdir()
-  for i in range(12):
-    body = "".join(f"def f{i}_{j}(x):\n    return x + {j}  # line {j}\n" for j in range(30))
-    (corpus / f"mod{i}.py").write_text(body)
-  return root
+  """Tiny target and draft folders with the real tokenizer, and a small corpus root."""
+  return write_tiny_setup(tmp_path_factory.mktemp("kvp"), max_seq_len=64)
 
 
 def _config(root, **overrides):

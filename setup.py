@@ -20,6 +20,8 @@ setup(
         "sentencepiece>=0.2",
         "safetensors>=0.4",         # Hugging Face checkpoints in and out (models/hf.py)
         "tokenizers>=0.15",         # Hugging Face tokenizer.json (hf_tokenizer.py)
+        "gguf>=0.10",               # GGUF files: reader and dequantization (models/gguf.py)
+        "jinja2>=3.1",              # chat templates of real models (alignment/record.py)
         "datasets>=3.0",            # XSum and local JSON/Parquet loading
         "ml_collections>=1.0",
         "absl-py>=2.0",
@@ -38,6 +40,6 @@ setup(
         "gcs": ["gcsfs"],
         # scripts/make_hf_goldens.py and the live test in tests/test_hf.py; not CI (torch is
         # huge): install the CPU torch wheel first.
-        "hf-reference": ["torch>=2.2", "transformers>=5.0"],
+        "hf-reference": ["torch>=2.2", "transformers>=5.0", "accelerate"],
     },
 )

@@ -12,6 +12,7 @@ import jax
 
 from specsample import distributed
 from specsample import paths
+from specsample.models import fetch
 from specsample.models import io as model_io
 
 _TRACEBACK = flags.DEFINE_bool("traceback", False,
@@ -20,9 +21,10 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False,
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_ERROR_STATUS = 2
 # Bad config values, bad or missing input files, missing or corrupt models, a bucket
-# path without its client library.
+# path without its client library, a model fetch that failed (GGUF and tokenizer
+# errors are ValueErrors).
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               model_io.ModelLoadError, paths.MissingClientError)
+               model_io.ModelLoadError, paths.MissingClientError, fetch.FetchError)
 
 
 def _fail(error: BaseException, cause_last: bool = False) -> None:
@@ -73,9 +75,12 @@ def resolve_path(path: str) -> str:
   """`path`, or the repository's path of that name when `path` is relative, does not
   exist here and does there: defaults such as 'assets/pair/target' then work from
   any folder, while a path that exists relative to the working directory wins. A
-  bucket path (gs://...) is returned as it is."""
+  bucket path (gs://...) is returned as it is. A name of models/fetch.py's MODELS
+  (not an existing path) is fetched and converted on first use: its folder."""
   if not path or paths.is_remote(path):
     return path
+  if fetch.is_name(path) and not os.path.exists(path):
+    return fetch.ensure(path)
   if path and not os.path.isabs(path) and not os.path.exists(path):
     candidate = repo_path(path)
     if os.path.exists(candidate):

@@ -26,12 +26,34 @@ def _token(value) -> str | None:
   return value.get("content") if isinstance(value, dict) else value
 
 
-class HFTokenizer:
+class ModelCheck:
+  """check_model for every tokenizer class (needs vocab_size and fingerprint)."""
+
+  def check_model(self, name: str, model, path: str, where: str = "") -> None:
+    """ValueError unless `model` (an LM) has this vocabulary and, if it records one, this
+    tokenizer's fingerprint. name, where: how the messages call the model ("draft", " at
+    <dir>"); path: where this tokenizer was loaded from."""
+    if model.config.vocab_size != self.vocab_size:
+      raise ValueError(f"{name} vocab_size={model.config.vocab_size} does not match the tokenizer "
+                       f"{path} (vocab {self.vocab_size})")
+    if model.tokenizer_id and model.tokenizer_id != self.fingerprint:
+      raise ValueError(f"{name}{where} was trained with another tokenizer ({model.tokenizer_id}) "
+                       f"than {path} ({self.fingerprint})")
+
+
+class HFTokenizer(ModelCheck):
   """encode / decode / bos_id / eos_id / vocab_size / fingerprint over tokenizers.Tokenizer."""
 
-  def __init__(self, tokenizer_json: str, special: dict | None = None):
-    """Builds from the text of a tokenizer.json and {'bos': ..., 'eos': ..., 'pad': ...} tokens or ids."""
+  def __init__(self, tokenizer_json: str, special: dict | None = None, *,
+               add_bos_token: bool = False, chat_template: str | None = None):
+    """Builds from the text of a tokenizer.json and {'bos': ..., 'eos': ..., 'pad': ...} tokens or ids.
+
+    add_bos_token, chat_template: what the model's files say (tokenizer_config.json, GGUF
+    metadata); kept for scripts that apply them. encode() adds bos only when asked.
+    """
     self._json = tokenizer_json
+    self.add_bos_token = add_bos_token
+    self.chat_template = chat_template
     self.backend = tokenizers.Tokenizer.from_str(tokenizer_json)
     ids = {}
     for role, value in (special or {}).items():
@@ -47,7 +69,7 @@ class HFTokenizer:
     folder = path if is_dir else os.path.dirname(path)
     file = os.path.join(path, TOKENIZER_FILE) if is_dir else path
     text = paths.read_text(file)
-    special = {}
+    special, extra = {}, {}
     for name, prefix in (("config.json", "_token_id"), ("tokenizer_config.json", "_token")):
       meta_path = os.path.join(folder, name)
       if paths.exists(meta_path):
@@ -57,7 +79,14 @@ class HFTokenizer:
           value = value[0] if isinstance(value, list) else _token(value)
           if value is not None:
             special[role] = value
-    return cls(text, special)
+        if name == "tokenizer_config.json":
+          extra = {"add_bos_token": bool(meta.get("add_bos_token", False)),
+                   "chat_template": meta.get("chat_template")}
+    return cls(text, special, **extra)
+
+  def to_json(self) -> str:
+    """The tokenizer.json text (written beside a converted model; `load` reads it back)."""
+    return self._json
 
   @property
   def fingerprint(self) -> str:

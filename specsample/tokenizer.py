@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from specsample import gguf_tokenizer
 from specsample import hf_tokenizer
 from specsample import paths
 
@@ -46,7 +47,7 @@ META_SPACE = "\u2581"
 MODEL_FILENAME = "tokenizer.model"
 
 
-class Tokenizer:
+class Tokenizer(hf_tokenizer.ModelCheck):
   """Exact-round-trip wrapper around a SentencePiece model.
 
   Attributes:
@@ -73,6 +74,7 @@ class Tokenizer:
   def load(cls, path: str) -> Tokenizer | hf_tokenizer.HFTokenizer:
     """Loads a tokenizer from a `.model` file or a folder holding one.
 
+    A GGUF file loads the tokenizer its metadata describes (gguf_tokenizer.py).
     A Hugging Face `tokenizer.json` (the file, or a folder holding one, which
     wins over a tokenizer.model beside it) loads as an HFTokenizer, which has
     the same encode / decode / bos_id / eos_id / vocab_size / fingerprint.
@@ -83,6 +85,8 @@ class Tokenizer:
     Returns:
       The tokenizer.
     """
+    if path.endswith(".gguf"):
+      return gguf_tokenizer.load(path)
     if path.endswith(".json") or paths.isfile(os.path.join(path, hf_tokenizer.TOKENIZER_FILE)):
       return hf_tokenizer.HFTokenizer.load(path)
     if paths.isdir(path):
@@ -121,17 +125,6 @@ class Tokenizer:
   def vocab_size(self) -> int:
     """Number of ids, reserved ones included."""
     return self.processor.get_piece_size()
-
-  def check_model(self, name: str, model, path: str, where: str = "") -> None:
-    """ValueError unless `model` (an LM) has this vocabulary and, if it records one, this
-    tokenizer's fingerprint. name, where: how the messages call the model ("draft", " at
-    <dir>"); path: where this tokenizer was loaded from."""
-    if model.config.vocab_size != self.vocab_size:
-      raise ValueError(f"{name} vocab_size={model.config.vocab_size} does not match the tokenizer "
-                       f"{path} (vocab {self.vocab_size})")
-    if model.tokenizer_id and model.tokenizer_id != self.fingerprint:
-      raise ValueError(f"{name}{where} was trained with another tokenizer ({model.tokenizer_id}) "
-                       f"than {path} ({self.fingerprint})")
 
   @property
   def pad_id(self) -> int:

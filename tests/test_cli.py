@@ -97,3 +97,11 @@ def test_benchmark_bad_config(tmp_path):
   proc = _run("benchmark.py", [f"--config={REPO}/configs/benchmark.py:runlocal",
                                "--config.repeats=0"], tmp_path)
   _assert_one_line_error(proc, "benchmark.py", "repeats must be an int >= 1")
+
+
+def test_a_corrupt_gguf_target_is_one_line(tmp_path):
+  bad = tmp_path / "bad.gguf"
+  bad.write_bytes(b"GGUF\x03\x00")
+  proc = _run("record_target.py", [f"--config.target_dir={bad}", f"--config.data_dir={tmp_path / 'r'}"],
+              tmp_path)
+  _assert_one_line_error(proc, "record_target.py", f"{bad}: truncated or corrupt GGUF file")

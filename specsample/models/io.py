@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from specsample import paths
 from specsample import sharding as sh
 from specsample import utils
+from specsample.models import gguf
 from specsample.models import hf
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
@@ -102,6 +103,10 @@ def _save_committed_by_config(directory: str, params, meta: dict) -> None:
 
 def check_model_dir(directory: str, field: str) -> None:
   """Raises FileNotFoundError naming the config `field` if `directory` holds no model."""
+  if gguf.is_gguf(directory):
+    if not os.path.isfile(directory):
+      raise FileNotFoundError(f"config.{field}: no GGUF file at {directory}")
+    return
   path = os.path.join(directory, "config.json")
   if not paths.isfile(path):
     raise FileNotFoundError(
@@ -110,7 +115,10 @@ def check_model_dir(directory: str, field: str) -> None:
 
 
 def load_config(directory: str) -> tuple[tr.TransformerConfig, dict]:
-  """(config, meta) of a model folder, or of a Hugging Face folder (models/hf.py)."""
+  """(config, meta) of a model folder, a Hugging Face folder (models/hf.py) or a
+  GGUF file (models/gguf.py)."""
+  if gguf.is_gguf(directory):
+    return gguf.load_config(directory)
   if hf.is_hf_dir(directory):
     return hf.load_config(directory)
   path = os.path.join(directory, "config.json")
@@ -125,6 +133,8 @@ def restore_params(directory: str, config: tr.TransformerConfig, store_dtype: st
   """Reads a model folder's params laid out by `shardings` (one per parameter;
   each process reads only its own shards), cast to config.param_dtype.
   `params_dir`: config.json's `params_dir` (save_lm on a bucket), else 'params'."""
+  if gguf.is_gguf(directory):  # dequantized block by block
+    return gguf.load_params(directory, config, shardings)
   if hf.is_hf_dir(directory):  # safetensors, read shard by shard
     return hf.load_params(directory, config, shardings)
   abstract = jax.tree_util.tree_map(
@@ -145,8 +155,9 @@ def load_lm(directory: str, **config_overrides) -> LM:
   cast to the config's param_dtype). load_sharded_lm loads onto a mesh.
 
   Args:
-    directory: folder written by `save_lm`, or a Hugging Face Llama / Mistral /
-      Qwen2 folder (config.json + safetensors).
+    directory: folder written by `save_lm`, a Hugging Face Llama / Mistral /
+      Qwen2 folder (config.json + safetensors), or a llama / mistral / qwen2
+      GGUF file (dequantized into the param dtype, float32 by default).
     **config_overrides: e.g. dtype='bfloat16' or a larger max_seq_len.
   """
   config, meta = load_config(directory)

@@ -49,8 +49,9 @@ def read_rows(buffer_BL: jax.Array, start_B: jax.Array, size: int) -> jax.Array:
 
 
 def write_rows(buffer_BL: jax.Array, values_BX: jax.Array, start_B: jax.Array) -> jax.Array:
-  """buffer[b, start[b] : start[b] + X] = values[b] for every row."""
-  return jax.vmap(lambda row, v, s: jax.lax.dynamic_update_slice(row, v, (s,)))(
+  """buffer[b, start[b] : start[b] + X] = values[b] for every row (trailing dims whole)."""
+  trailing = (0,) * (buffer_BL.ndim - 2)
+  return jax.vmap(lambda row, v, s: jax.lax.dynamic_update_slice(row, v, (s,) + trailing))(
       buffer_BL, values_BX.astype(buffer_BL.dtype), start_B)
 
 

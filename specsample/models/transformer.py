@@ -285,7 +285,8 @@ class Transformer(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens_BT: jax.Array, cache: KVCache | None = None):
+  def __call__(self, tokens_BT: jax.Array, cache: KVCache | None = None,
+               return_hidden: bool = False):
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     B, T = tokens_BT.shape
@@ -309,6 +310,7 @@ class Transformer(nn.Module):
       if layer_new is not None:
         new_k.append(layer_new[0])
         new_v.append(layer_new[1])
+    hidden_BTD = x_BTD  # the residual stream after the last block, before the final norm
     x_BTD = RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), pdtype, name="final_norm")(x_BTD)
 
     # Logits in float32 whatever the compute dtype: sampling maths needs it.
@@ -319,9 +321,8 @@ class Transformer(nn.Module):
           "unembed", _dense_init(cfg.d_model, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size), pdtype)
     logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD.astype(jnp.float32), unembed_DV.astype(jnp.float32))
 
-    if cache is None:
-      return logits_BTV, None
-    return logits_BTV, KVCache(k=tuple(new_k), v=tuple(new_v), lengths=start_B + T)
+    new_cache = None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v), lengths=start_B + T)
+    return (logits_BTV, new_cache, hidden_BTD) if return_hidden else (logits_BTV, new_cache)
 
 
 def init_params(config: TransformerConfig, rng: jax.Array) -> Any:
@@ -351,3 +352,11 @@ def forward(config: TransformerConfig, params: Any, tokens_BT: jax.Array,
             cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
   """Logits [B, T, V] float32 and the updated cache (lengths advanced by T)."""
   return Transformer(config).apply({"params": params}, tokens_BT, cache)
+
+
+def forward_with_hidden(config: TransformerConfig, params: Any, tokens_BT: jax.Array,
+                        cache: KVCache | None = None
+                        ) -> tuple[jax.Array, KVCache | None, jax.Array]:
+  """forward, plus the last block's output [B, T, D] (before the final norm): the
+  features a feature-conditioned draft reads."""
+  return Transformer(config).apply({"params": params}, tokens_BT, cache, return_hidden=True)

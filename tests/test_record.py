@@ -1,0 +1,80 @@
+"""Recording the target while it generates (alignment/record.py): what is kept equals a
+teacher-forced forward over the recorded rows, and a killed run resumes shard by shard."""
+
+import glob
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import write_tiny_setup
+from specsample.alignment import record
+from specsample.models import io as model_io
+from specsample.models import transformer as tr
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("record_config", os.path.join(REPO, "configs", "record.py"))
+record_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(record_config)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+  root = write_tiny_setup(tmp_path_factory.mktemp("record"), max_seq_len=128)
+  c = record_config.get_config("runlocal")
+  c.target_dir, c.tokenizer = str(root / "target"), os.path.join(REPO, "assets", "tokenizer",
+                                                                 "tokenizer.model")
+  c.corpus_root, c.data_dir = str(root / "corpus"), str(root / "data")
+  c.kinds = ("code",)
+  record.run(c)
+  return c, root
+
+
+def test_recorded_distributions_and_features_equal_a_teacher_forced_pass(recorded):
+  c, _ = recorded
+  target = model_io.load_lm(c.target_dir)
+  forward = jax.jit(lambda ids: tr.forward_with_hidden(target.config, target.params, ids))
+  shards = sorted(glob.glob(os.path.join(c.data_dir, "shard-*.npz")))
+  assert len(shards) == c.num_shards
+  for path in shards:
+    with np.load(path) as d:
+      assert json.loads(str(d["info"]))["kind"] == "code"
+      for b in range(len(d["tokens"])):
+        n, p = int(d["length"][b]), int(d["prompt_len"][b])
+        assert p >= c.min_prompt_tokens and n == p + c.max_new_tokens  # no eos in a random model's 6
+        logits, _, hidden = forward(d["tokens"][b:b + 1, :n])
+        logp, ids = jax.lax.top_k(jax.nn.log_softmax(logits[0, :n - 1]), c.topk)
+        np.testing.assert_array_equal(d["topk_ids"][b, :n - 1], ids)
+        np.testing.assert_allclose(d["topk_logp"][b, :n - 1].astype(np.float32), logp, atol=5e-3)
+        np.testing.assert_allclose(d["hidden"][b, :n - 1].astype(np.float32), hidden[0, :n - 1],
+                                   rtol=2e-3, atol=2e-3)
+        greedy = json.loads(str(d["info"]))["setting"] == "greedy"
+        if greedy:  # the continuation is the target's argmax at every generated position
+          np.testing.assert_array_equal(d["tokens"][b, p:n], d["topk_ids"][b, p - 1:n - 1, 0])
+
+
+def test_resume_keeps_written_shards_and_refuses_another_target(recorded, tmp_path):
+  c, root = recorded
+  first = sorted(glob.glob(os.path.join(c.data_dir, "shard-*.npz")))
+  os.remove(first[-1])
+  stamps = {p: os.path.getmtime(p) for p in first[:-1]}
+  record.run(c)
+  assert {p: os.path.getmtime(p) for p in first[:-1]} == stamps and os.path.exists(first[-1])
+  c2 = c.copy_and_resolve_references()
+  c2.target_dir = str(root / "draft")
+  with pytest.raises(ValueError, match="made by another target"):
+    record.run(c2)
+
+
+def test_bad_fields_are_named():
+  c = record_config.get_config("runlocal")
+  c.kinds = ("poems",)
+  with pytest.raises(ValueError, match=r"config.kinds must be a non-empty tuple of \('code'"):
+    record.check_config(c)
+  c = record_config.get_config("runlocal")
+  c.min_prompt_tokens = 100
+  with pytest.raises(ValueError, match="config.min_prompt_tokens=100 exceeds max_prompt_tokens=60"):
+    record.check_config(c)

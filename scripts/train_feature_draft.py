@@ -1,0 +1,30 @@
+r"""Train a feature draft on recorded target shards. See configs/feature_draft.py.
+
+  python scripts/train_feature_draft.py --config=configs/feature_draft.py --workdir=workdirs/feature_draft
+
+A bad setting or missing data prints one line and exits 2.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from specsample import cli
+from specsample.alignment import feature_train
+
+_CONFIG = config_flags.DEFINE_config_file("config", cli.repo_path("configs/feature_draft.py"),
+                                          "Feature draft config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumed if it holds a checkpoint).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  cli.resolve_paths(config, ("target_dir", "data_dir"))
+  feature_train.check_config(config)
+  cli.start_jax(False)
+  print(feature_train.run(config, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  cli.run(main)

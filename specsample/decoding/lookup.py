@@ -1,0 +1,75 @@
+"""Prompt-lookup (n-gram) proposals: the tokens that followed the last n-gram's latest earlier match.
+
+Saxena 2023; transformers' `prompt_lookup_num_tokens`, vLLM's `ngram` proposer.
+For each row, with committed tokens x_0 .. x_{n-1}: for n-gram sizes from
+`max_ngram` down to `min_ngram`, find the largest j with j + size < n and
+x_j .. x_{j+size-1} equal to the row's last `size` tokens; propose
+x_{j+size} .. x_{j+size+G-1}, cut at n (only committed tokens are copied).
+The first size with a match wins. All of it is vectorised over rows and
+buffer positions with static shapes, for the jitted loop.
+
+The proposal is a point mass, p = onehot(x): the rejection step then accepts x
+with probability q(x) and otherwise samples norm(max(0, q - onehot(x))), which
+is exactly as lossless as a model draft's. Positions past the match (or every
+position of a row with none) still carry some token, by convention the row's
+last one; they are proposals like any other, only rarely accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptLookup:
+  """Settings of the lookup draft. Frozen and hashable: a jit static arg.
+
+  Attributes:
+    max_ngram: the longest suffix searched for (tried first).
+    min_ngram: the shortest suffix that counts as a match.
+  """
+  max_ngram: int = 3
+  min_ngram: int = 1
+
+  def validate(self) -> "PromptLookup":
+    for name in ("max_ngram", "min_ngram"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"PromptLookup.{name} must be an int >= 1, got {value!r}")
+    if self.max_ngram < self.min_ngram:
+      raise ValueError(f"PromptLookup.max_ngram={self.max_ngram} must be >= "
+                       f"min_ngram={self.min_ngram}")
+    return self
+
+
+def propose(lookup: PromptLookup, tokens_BL: jax.Array, length_B: jax.Array, num_draft: int
+            ) -> tuple[jax.Array, jax.Array]:
+  """(proposals [B, G] int32, matched [B] int32: how many of them were copied from a match, 0..G)."""
+  B, L = tokens_BL.shape
+  G = num_draft
+  positions_L = jnp.arange(L, dtype=jnp.int32)
+  last_B = jnp.take_along_axis(tokens_BL, jnp.maximum(length_B - 1, 0)[:, None], axis=1)[:, 0]
+  found_B = jnp.zeros((B,), bool)
+  source_B = jnp.zeros((B,), jnp.int32)   # where the copied tokens start: j + size
+  for size in range(lookup.max_ngram, lookup.min_ngram - 1, -1):
+    # equal_BL[b, j]: x_{j+i} == x_{n-size+i} for every i < size.
+    equal_BL = jnp.ones((B, L), bool)
+    for i in range(size):
+      suffix_B = jnp.take_along_axis(tokens_BL, jnp.maximum(length_B - size + i, 0)[:, None], 1)[:, 0]
+      shifted_BL = jnp.roll(tokens_BL, -i, axis=1)  # shifted[b, j] = x_{j+i} (wraps past L: masked)
+      equal_BL &= shifted_BL == suffix_B[:, None]
+    valid_BL = (positions_L[None] + size < length_B[:, None]) & (length_B[:, None] >= size)
+    hit_BL = equal_BL & valid_BL
+    latest_B = jnp.max(jnp.where(hit_BL, positions_L[None], -1), axis=1)
+    new_B = ~found_B & (latest_B >= 0)
+    source_B = jnp.where(new_B, latest_B + size, source_B)
+    found_B |= new_B
+  offsets_G = jnp.arange(G, dtype=jnp.int32)
+  index_BG = source_B[:, None] + offsets_G[None]
+  copied_BG = found_B[:, None] & (index_BG < length_B[:, None])
+  gathered_BG = jnp.take_along_axis(tokens_BL, jnp.minimum(index_BG, L - 1), axis=1)
+  proposals_BG = jnp.where(copied_BG, gathered_BG, last_B[:, None])
+  return proposals_BG.astype(jnp.int32), copied_BG.sum(axis=1).astype(jnp.int32)

@@ -91,7 +91,8 @@ def measure(target: LM, draft: LM, prompts: Sequence[Sequence[int]], sampling: S
     {"K": [sorted ks], "measured": [ms per iteration, untraced], <part>: [ms]
     for PARTS, "traced": [sum of the parts], "overhead": [traced / measured - 1],
     "c": [...], "v_k": [...], "iterations": [per timed call], "thunks": [leaf
-    thunks per iteration], "compile_s": s}
+    thunks per iteration], "thunk_counts": {part: [its thunks per iteration]},
+    "compile_s": s}
     (lists in the order of "K"; c and v_K at K = 0 are None).
   """
   choices, spec, args = _setting(target, draft, prompts, sampling, ks, max_new_tokens, pad_to)
@@ -121,11 +122,13 @@ def measure(target: LM, draft: LM, prompts: Sequence[Sequence[int]], sampling: S
     row.update(measured=measured, traced=traced["wall"] / iterations / 1e3,
                iterations=iterations, thunks=traced["thunks"] / iterations)
     rows.append(row)
+    row["thunk_counts"] = {p: traced.get(f"thunks:{p}", 0.0) / iterations for p in PARTS}
   unit = rows[0]["target_forward"]  # the target's 1-token forward, inside the K = 0 body
   out = {"K": list(choices), "compile_s": compile_s}
   for name in (*PARTS, "measured", "traced", "iterations", "thunks"):
     out[name] = [r[name] for r in rows]
   out["overhead"] = [r["traced"] / r["measured"] - 1 for r in rows]
+  out["thunk_counts"] = {p: [r["thunk_counts"][p] for r in rows] for p in PARTS}
   out["c"] = [None] + [r["draft_forward"] / (k * unit) for k, r in zip(choices[1:], rows[1:])]
   out["v_k"] = [None] + [r["target_forward"] / unit for r in rows[1:]]
   return out

@@ -29,6 +29,7 @@ Arguments after the colon (comma separated):
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from specsample import config_common
 
@@ -44,7 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_prompts = 8          # first HumanEval prompts with >= prompt_tokens tokens
   c.prompt_tokens = 96       # each prompt is cut to its LAST this many tokens (equal shapes)
   c.max_new_tokens = 64      # tokens generated per row
-  c.stop_at_eos = False      # False: every row generates exactly max_new_tokens (same work)
+  # A row stops after emitting this id (2: the tokenizer's eos); None: every row generates
+  # exactly max_new_tokens (the same work for every method).
+  c.eos_id = config_dict.placeholder(int)
 
   # --- What is compared ---
   c.k_sweep = tuple(range(1, 9))  # the K values timed (speculative)

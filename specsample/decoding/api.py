@@ -144,7 +144,7 @@ def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], meth
           f"{name} cache of {length} positions, above its max_seq_len={m.config.max_seq_len}; "
           "lower max_new_tokens or shorten the prompts")
   spec = common.DecodeSpec(sampling=sampling, max_new_tokens=max_new_tokens,
-                           eos_id=-1 if eos_id is None else int(eos_id),
+                           eos_id=None if eos_id is None else int(eos_id),
                            num_draft=largest_k, buffer_len=length,
                            draft_choices=calibrate.draft_choices(num_draft) if speculative_ else ())
   return prompts_BP, prompt_len, spec
@@ -187,7 +187,8 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
       of ints to pick from instead of 0..8.
     sampling: temperature / top-k / top-p, applied to both models.
     max_new_tokens: tokens generated per row at most.
-    eos_id: a row stops after emitting this id (included in its output).
+    eos_id: a row stops after emitting this id (included in its output); None: rows
+      stop at max_new_tokens only.
     seed: PRNG seed: an int, or with sampling.coupling='gumbel' one int in
       [0, 2**32) per prompt. Under 'gumbel' an int gives row b the key
       fold_in(key(seed), b), so only per-row seeds make a row's output

@@ -47,7 +47,7 @@ from specsample.eval.humaneval import load_problems
 from specsample.models import io as model_io
 from specsample.models.lm import LM
 from specsample.tokenizer import Tokenizer
-from specsample.utils import is_positive_int, round_up
+from specsample.utils import is_int, is_positive_int, round_up
 
 
 SAMPLINGS = ("greedy", "nucleus")
@@ -87,6 +87,8 @@ def check_config(config) -> None:
   for name in ("auto", "breakdown_ablation"):
     if not isinstance(config[name], bool):
       raise ValueError(f"{name} must be True or False, got {config[name]!r}")
+  if config.eos_id is not None and (not is_int(config.eos_id) or config.eos_id < 0):
+    raise ValueError(f"eos_id must be None (no stop) or a token id >= 0, got {config.eos_id!r}")
   if not config.forward_seconds > 0:
     raise ValueError(f"forward_seconds must be > 0, got {config.forward_seconds!r}")
   if not config.batch_sizes:
@@ -309,7 +311,7 @@ def run(config, command: str = "", start: Callable[[], None] = lambda: None) -> 
     raise ValueError(f"tokenizer: vocab {tokenizer.vocab_size} != target vocab_size "
                      f"{target.config.vocab_size}")
   task_ids, prompts = humaneval_prompts(tokenizer, config.num_prompts, config.prompt_tokens)
-  eos_id = tokenizer.eos_id if config.stop_at_eos else None
+  eos_id = config.eos_id
   width = round_up(config.prompt_tokens, config.pad_to)
   context_len = config.prompt_tokens + config.max_new_tokens // 2  # mid-generation
   pieces = _Pieces(config, {"target": target, "draft": draft}, mesh, rules)

@@ -26,7 +26,7 @@ def format_markdown(results: dict) -> str:
       f"({results['draft']['num_layers']} layers, d_model {results['draft']['d_model']}). "
       f"{len(results['prompts'])} HumanEval prompts ({results['prompts'][0]}, ...), each cut to its "
       f"last {cfg['prompt_tokens']} tokens, {cfg['max_new_tokens']} new tokens per row, "
-      f"{'stopping' if cfg['stop_at_eos'] else 'not stopping'} at eos; every loop warmed up, "
+      f"{'stopping' if cfg.get('eos_id') is not None else 'not stopping'} at eos; every loop warmed up, "
       f"then {cfg['repeats']} round(s) of one timed pass of each (AR, every K, auto: "
       "round-robin); each call's fastest wall over the rounds is kept.", "",
       "ms/token = wall / mean new tokens per row, prefill included; speedup = autoregressive "

@@ -57,13 +57,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.nucleus = ml_collections.ConfigDict({"temperature": 0.8, "top_k": 0, "top_p": 0.95})
   c.seed = 0                 # PRNG seed of every generate call
   c.auto = True              # also time num_draft="auto" (K chosen per iteration) per setting
-  # K values of the breakdown (eval/breakdown.py): one loop per setting with these
+  # K values of the breakdown (eval/speed/breakdown.py): one loop per setting with these
   # K, compiled once, each K timed and profiled inside it; must include 0 (the
   # unit of c and v_K). () skips it.
   c.breakdown_ks = tuple(range(0, 9))
   c.breakdown_trips = 16     # loop iterations per timed / traced breakdown call
   # Also the ablation cross-check: one more loop per part and setting (6 compiles
-  # of ~15 s each per setting), which does not add up (eval/breakdown.py).
+  # of ~15 s each per setting), which does not add up (eval/speed/breakdown.py).
   c.breakdown_ablation = False
 
   # --- Timing ---

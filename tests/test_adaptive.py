@@ -12,7 +12,7 @@ import pytest
 
 from specsample.decoding import Sampling, api, calibrate, generate
 from specsample.decoding import adaptive, speculative
-from specsample.eval import ablation, breakdown
+from specsample.eval.speed import ablation, breakdown
 from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue, exact_joint
 
 GREEDY = Sampling(temperature=0)
@@ -186,8 +186,8 @@ def test_a_call_that_ends_while_calibrating_caches_nothing(tiny_pair, monkeypatc
 
 
 def test_timing_hooks_force_k_and_cut_the_loop(tiny_pair):
-  """The hooks calibration and eval/breakdown.py use: forced K, a trip limit, a loop that
-  resumes from its state, and (eval/ablation.py) every part replaced by a stand-in
+  """The hooks calibration and eval/speed/breakdown.py use: forced K, a trip limit, a loop that
+  resumes from its state, and (eval/speed/ablation.py) every part replaced by a stand-in
   (nothing is committed, so only the trip limit stops the loop)."""
   target, draft = tiny_pair
   prompts, prompt_len, spec = api.prepare(target, draft, GREEDY_PROMPTS, "speculative", (0, 2),

@@ -1,5 +1,5 @@
-"""The profiler-trace breakdown (eval/trace.py, eval/breakdown.py): attribution by hand, then
-on a real compiled loop. Nothing here asserts a speed, nor the sign of a measured duration
+"""The profiler-trace breakdown (eval/speed/trace.py, eval/speed/breakdown.py): attribution by
+hand, then on a real compiled loop. Nothing here asserts a speed, nor the sign of a measured duration
 (a difference of two wall times goes negative under load): only that the parts are found
 (thunk counts), charged to the right scope, add up, and are reported."""
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from specsample.decoding import Sampling
-from specsample.eval import benchmark_report, breakdown, trace
+from specsample.eval.speed import breakdown, trace
+from specsample.eval.speed import report as benchmark_report
 from test_decoding import GREEDY_PROMPTS
 
 PARTS = ("a", "b")

@@ -22,7 +22,7 @@ import pytest
 
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import docsum, parity, scoring
+from specsample.eval.tasks import docsum, parity, scoring
 from specsample.eval.table1 import grid, report, reproduce
 from specsample.models import io as model_io
 from specsample.models import transformer as tr

@@ -1,4 +1,4 @@
-"""Tests for scripts/benchmark.py, scripts/sample.py, eval/bound.py and eval/timing.py.
+"""Tests for scripts/benchmark.py, scripts/sample.py, eval/speed/bound.py and eval/speed/timing.py.
 
 Both scripts run in-process through their absl `main` (config file, `:runlocal`
 and `--config.x=y` overrides parsed by absl as on the command line) on a tiny
@@ -23,7 +23,8 @@ import pytest
 from specsample import sample_file
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import benchmark, benchmark_report, bound, timing
+from specsample.eval.speed import benchmark, bound, timing
+from specsample.eval.speed import report as benchmark_report
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.models.presets import get_preset

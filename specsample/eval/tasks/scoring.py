@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample.decoding.sampling import Sampling
-from specsample.eval.parity import LAMBDAS
+from specsample.eval.tasks.parity import LAMBDAS
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
 from specsample.utils import round_up

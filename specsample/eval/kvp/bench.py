@@ -27,10 +27,10 @@ from specsample import paths, utils
 from specsample.decoding import api
 from specsample.decoding import kv_prediction as kvpd
 from specsample.decoding.sampling import Sampling
-from specsample.eval import humaneval
-from specsample.eval import kvp_quality as quality
-from specsample.eval import kvp_report
-from specsample.eval import timing
+from specsample.eval.tasks import humaneval
+from specsample.eval.kvp import quality
+from specsample.eval.kvp import report as kvp_report
+from specsample.eval.speed import timing
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.tokenizer import Tokenizer

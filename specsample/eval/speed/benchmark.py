@@ -15,7 +15,7 @@ same shapes, so compilation never lands in a timing. Definitions:
 * auto: num_draft="auto" (K picked per iteration, decoding/calibrate.py),
   against the best fixed K of the sweep (the oracle) and K = 4.
 * breakdown: ms per loop iteration split into parts by a profiler trace of
-  the compiled loop itself (eval/breakdown.py, eval/trace.py), with c, v_K and
+  the compiled loop itself (eval/speed/breakdown.py, eval/speed/trace.py), with c, v_K and
   the bound taken from the same trace (bound_loop); optionally the ablation
   cross-check.
 
@@ -40,10 +40,10 @@ from specsample import placement as placement_lib
 from specsample import sharding as sh
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import bound as bound_lib
-from specsample.eval import breakdown as breakdown_lib
-from specsample.eval import timing
-from specsample.eval.humaneval import load_problems
+from specsample.eval.speed import bound as bound_lib
+from specsample.eval.speed import breakdown as breakdown_lib
+from specsample.eval.speed import timing
+from specsample.eval.tasks.humaneval import load_problems
 from specsample.models import io as model_io
 from specsample.models.lm import LM
 from specsample.tokenizer import Tokenizer
@@ -261,7 +261,7 @@ def _auto_row(sp: timing.GenerateTiming, ar: timing.GenerateTiming, ar_decode: f
 
 def _breakdown(config, target: LM, draft: LM, prompts, sampling: Sampling, alpha: float,
                setting: dict) -> dict:
-  """eval/breakdown.py on the setting's first batch, with the bound from in-loop c and v_K."""
+  """eval/speed/breakdown.py on the setting's first batch, with the bound from in-loop c and v_K."""
   args = (target, draft, prompts, sampling, config.breakdown_ks, config.max_new_tokens,
           config.pad_to, config.breakdown_trips, config.forward_repeats)
   out = breakdown_lib.measure(*args)

@@ -128,7 +128,7 @@ def profiler_cost_ms(results: dict) -> float | None:
 def _breakdown_lines(b: dict, cost_ms: float) -> list[str]:
   lines = [
       "", "Where an iteration's time goes, ms, from a profiler trace of the compiled loop "
-      "itself (eval/breakdown.py): every thunk XLA ran in the loop is charged to the named "
+      "itself (eval/speed/breakdown.py): every thunk XLA ran in the loop is charged to the named "
       "scope it was traced under; xla copies = copies XLA inserted (loop carry, layouts); "
       "other = unscoped ops (current token, block, K choice); idle = no thunk running (the "
       "executor between thunks, loop condition, switch). sum = the traced iteration, which the "
@@ -155,7 +155,7 @@ def _breakdown_lines(b: dict, cost_ms: float) -> list[str]:
   a = b.get("ablation")
   if a:
     lines += [
-        "", "Cross-check by ablation (eval/breakdown.py): each part = full iteration - the "
+        "", "Cross-check by ablation (eval/speed/breakdown.py): each part = full iteration - the "
         "iteration with that part replaced by a stand-in of the same shapes, rest = every part "
         "replaced; residual = (full - sum) / full. It does not add up: removing a part changes "
         "how XLA compiles the rest.", "",

@@ -37,7 +37,7 @@ import re
 from typing import Any, Callable, Mapping, Sequence
 
 from specsample import paths
-from specsample.eval import stats
+from specsample.eval.tasks import stats
 
 DEFAULT_MAX_DOC_CHARS = 1000
 DEFAULT_HUB_ID = "EdinburghNLP/xsum"

@@ -2,7 +2,7 @@
 
 `Ablated(parts)` is a `speculative.Parts` factory (hashable, so a loop per
 ablation is compiled once) whose named parts are replaced by stand-ins of the
-same shapes and dtypes: what eval/breakdown.py's `ablation` times against the
+same shapes and dtypes: what eval/speed/breakdown.py's `ablation` times against the
 full loop. Nothing here is used by decoding.
 """
 

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from specsample.eval import humaneval, stats
+from specsample.eval.tasks import humaneval, stats
 
 METRIC_NAMES = {"humaneval": "pass@1", "xsum": "ROUGE-2"}
 

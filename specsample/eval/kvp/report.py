@@ -1,4 +1,4 @@
-"""results/kvp.md and the quality-vs-TTFT Pareto plot, from the dict kvp_bench.run writes."""
+"""results/kvp.md and the quality-vs-TTFT Pareto plot, from the dict kvp/bench.run writes."""
 
 from __future__ import annotations
 

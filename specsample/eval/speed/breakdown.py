@@ -9,7 +9,7 @@ measurements of that one executable, interleaved over `repeats` rounds:
             the fastest round (load only ever adds time);
   traced    the same run under jax.profiler; every thunk XLA ran inside the
             decode loop is charged to the part whose `jax.named_scope` it was
-            traced under (eval/trace.py), per iteration, from the round with
+            traced under (eval/speed/trace.py), per iteration, from the round with
             the fastest traced loop:
 
     draft_forward   the draft's forwards (one 2-token, then K - 1 1-token)
@@ -34,7 +34,7 @@ c = draft forwards / (K x target 1-token forward), v_K = target (K+1)-token
 forward / target 1-token forward, both from the trace of the loop.
 
 `ablation` is the older cross-check: one more compiled loop per part, with
-that part replaced by a stand-in of the same shapes (eval/ablation.py),
+that part replaced by a stand-in of the same shapes (eval/speed/ablation.py),
 a part's time = full - ablated. It does not add up (the `residual` it
 reports): removing a part also changes the fusion, layout and scheduling
 decisions XLA makes for the rest, and each variant is timed at another
@@ -52,8 +52,8 @@ import numpy as np
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
 from specsample.decoding.speculative import SCOPES
-from specsample.eval import ablation as ablation_lib
-from specsample.eval import trace
+from specsample.eval.speed import ablation as ablation_lib
+from specsample.eval.speed import trace
 from specsample.models.lm import LM
 
 PARTS = SCOPES + ("xla_copies", "other", "idle")

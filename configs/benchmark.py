@@ -29,6 +29,7 @@ Arguments after the colon (comma separated):
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from specsample import config_common
 
@@ -44,7 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_prompts = 8          # first HumanEval prompts with >= prompt_tokens tokens
   c.prompt_tokens = 96       # each prompt is cut to its LAST this many tokens (equal shapes)
   c.max_new_tokens = 64      # tokens generated per row
-  c.stop_at_eos = False      # False: every row generates exactly max_new_tokens (same work)
+  # A row stops after emitting this id (2: the tokenizer's eos); None: every row generates
+  # exactly max_new_tokens (the same work for every method).
+  c.eos_id = config_dict.placeholder(int)
 
   # --- What is compared ---
   c.k_sweep = tuple(range(1, 9))  # the K values timed (speculative)
@@ -54,13 +57,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.nucleus = ml_collections.ConfigDict({"temperature": 0.8, "top_k": 0, "top_p": 0.95})
   c.seed = 0                 # PRNG seed of every generate call
   c.auto = True              # also time num_draft="auto" (K chosen per iteration) per setting
-  # K values of the breakdown (eval/breakdown.py): one loop per setting with these
+  # K values of the breakdown (eval/speed/breakdown.py): one loop per setting with these
   # K, compiled once, each K timed and profiled inside it; must include 0 (the
   # unit of c and v_K). () skips it.
   c.breakdown_ks = tuple(range(0, 9))
   c.breakdown_trips = 16     # loop iterations per timed / traced breakdown call
   # Also the ablation cross-check: one more loop per part and setting (6 compiles
-  # of ~15 s each per setting), which does not add up (eval/breakdown.py).
+  # of ~15 s each per setting), which does not add up (eval/speed/breakdown.py).
   c.breakdown_ablation = False
 
   # --- Timing ---

@@ -13,7 +13,7 @@ CI smoke test (a tiny random pair; any io.save_lm folders work):
 Without --config.xsum.path the summarization rows run on "docstring summarization
 (offline stand-in for XSum)": functions/classes of the corpus's validation split
 (document = the definition without its docstring, summary = the docstring's first
-sentence; specsample/eval/docsum.py), built once under <workdir>/docsum, its size
+sentence; specsample/eval/tasks/docsum.py), built once under <workdir>/docsum, its size
 and hash in <results_dir>/docsum.json. Real XSum is one flag away: a local copy in
 the HF layouts (a folder of test-00000-of-00001.parquet, data/, test.jsonl, ...):
 

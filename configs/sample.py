@@ -19,16 +19,18 @@ target_calls, drafted, accepted, new_tokens, tokens_per_call, acceptance_rate.
 
 Arguments after the colon (comma separated):
   runlocal   first 2 prompts, 8 new tokens, batch 2: a seconds-long smoke test.
+  no_eos     eos_id = None: every row generates max_new_tokens (a flag cannot say None).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from specsample import config_common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The sampling config; `arg="runlocal"` shrinks it to a smoke test."""
-  args = config_common.parse_arg(arg, "configs/sample.py", switches=("runlocal",))
+  args = config_common.parse_arg(arg, "configs/sample.py", switches=("runlocal", "no_eos"))
   c = ml_collections.ConfigDict()
   # --- Files ---
   c.input = ""               # required: prompts, .txt (one per line) or .jsonl ("prompt" field)
@@ -48,7 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.top_k = 0                # >= 0; 0 = off
   c.top_p = 0.95             # in (0, 1]; 1 = off
   c.max_new_tokens = 128     # new tokens per prompt at most, >= 1
-  c.eos_id = 2               # a row stops after emitting this id (the tokenizer's eos); -1 = never
+  # A row stops after emitting this id (the tokenizer's eos); None (`no_eos`) = never.
+  c.eos_id = config_dict.FieldReference(None if args["no_eos"] else 2, field_type=int)
   c.seed = 0                 # PRNG seed; batch i uses seed + i
   c.batch_size = 8           # prompts per generate call, >= 1
   c.pad_to = 16              # prompt/buffer length rounding (fewer compiles)

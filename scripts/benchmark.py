@@ -19,7 +19,8 @@ import jax
 from ml_collections import config_flags
 
 from specsample import cli
-from specsample.eval import benchmark, benchmark_report
+from specsample.eval.speed import benchmark
+from specsample.eval.speed import report as benchmark_report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config file.",
                                           lock_config=True)

@@ -2,7 +2,7 @@ r"""Builds the docstring-summarization stand-in for XSum and writes its size and
 
   python scripts/build_docsum.py --cache_dir=workdirs/reproduce/docsum --out=results/docsum.json
 
-The set (specsample/eval/docsum.py): functions/classes of the corpus's validation
+The set (specsample/eval/tasks/docsum.py): functions/classes of the corpus's validation
 split, document = the definition without its docstring, summary = the docstring's
 first sentence. It is built once into --cache_dir (test.jsonl + info.json; the
 default is where scripts/reproduce.py's default run looks, so that run reuses it)
@@ -14,7 +14,7 @@ import json
 from absl import flags
 
 from specsample import cli
-from specsample.eval import docsum
+from specsample.eval.tasks import docsum
 from specsample.tokenizer import Tokenizer
 from specsample.utils import write_atomic
 

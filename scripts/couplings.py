@@ -1,5 +1,5 @@
 r"""Acceptance and speed of the Gumbel-max coupling against rejection sampling; writes
-results/couplings.json and results/couplings.md (specsample/eval/couplings.py).
+results/couplings.json and results/couplings.md (specsample/eval/speed/couplings.py).
 
   flock /tmp/timing.lock python scripts/couplings.py
 
@@ -13,7 +13,7 @@ import json
 from absl import flags, logging
 
 from specsample import cli
-from specsample.eval import couplings
+from specsample.eval.speed import couplings
 from specsample.utils import write_atomic
 
 _OUT = flags.DEFINE_string("out", "results/couplings", "Output path without extension.")

@@ -10,7 +10,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from specsample import cli
-from specsample.eval import kvp_bench
+from specsample.eval.kvp import bench as kvp_bench
 
 _CONFIG = config_flags.DEFINE_config_file("config", cli.repo_path("configs/kvp_eval.py"),
                                           "KV Prediction evaluation config.", lock_config=True)

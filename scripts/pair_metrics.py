@@ -6,7 +6,7 @@ Records, for the exported (bfloat16-stored, float32-run) target and draft:
 parameter counts, validation loss and greedy agreement (the alpha of greedy
 speculative decoding) on held-out windows, decode step times timed inside one
 jitted loop, c = draft step / target step, and the training runs' final
-metrics (specsample/eval/pair.py).
+metrics (specsample/eval/speed/pair.py).
 """
 
 import json
@@ -14,7 +14,7 @@ import json
 from absl import flags, logging
 
 from specsample import cli
-from specsample.eval import pair
+from specsample.eval.speed import pair
 from specsample.utils import write_atomic
 
 _PAIR = flags.DEFINE_string("pair", "assets/pair", "Folder with target/ and draft/.")

@@ -28,6 +28,8 @@ import sys
 import sysconfig
 from collections.abc import Iterable, Mapping, Sequence
 
+from specsample import paths
+
 # Folder names never descended into. `site-packages` is skipped inside the
 # stdlib walk because it lives under it; it is walked separately when asked.
 SKIP_DIRS = frozenset(
@@ -325,8 +327,5 @@ def write_corpus_stats(corpus: Corpus,
                        path: str = "results/corpus.json") -> dict:
   """Writes `corpus_stats(corpus)` as indented JSON to `path`; returns it."""
   stats = corpus_stats(corpus)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(stats, f, indent=2, sort_keys=True)
-    f.write("\n")
+  paths.write_atomic({path: json.dumps(stats, indent=2, sort_keys=True) + "\n"})
   return stats

@@ -49,8 +49,8 @@ def check_config(config) -> None:
       raise ValueError(f"{name} must be an int >= {low}, got {config[name]!r}")
   if not is_int(config.seed):
     raise ValueError(f"seed must be an int, got {config.seed!r}")
-  if not is_int(config.eos_id) or config.eos_id < -1:
-    raise ValueError(f"eos_id must be -1 (never stop early) or a token id >= 0, got "
+  if config.eos_id is not None and (not is_int(config.eos_id) or config.eos_id < 0):
+    raise ValueError(f"eos_id must be None (never stop early) or a token id >= 0, got "
                      f"{config.eos_id!r}")
 
   if not config.input:
@@ -154,8 +154,8 @@ def run(config, start: Callable[[], None] = lambda: None) -> list[dict]:
   mesh = placement.mesh_from_config(config, [config.batch_size])  # None: one device
   rows = read_prompts(config.input, config.limit)
   tokenizer = Tokenizer.load(config.tokenizer)
-  if config.eos_id >= tokenizer.vocab_size:
-    raise ValueError(f"eos_id must be -1 or in [0, {tokenizer.vocab_size}), got {config.eos_id}")
+  if config.eos_id is not None and config.eos_id >= tokenizer.vocab_size:
+    raise ValueError(f"eos_id must be None or in [0, {tokenizer.vocab_size}), got {config.eos_id}")
   token_prompts = [tokenizer.encode(r["prompt"], add_bos=config.add_bos) for r in rows]
   for i, tokens in enumerate(token_prompts):
     if not tokens:
@@ -163,7 +163,6 @@ def run(config, start: Callable[[], None] = lambda: None) -> list[dict]:
   _check_lengths(config, token_prompts)
   sampling = Sampling(config.temperature, config.top_k, config.top_p)
   speculative = config.method == "speculative"
-  eos_id = None if config.eos_id < 0 else config.eos_id
 
   # Only now: load (and then compile).
   target = placement.load_lm_from_config(config, "target_dir", mesh)
@@ -172,7 +171,7 @@ def run(config, start: Callable[[], None] = lambda: None) -> list[dict]:
     raise ValueError(f"tokenizer: vocab {tokenizer.vocab_size} != target vocab_size "
                      f"{target.config.vocab_size}")
   decode = dict(draft=draft, method=config.method, num_draft=config.num_draft,
-                sampling=sampling, max_new_tokens=config.max_new_tokens, eos_id=eos_id,
+                sampling=sampling, max_new_tokens=config.max_new_tokens, eos_id=config.eos_id,
                 pad_to=config.pad_to, **placement.rules_from_config(config, mesh))
   is_main = jax.process_index() == 0
   out_rows = []

@@ -12,7 +12,7 @@ import pytest
 
 from specsample.decoding import Sampling, api, calibrate, generate
 from specsample.decoding import adaptive, speculative
-from specsample.eval import breakdown
+from specsample.eval.speed import ablation, breakdown
 from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue, exact_joint
 
 GREEDY = Sampling(temperature=0)
@@ -129,30 +129,65 @@ def test_bad_auto_settings_raise_before_compiling(tiny_pair, num_draft, costs, f
   assert api.TRACE_COUNT == before
 
 
-def test_calibration_is_measured_once_per_shape(tiny_pair, greedy_ar):
+def test_calibration_times_the_calls_own_iterations_once_per_shape(tiny_pair, greedy_ar,
+                                                                     monkeypatch):
+  """The first call at a shape times the anchor K values on its own first iterations (few,
+  whatever the batch), carries on from them, and is still token for token autoregressive;
+  the second call reuses the costs. Nothing here depends on the measured values."""
   target, _ = tiny_pair
-  calls = []
-  original = calibrate.measure
+  runs, original = [], calibrate.measure
 
-  def counting(key, run, n):
-    calls.append(key)
-    return original(key, run, n)
+  def counting(key, advance, state, choices):
+    def logged(state, index, trips):
+      state, ran = advance(state, index, trips)
+      runs.append((key, index, trips, ran))
+      return state, ran
+    return original(key, logged, state, choices)
 
-  calibrate.measure, before = counting, len(calibrate._COSTS)
-  try:
-    for seed in range(2):  # the loop of the test above: no new compile
-      out = generate(target, GREEDY_PROMPTS, draft=target, num_draft=(0, 2), sampling=GREEDY,
-                     seed=seed, **KWARGS)
-      assert out.tokens == greedy_ar.tokens
-  finally:
-    calibrate.measure = original
-  assert len(calls) == 2 and calls[0] == calls[1] and len(calibrate._COSTS) == before + 1
-  costs = calibrate._COSTS[calls[0]]
-  assert costs.shape == (2,) and (costs > 0).all()
+  monkeypatch.setattr(calibrate, "measure", counting)
+  monkeypatch.setattr(calibrate, "SEGMENT_S", 1e9)   # every anchor runs MAX_TRIPS iterations
+  monkeypatch.setattr(calibrate, "MAX_TRIPS", 2)
+  before, choices = len(calibrate._COSTS), (0, 1, 2)
+  for seed in range(2):  # one loop compiled, no recompile on the second call
+    out = generate(target, GREEDY_PROMPTS, draft=target, num_draft=choices, sampling=GREEDY,
+                   seed=seed, **KWARGS)
+    assert out.tokens == greedy_ar.tokens
+    if seed == 0:
+      traces = dict(api.TRACE_COUNT)
+  assert api.TRACE_COUNT == traces
+  assert len(calibrate._COSTS) == before + 1 and len({r[0] for r in runs}) == 1
+  # Anchors largest K, smallest K >= 1, then 0, each run for MAX_TRIPS iterations in all,
+  # only during the first call.
+  assert [(index, ran) for _, index, _, ran in runs] == [(2, 1), (2, 1), (1, 1), (1, 1),
+                                                         (0, 1), (0, 1)]
+  costs = calibrate._COSTS[runs[0][0]]
+  assert costs.shape == (3,) and (np.diff(costs) >= 0).all()   # non-decreasing by construction
+
+
+def test_interpolated_costs_are_affine_between_anchors_and_monotone():
+  choices = (0, 1, 2, 3, 5)
+  assert calibrate.anchors(choices) == (4, 1, 0)
+  assert calibrate.anchors((2, 4)) == (1, 0) and calibrate.anchors((3,)) == (0,)
+  costs = calibrate.interpolate(choices, {4: 9.0, 1: 1.0, 0: 2.0})
+  np.testing.assert_allclose(costs, [2.0, 2.0, 3.0, 5.0, 9.0])  # K=1 lifted to K=0's 2.0
+  np.testing.assert_allclose(calibrate.interpolate((0, 4), {1: 3.0, 0: 5.0}), [5.0, 5.0])
+
+
+def test_a_call_that_ends_while_calibrating_caches_nothing(tiny_pair, monkeypatch):
+  """1 new token: the largest K's first iteration finishes every row; the call returns
+  that token and the next call at the shape calibrates again."""
+  target, draft = tiny_pair
+  monkeypatch.setattr(calibrate, "_COSTS", {})
+  kwargs = dict(draft=draft, num_draft=(0, 1, 2), sampling=GREEDY, max_new_tokens=1)
+  out = generate(target, GREEDY_PROMPTS, **kwargs)
+  ar = generate(target, GREEDY_PROMPTS, method="autoregressive", sampling=GREEDY,
+                max_new_tokens=1)
+  assert out.tokens == ar.tokens and calibrate._COSTS == {}
 
 
 def test_timing_hooks_force_k_and_cut_the_loop(tiny_pair):
-  """eval/breakdown.py's harness: forced K, a trip limit, and every part ablated
+  """The hooks calibration and eval/speed/breakdown.py use: forced K, a trip limit, a loop that
+  resumes from its state, and (eval/speed/ablation.py) every part replaced by a stand-in
   (nothing is committed, so only the trip limit stops the loop)."""
   target, draft = tiny_pair
   prompts, prompt_len, spec = api.prepare(target, draft, GREEDY_PROMPTS, "speculative", (0, 2),
@@ -160,11 +195,13 @@ def test_timing_hooks_force_k_and_cut_the_loop(tiny_pair):
   key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
   args = (target.params, draft.params, prompts, prompt_len, key_data, np.ones(2, np.float32))
   loop = api.make_loop("speculative", target.config, draft.config, spec,
-                       ablate=frozenset(speculative.ABLATABLE))
+                       parts=ablation.Ablated(frozenset(ablation.ABLATABLE)))
   out = loop(*args, np.int32(1), np.int32(5))
   np.testing.assert_array_equal(out[1], prompt_len)        # nothing committed
   np.testing.assert_array_equal(out[2], 5)                 # 5 iterations, every row active
   np.testing.assert_array_equal(out[3], 10)                # at K = 2
+  with pytest.raises(ValueError, match="ablate: unknown parts"):
+    ablation.Ablated(frozenset({"everything"}))
   with pytest.raises(ValueError, match="ks must include 0"):
     breakdown.measure(target, draft, GREEDY_PROMPTS, GREEDY, (1, 2), 24)
 

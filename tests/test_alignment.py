@@ -221,7 +221,9 @@ def test_evaluation_of_a_draft_equal_to_the_target(tiny_setup, tmp_path):
   for sampling in evaluate.SAMPLINGS:
     assert abs(same[sampling]["alpha"] - 1.0) < 1e-5
     assert all(same[sampling]["tau"][k] > k for k in c.k_values)
-    assert all(s["speedup"] > 0 for s in same[sampling]["speed"].values())
+    # Timings only add up (a measured speed depends on the machine's load).
+    assert all(s["speedup"] == pytest.approx(s["ar_ms_per_token"] / s["sps_ms_per_token"])
+               for s in same[sampling]["speed"].values())
   paths = evaluate.write_results(results, str(tmp_path / "out"), "test")
   assert all(os.path.getsize(p) > 0 for p in paths)
   with open(paths[1]) as f:

@@ -1,4 +1,5 @@
-"""The docstring-summarization stand-in (eval/docsum.py) and the XSum loader's local layouts."""
+"""The docstring-summarization stand-in (eval/tasks/docsum.py) and the XSum loader's local
+layouts."""
 
 import hashlib
 import json
@@ -8,7 +9,7 @@ import shutil
 import pytest
 
 from specsample import corpus as corpus_lib
-from specsample.eval import docsum, xsum
+from specsample.eval.tasks import docsum, xsum
 from specsample.tokenizer import Tokenizer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from specsample.eval import execution, humaneval, stats, xsum
+from specsample.eval.tasks import execution, humaneval, stats, xsum
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_PATH = os.path.join(REPO_ROOT, "tests", "fixtures", "xsum_fixture.jsonl")
@@ -114,7 +114,7 @@ def test_execution_and_stats_import_no_jax():
   """Worker-side modules must stay importable without JAX."""
   code = ("import importlib.util, sys\n"
           "for name in ('execution', 'stats'):\n"
-          "    path = sys.argv[1] + '/specsample/eval/' + name + '.py'\n"
+          "    path = sys.argv[1] + '/specsample/eval/tasks/' + name + '.py'\n"
           "    spec = importlib.util.spec_from_file_location(name, path)\n"
           "    module = sys.modules[name] = importlib.util.module_from_spec(spec)\n"
           "    spec.loader.exec_module(module)\n"
@@ -214,7 +214,7 @@ def test_xsum_fixture_loads_offline(tmp_path):
 
 def test_xsum_hub_offline_gives_clear_error():
   # A fresh interpreter, so offline mode holds whatever imported datasets first.
-  code = ("from specsample.eval import xsum\n"
+  code = ("from specsample.eval.tasks import xsum\n"
           "try:\n    xsum.load_xsum('no-such-user/no-such-xsum')\n"
           "except RuntimeError as e:\n    print('CLEAR' if 'local' in str(e) else e)\n")
   env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1",

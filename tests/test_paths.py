@@ -187,3 +187,51 @@ def test_model_folder_without_rename_is_committed_by_config_json(tmp_path, monke
   names = sorted(os.listdir(directory))
   assert len(names) == 2 and names[0] == "config.json" and names[1].startswith("params-")
   assert first not in names
+
+
+class _PathsCheckpointer:
+  """orbax's StandardCheckpointer writing one .npz object through specsample.paths: orbax
+  writes arrays with tensorstore, which talks to real GCS, not to the in-memory bucket."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def save(self, directory, tree):
+    leaves = jax.tree_util.tree_leaves(jax.device_get(tree))
+    with paths.local_file(f"{directory}/arrays.npz") as tmp:
+      np.savez(tmp, *leaves)
+
+  def wait_until_finished(self):
+    pass
+
+  def restore(self, directory, abstract):
+    with paths.open_file(f"{directory}/arrays.npz", "rb") as f:
+      arrays = np.load(f)
+      leaves = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), leaves)
+
+
+def test_kv_predictor_saves_to_and_loads_from_a_bucket(gcs, monkeypatch):
+  """save_kvp on gs://: no folder rename; kvp.json, written last, names the predictor's
+  folder; a second save replaces it and leaves no stray predictor behind."""
+  from specsample.decoding import LM, kv_prediction as kvpd
+  from specsample.models import kv_predictor as kp
+  monkeypatch.setattr(model_io.ocp, "StandardCheckpointer", _PathsCheckpointer)
+  config = get_preset("tiny", vocab_size=16)
+  target = LM(config, tr.init_params(config, jax.random.key(0)))
+  aux_cfg = config.replace(num_layers=1)
+  aux = LM(aux_cfg, tr.init_params(aux_cfg, jax.random.key(1)))
+  kvp_cfg = kp.KVPConfig(config, aux_cfg).validate()
+  folder = "gs://bucket/kvp"
+  for seed in (2, 3):
+    predictor = kp.init_params(kvp_cfg, jax.random.key(seed))
+    assert kvpd.save_kvp(folder, target, aux, predictor, kvp_cfg.layer_map) == folder
+  meta = json.loads(paths.read_text(f"{folder}/kvp.json"))
+  assert sorted(paths.listdir(folder)) == sorted(["aux", meta["predictor_dir"], "kvp.json"])
+  loaded = kvpd.load_kvp(folder, target)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, predictor)
+  assert kvpd.fingerprint(loaded.aux) == kvpd.fingerprint(aux)
+  assert gcs.renames == 0

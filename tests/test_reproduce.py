@@ -22,7 +22,7 @@ import pytest
 
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import docsum, parity, scoring
+from specsample.eval.tasks import docsum, parity, scoring
 from specsample.eval.table1 import grid, report, reproduce
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
@@ -339,3 +339,50 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
   assert "## K sweep" in md and "| HumanEval | greedy | 3 |" in md
   assert "| XSum | greedy | SpS | 1 | 4 | not run |" in md     # paper rows stay visible
   assert "M1**: Test CPU, 2 cores" in md
+
+
+def _simulated_calibration_records(rng, replicates: int, tokens: int, vocab: int = 50,
+                                   wrong: bool = False) -> list[dict]:
+  """One record per replicate of `tokens` tokens, each drawn from a random nucleus-truncated
+  distribution s (or, wrong=True, uniformly over s's support), scored against s."""
+  logits = rng.normal(size=(replicates, tokens, vocab)) * 2.5
+  s = np.exp(logits - logits.max(-1, keepdims=True))
+  s /= s.sum(-1, keepdims=True)
+  order = np.argsort(-s, axis=-1)
+  kept = np.cumsum(np.take_along_axis(s, order, -1), -1) - np.take_along_axis(s, order, -1) < 0.9
+  mask = np.zeros_like(kept)
+  np.put_along_axis(mask, order, kept, -1)
+  s = np.where(mask, s, 0.0)
+  s /= s.sum(-1, keepdims=True)
+  draw_from = mask / mask.sum(-1, keepdims=True) if wrong else s
+  cdf = np.cumsum(draw_from, -1)
+  x = np.minimum((rng.random((replicates, tokens, 1)) > cdf).sum(-1), vocab - 1)
+  logs = np.log(np.where(s > 0, s, 1.0))
+  entropy = -(s * logs).sum(-1)
+  u = np.take_along_axis(logs, x[..., None], -1)[..., 0] + entropy
+  variance = (s * logs ** 2).sum(-1) - entropy ** 2
+  psi = np.stack([lam * entropy + np.log(np.where(s > 0, s ** (1 + lam), 0.0).sum(-1))
+                  for lam in parity.LAMBDAS], -1)
+  return [{"items": [{"calibration": {
+      "u": float(u[r].sum()), "variance": float(variance[r].sum()), "tokens": tokens,
+      "outside": 0, "log_mgf": psi[r].sum(0).tolist()}}]} for r in range(replicates)]
+
+
+def test_small_sample_calibration_bound_keeps_its_false_failure_rate():
+  """Below NORMAL_MIN_TOKENS the check is the test-martingale bound: at 16 tokens and
+  confidence 0.9 an exact sampler fails it at most 10% of the time (Ville's inequality).
+  Simulated with 4,000 exact 16-token cells: asserting at most 10% + 3 standard errors
+  fails falsely with probability below 0.2% (normal approximation of the binomial at the
+  bound's worst case, 10%). A sampler drawing uniformly over the support is caught."""
+  rng = np.random.default_rng(0)
+  exact = _simulated_calibration_records(rng, 4000, 16)
+  checks = [parity.check_calibration(r, confidence=0.9) for r in exact]
+  assert all(c["log_e"] is not None for c in checks)  # the bound, not the normal z
+  rate = np.mean([not c["passed"] for c in checks])
+  assert rate <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / 4000), rate
+  wrong = _simulated_calibration_records(rng, 200, 16, wrong=True)
+  caught = np.mean([not parity.check_calibration(r, confidence=0.9)["passed"] for r in wrong])
+  assert caught > 0.5, caught
+  # At NORMAL_MIN_TOKENS tokens and above, the normal z decides, as before.
+  big = _simulated_calibration_records(rng, 1, parity.NORMAL_MIN_TOKENS)[0]
+  assert parity.check_calibration(big, confidence=0.9)["log_e"] is None

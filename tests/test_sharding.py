@@ -263,7 +263,7 @@ def test_sharded_loop_compiles_once_and_pins_cache_layout(pair):
   prompts_BP, prompt_len_B, spec = api.prepare(
       target, draft, case.PROMPTS, "speculative", case.DECODE["num_draft"],
       case.DECODE["sampling"], case.DECODE["max_new_tokens"], eos_id=None, pad_to=16)
-  assert spec.eos_id == -1 and prompts_BP.shape[1] == 16
+  assert spec.eos_id is None and prompts_BP.shape[1] == 16
   target_rules = sh.canonical_rules(case.TARGET_RULES)
   loop = api.make_loop("speculative", case.TARGET_CFG, case.DRAFT_CFG, spec, mesh,
                        target_rules, case.DRAFT_RULES, 8, 16)

@@ -6,7 +6,7 @@ greedy and nucleus sampling:
   tau    block efficiency: new tokens / target calls of speculative sampling, K in k_values
   MBSU   tau / (c K + 1), c the draft/target parameter ratio (Goel et al.)
   speedup  autoregressive ms/token / speculative ms/token at K = speed_k, batch 1 and 8,
-           measured side by side in this process after warm-up (eval.timing).
+           measured side by side in this process after warm-up (eval/speed/timing.py).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from specsample import paths  # noqa: E402
 from specsample import utils  # noqa: E402
 from specsample.alignment import data as data_lib  # noqa: E402
 from specsample.decoding import Sampling, generate  # noqa: E402
-from specsample.eval import bound, timing  # noqa: E402
-from specsample.eval.humaneval import load_problems  # noqa: E402
+from specsample.eval.speed import bound, timing  # noqa: E402
+from specsample.eval.tasks.humaneval import load_problems  # noqa: E402
 from specsample.models import io as model_io  # noqa: E402
 from specsample.models import transformer as tr  # noqa: E402
 from specsample.tokenizer import Tokenizer  # noqa: E402

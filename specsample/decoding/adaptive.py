@@ -18,7 +18,8 @@ ALPHA_PRIOR = (1.0, 2.0)
 
 
 def expected_tokens(alpha, num_draft: int):
-  """E(alpha, K) = 1 + alpha + ... + alpha^K, tokens per iteration (PAPERS.md section 2)."""
+  """E(alpha, K) = 1 + alpha + ... + alpha^K, tokens per iteration (PAPERS.md section 2);
+  alpha a float or an array (elementwise). eval/speed/bound.py checks and reuses it."""
   return sum(alpha ** i for i in range(num_draft + 1))
 
 

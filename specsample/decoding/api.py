@@ -23,18 +23,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample import sharding as sh
-from specsample.decoding import (autoregressive, calibrate, common, coupling, kv_prediction,
-                                 speculative)
+from specsample.decoding import calibrate, common, coupling, kv_prediction
+from specsample.decoding.loops import TRACE_COUNT, loop_shardings, make_auto_loop, make_loop
 from specsample.decoding.sampling import Sampling
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
 from specsample.utils import is_positive_int, round_up
 
 METHODS = ("autoregressive", "speculative")
-
-# Number of times a decode loop was traced (= compiled) in this process. Tests
-# use it to check that new prompts of the same shape do not recompile.
-TRACE_COUNT = {"autoregressive": 0, "speculative": 0}
+__all__ = ["GenerateOutput", "TRACE_COUNT", "generate", "loop_shardings", "make_auto_loop",
+           "make_loop", "prepare"]
 
 
 @dataclasses.dataclass
@@ -146,7 +144,7 @@ def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], meth
           f"{name} cache of {length} positions, above its max_seq_len={m.config.max_seq_len}; "
           "lower max_new_tokens or shorten the prompts")
   spec = common.DecodeSpec(sampling=sampling, max_new_tokens=max_new_tokens,
-                           eos_id=-1 if eos_id is None else int(eos_id),
+                           eos_id=None if eos_id is None else int(eos_id),
                            num_draft=largest_k, buffer_len=length,
                            draft_choices=calibrate.draft_choices(num_draft) if speculative_ else ())
   return prompts_BP, prompt_len, spec
@@ -169,95 +167,6 @@ def make_output(prompt_len: np.ndarray, tokens, length, target_calls, drafted, a
   return GenerateOutput(tokens=rows, stats=stats)
 
 
-def loop_shardings(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig | None,
-                   mesh, target_rules: sh.Rules, draft_rules: sh.Rules | None, batch: int,
-                   prompt_width: int, buffer_len: int) -> dict[str, Any]:
-  """Every sharding of one compiled loop on a mesh, validated (ValueError before compiling).
-
-  Returns:
-    dict with target_params, draft_params (None for autoregressive), prompts,
-    prompt_len, target_cache, draft_cache (KVCache of NamedShardings or None)
-    and replicated.
-  """
-  out = {
-      "target_params": sh.param_shardings(target_cfg, mesh, target_rules),
-      "prompts": sh.batch_sharding(mesh, target_rules, (batch, prompt_width), what="prompts [B, P]"),
-      "prompt_len": sh.batch_sharding(mesh, target_rules, (batch,), what="prompt lengths [B]"),
-      "target_cache": sh.cache_shardings(target_cfg, mesh, target_rules, batch, buffer_len),
-      "draft_params": None, "draft_cache": None, "replicated": sh.replicated(mesh),
-  }
-  if draft_cfg is not None:
-    out["draft_params"] = sh.param_shardings(draft_cfg, mesh, draft_rules)
-    out["draft_cache"] = sh.cache_shardings(draft_cfg, mesh, draft_rules, batch, buffer_len)
-  return out
-
-
-@functools.lru_cache(maxsize=128)
-def make_loop(method: str, target_cfg: tr.TransformerConfig,
-              draft_cfg: tr.TransformerConfig | None, spec: common.DecodeSpec, mesh=None,
-              target_rules: sh.Rules | None = None, draft_rules: sh.Rules | None = None,
-              batch: int = 0, prompt_width: int = 0, ablate: frozenset[str] = frozenset(),
-              kvp: kv_prediction.KVPSpec | None = None):
-  """The jitted decode loop of one setting; cached, so a setting compiles once per shape.
-
-  With `kvp` (single device only), the prompt caches come from KV Prediction
-  and the function takes a ninth argument, {'aux': params, 'predictor': params}.
-
-  Returns:
-    fn(target_params, draft_params, prompts [B, P], prompt_len [B], key_data [2],
-    cost [C], force_index [], max_iterations []) -> (tokens [B, L], length [B],
-    target_calls [B], drafted [B], accepted [B]), plus the final caches as a
-    sixth element on a mesh. key_data is jax.random.key_data of the PRNG key:
-    [2], or [B, 2] one key per row under coupling='gumbel' (coupling.row_key_data).
-    cost, force_index and max_iterations are speculative_loop's (the
-    iteration cost of each K of "auto", and two timing hooks: pass any array,
-    -1 and 2**31 - 1 to decode). draft_params is ignored (pass None) for
-    method='autoregressive', and so are the last three arguments. `ablate`
-    (speculative only) replaces parts by stand-ins, for eval/breakdown.py.
-
-    Without a mesh, shapes come from the arguments (batch and prompt_width
-    are unused). On a mesh the parameters are laid out by each model's rules,
-    prompts split over the 'batch' rule's axes, results replicated (every
-    process of a multi-host run can read them) and the caches returned with
-    shardings from the rules: that pins the while-loop carry of each cache to
-    [B over batch axes, S, K over tensor, H] instead of leaving it to propagation.
-  """
-  def run(target_params, draft_params, prompts_BP, prompt_len_B, key_data, cost_C, force_index,
-          max_iterations, kvp_params=None):
-    TRACE_COUNT[method] += 1
-    key, row_keys = jax.random.wrap_key_data(key_data), None
-    if spec.sampling.coupling == "gumbel":  # noise by (row key, position): no loop key
-      key, row_keys = jax.random.key(0), key
-    target_cache = aux_cache = None
-    if kvp is not None:
-      target_cache, aux_cache = kv_prediction.prefill(
-          kvp, kvp_params["aux"], kvp_params["predictor"], prompts_BP, prompt_len_B,
-          spec.buffer_len)
-    if method == "speculative":
-      s = speculative.speculative_loop(
-          target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP, prompt_len_B,
-          key, cost_C, force_index, max_iterations, ablate, target_cache,
-          aux_cache if kvp is not None and kvp.aux_is_draft else None, row_keys)
-      return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
-              (s.target_cache, s.draft_cache))
-    s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
-                                           prompt_len_B, key, target_cache, row_keys)
-    zeros = jnp.zeros_like(s.target_calls)
-    return s.tokens, s.length, s.target_calls, zeros, zeros, (s.cache,)
-
-  if mesh is None:
-    return jax.jit(lambda *args: run(*args)[:5])
-  speculative_ = method == "speculative"
-  s = loop_shardings(target_cfg, draft_cfg if speculative_ else None, mesh, target_rules,
-                     draft_rules, batch, prompt_width, spec.buffer_len)
-  rep = s["replicated"]
-  caches = (s["target_cache"], s["draft_cache"]) if speculative_ else (s["target_cache"],)
-  return jax.jit(run,
-                 in_shardings=(s["target_params"], s["draft_params"], s["prompts"],
-                               s["prompt_len"]) + (rep,) * 4,
-                 out_shardings=(rep,) * 5 + (caches,))
-
-
 def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None = None,
              method: str = "speculative", num_draft: int | str | Sequence[int] = 4,
              sampling: Sampling = Sampling(), max_new_tokens: int = 64,
@@ -278,7 +187,8 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
       of ints to pick from instead of 0..8.
     sampling: temperature / top-k / top-p, applied to both models.
     max_new_tokens: tokens generated per row at most.
-    eos_id: a row stops after emitting this id (included in its output).
+    eos_id: a row stops after emitting this id (included in its output); None: rows
+      stop at max_new_tokens only.
     seed: PRNG seed: an int, or with sampling.coupling='gumbel' one int in
       [0, 2**32) per prompt. Under 'gumbel' an int gives row b the key
       fold_in(key(seed), b), so only per-row seeds make a row's output
@@ -299,8 +209,8 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
       not yet laid out by them are placed first (sharding.shard_params).
     draft_rules: the draft's rules on the mesh; default: `rules`.
     iteration_costs: with "auto", the time of one iteration at each K of its
-      set (any unit); None measures them once per pair, shape and placement
-      in this process (decoding/calibrate.py, ~TRIPS x REPEATS iterations per K).
+      set (any unit); None measures them on the first iterations of the first
+      call per pair, shape and placement in this process (decoding/calibrate.py).
     prefill: 'full' (the target runs the prompt) or 'kv_prediction' (KV
       Prediction, decoding/kv_prediction.py; single device): the output then
       follows the target CONDITIONED ON THE PREDICTED PROMPT CACHE, and
@@ -342,7 +252,6 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     args = (target.params, draft_params, prompts_BP, prompt_len, key_data)
     put = lambda x: x
     if kvp_spec is not None:
-      placement = (None, None, None, 0, 0, frozenset(), kvp_spec)
       extra = ({"aux": kvp.aux.params, "predictor": kvp.params},)
   else:
     rules = sh.canonical_rules(sh.TENSOR_PARALLEL if rules is None else rules)
@@ -356,16 +265,34 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     args = (sh.shard_params(target.params, target.config, mesh, rules), draft_params,
             sh.put_global(prompts_BP, s["prompts"]), sh.put_global(prompt_len, s["prompt_len"]),
             put(key_data))
-  loop = make_loop(method, target.config, draft_cfg, spec, *placement)
-  decode = lambda cost, force=-1, trips=2**31 - 1: loop(*args, put(np.asarray(cost, np.float32)),
-                                                       put(np.int32(force)), put(np.int32(trips)),
-                                                       *extra)
-  cost = np.ones(max(len(spec.draft_choices), 1), np.float32)
-  if iteration_costs is not None:
-    cost = np.asarray(iteration_costs, np.float32)
-  elif spec.draft_choices:
-    key = (target.config, draft_cfg, spec, B, P, placement, jax.devices()[0].device_kind)
-    cost = calibrate.measure(key, lambda index, trips: decode(cost, index, trips)[2],
-                             len(spec.draft_choices))
+  cost = None if iteration_costs is None else np.asarray(iteration_costs, np.float32)
+  # (kvp only when set: the loops are lru-cached by their exact arguments.)
+  with_kvp = {} if kvp_spec is None else {"kvp": kvp_spec}
+  if not spec.draft_choices:
+    loop = make_loop(method, target.config, draft_cfg, spec, *placement, **with_kvp)
+    never = (np.ones(1, np.float32), np.int32(-1), np.int32(2**31 - 1))
+    return make_output(prompt_len, *loop(*args, *map(put, never), *extra)[:5])
+  # num_draft="auto": prefill, then iterations from the state, the first ones
+  # timing each K when its costs are not known yet (decoding/calibrate.py).
+  init, advance = make_auto_loop(target.config, draft_cfg, spec, *placement, **with_kvp)
+  state = init(*args, *extra)
+  params, lengths = args[:2], args[3]
+  run = lambda state, cost, index, trips: advance(
+      *params, state, lengths, put(cost), put(np.int32(index)), put(np.int32(trips)))
+  if cost is None:
+    ones = np.ones(len(spec.draft_choices), np.float32)
+    state, _ = run(state, ones, 0, 0)  # compiles (not timed); runs nothing
+    key = (target.config, draft_cfg, spec, B, P, placement, kvp_spec,
+           jax.devices()[0].device_kind)
+
+    def forced(state, index, trips):
+      state, ran = run(state, ones, index, trips)
+      return state, int(np.asarray(ran))
+
+    state, cost = calibrate.measure(key, forced, state, spec.draft_choices)
+    if cost is None:  # the call ended while calibrating
+      cost = ones
+  state, _ = run(state, cost, -1, 2**31 - 1)
   # Results are replicated on a mesh: every process can read them; caches are dropped.
-  return make_output(prompt_len, *decode(cost)[:5])
+  return make_output(prompt_len, state.tokens, state.length, state.target_calls, state.drafted,
+                     state.accepted)

@@ -2,26 +2,47 @@
 
 The cost of an iteration at K, measured on the actual shapes, parameters and
 device, is the denominator of the rule adaptive.choose maximises,
-E(alpha, K) / cost_K. It is measured once per (pair, loop shape, placement) in
-a process and cached, on the very compiled loop that then decodes (no second
-compile): with K forced (`force_index`) and the loop cut at 0 and at TRIPS
-iterations (`max_iterations`), so the prefill and the call overhead cancel.
+E(alpha, K) / cost_K. It is measured on the first iterations of the first
+call of a (pair, loop shape, placement) in a process, and cached:
+
+  * Those iterations are the call's own decoding, not a rehearsal: the loop
+    (decoding/loops.py make_auto_loop) runs with K forced (`force_index`) for
+    a few iterations (`max_iterations`), returns its state, is timed, and
+    carries on from that state; every body is lossless, so the output is
+    distributed as the target's whatever K ran. Nothing is prefilled or run
+    twice: the cost of calibrating is only that those iterations ran at the
+    measured K instead of the chosen one, plus one host round trip each.
+  * Only the anchors are run: K = 0, the smallest K >= 1 and the largest
+    (`anchors`). An iteration's work is affine in K (K draft steps, a
+    (K + 1)-token target pass, a K-wide rejection step), so the K between
+    are interpolated (`interpolate`).
+  * Each anchor runs for about SEGMENT_S seconds, at least one iteration and
+    at most MAX_TRIPS: 3 to 3 x MAX_TRIPS iterations in all, whatever the
+    batch (an iteration at 2,000 rows takes seconds on a CPU; at batch 1,
+    milliseconds). A call that ends before every anchor ran caches nothing.
+
+On several processes, process 0's timings decide (broadcast), so every
+process runs the same programs and picks the same K.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from typing import Any, Callable, Sequence
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from specsample.utils import is_int
 
 # The K set of num_draft="auto": plain autoregressive steps (0) up to 8.
 AUTO_CHOICES = tuple(range(9))
-# Iterations per timed call, and timed repeats (the minimum is kept).
-TRIPS = 16
-REPEATS = 3
+# Seconds each anchor K runs for while calibrating, and its iterations at most.
+SEGMENT_S = 0.03
+MAX_TRIPS = 16
 
 _COSTS: dict[Any, np.ndarray] = {}
 
@@ -67,34 +88,77 @@ def check_costs(costs: Sequence[float] | None, choices: tuple[int, ...]) -> None
                      f"got {costs!r}")
 
 
-def measure(key: Any, run: Callable[[int, int], Any], num_choices: int) -> np.ndarray:
-  """ms per iteration of each auto body, cached under `key`.
+def anchors(choices: tuple[int, ...]) -> tuple[int, ...]:
+  """Indices into `choices` of the K values calibration runs, in the order it runs them:
+  the largest K (the most tokens per iteration first), the smallest K >= 1, then 0."""
+  positive = [i for i, k in enumerate(choices) if k >= 1]
+  order = [positive[-1], positive[0]] + [i for i, k in enumerate(choices) if k == 0]
+  return tuple(dict.fromkeys(order))
+
+
+def interpolate(choices: tuple[int, ...], measured: dict[int, float]) -> np.ndarray:
+  """[len(choices)] costs from the anchors' (`measured`: {index: ms}), affine in K between
+  the measured K >= 1, and non-decreasing in K.
+
+  A larger K does strictly more work (one more draft step, a wider target
+  pass), so a cost below a smaller K's is timing noise: on a shared 2-core
+  CPU single measurements scatter by +-30%, and an inverted pair would make
+  the rule jump to the larger K for nothing.
+  """
+  ks = np.array(choices, np.float64)
+  known = sorted((choices[i], ms) for i, ms in measured.items() if choices[i] >= 1)
+  costs = np.interp(ks, [k for k, _ in known], [ms for _, ms in known])
+  for i, ms in measured.items():
+    costs[i] = ms
+  return np.maximum.accumulate(costs).astype(np.float32)
+
+
+def _agree(values: np.ndarray) -> np.ndarray:
+  """Process 0's values on every process (identical programs, identical K choices)."""
+  if jax.process_count() == 1:
+    return values
+  return np.asarray(multihost_utils.broadcast_one_to_all(values))
+
+
+def measure(key: Any, advance: Callable[[Any, int, int], tuple[Any, int]], state: Any,
+            choices: tuple[int, ...]) -> tuple[Any, np.ndarray | None]:
+  """Costs per K of `choices`, measured on the call's first iterations (module docstring).
 
   Args:
-    key: hashable; the same key returns the cached costs.
-    run: run(index, trips) runs the decode loop with body `index` forced for
-      at most `trips` iterations and returns its per-row target calls (a
-      device array; the loop ran max(target_calls) iterations).
-    num_choices: number of bodies.
+    key: hashable; a key already measured returns its cached costs at once.
+    advance: advance(state, index, trips) runs the loop from `state` with
+      body `index` forced for at most `trips` iterations and returns (the new
+      state, iterations run); it blocks until they ran.
+    state: the loop state after the prefill.
+    choices: the K set.
 
   Returns:
-    [num_choices] float32 milliseconds per iteration, non-decreasing (the
-    choices are sorted by K).
+    (the state to decode on from, [len(choices)] float32 ms per iteration,
+    non-decreasing in K; or None when the call ended before every anchor ran).
   """
-  if key not in _COSTS:
-    costs = np.zeros(num_choices, np.float32)
-    for index in range(num_choices):
-      np.asarray(run(index, 1))  # compiles once (first index), then warms up
-      walls = {0: np.inf, TRIPS: np.inf}
-      for _ in range(REPEATS):
-        for trips in walls:
-          start = time.perf_counter()
-          iterations = int(np.max(np.asarray(run(index, trips))))
-          walls[trips] = min(walls[trips], time.perf_counter() - start)
-      costs[index] = max((walls[TRIPS] - walls[0]) / max(iterations, 1), 1e-9) * 1e3
-    # A larger K does strictly more work (one more draft step, a wider target
-    # pass), so a cost below a smaller K's is timing noise: on a shared 2-core
-    # CPU single measurements scatter by +-30%, and an inverted pair would make
-    # the rule jump to the larger K for nothing.
-    _COSTS[key] = np.maximum.accumulate(costs)
-  return _COSTS[key]
+  if key in _COSTS:
+    return state, _COSTS[key]
+  start, measured = time.perf_counter(), {}
+  for index in anchors(choices):
+    spent, iterations, trips = 0.0, 0, 1
+    while trips > 0:
+      tick = time.perf_counter()
+      state, ran = advance(state, index, trips)
+      wall = time.perf_counter() - tick
+      if ran == 0:  # every row is done
+        break
+      spent, iterations = spent + wall, iterations + ran
+      per_iteration = float(_agree(np.array([spent / iterations]))[0])
+      trips = min(MAX_TRIPS - iterations,
+                  math.ceil(max(SEGMENT_S - spent, 0.0) / max(per_iteration, 1e-9)))
+    if iterations == 0:
+      logging.info("auto K: the call ended before K=%d was timed; nothing cached",
+                   choices[index])
+      return state, None
+    measured[index] = spent / iterations * 1e3
+  costs = interpolate(choices, {i: float(ms) for i, ms in zip(
+      measured, _agree(np.array(list(measured.values()), np.float64)))})
+  _COSTS[key] = costs
+  logging.info("auto K: ms per iteration %s for K in %s, measured in %.2f s on the call's own "
+               "iterations", np.round(costs, 3).tolist(), choices, time.perf_counter() - start)
+  return state, costs

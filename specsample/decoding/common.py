@@ -28,7 +28,7 @@ class DecodeSpec:
   Attributes:
     sampling: logits -> probabilities transform, shared by both models.
     max_new_tokens: generated tokens per row at most.
-    eos_id: stop a row after it emits this id; -1 for none.
+    eos_id: stop a row after it emits this id; None: no stop (max_new_tokens only).
     num_draft: the paper's K (draft lookahead G); with draft_choices, the
       largest K; ignored by autoregressive.
     buffer_len: L, token-buffer and cache length (prompt + new + slack).
@@ -37,7 +37,7 @@ class DecodeSpec:
   """
   sampling: Sampling
   max_new_tokens: int
-  eos_id: int
+  eos_id: int | None
   num_draft: int
   buffer_len: int
   draft_choices: tuple[int, ...] = ()
@@ -64,7 +64,7 @@ def commit(tokens_BL, length_B, done_B, prompt_len_B, emitted_BX, num_emitted_B,
   X = emitted_BX.shape[1]
   room_B = spec.max_new_tokens - (length_B - prompt_len_B)
   count_B = jnp.where(done_B, 0, jnp.minimum(num_emitted_B, room_B))
-  if spec.eos_id >= 0:
+  if spec.eos_id is not None:
     valid_BX = jnp.arange(X)[None] < count_B[:, None]
     is_eos_BX = (emitted_BX == spec.eos_id) & valid_BX
     first_eos_B = jnp.argmax(is_eos_BX, axis=1)

@@ -170,33 +170,47 @@ def predictor_shardings(config: kvp_lib.KVPConfig, mesh, rules: sh.Rules = sh.TE
 
 def save_kvp(directory: str, target: LM, aux: LM, predictor_params, layer_map, *,
              extra: dict | None = None) -> str:
-  """Writes a KVP folder atomically (temporary sibling renamed into place).
+  """Writes a KVP folder (local or gs://), each write through specsample.paths.
 
-  The auxiliary is stored in float32 so that its fingerprint survives the round trip.
+  Local: a temporary sibling renamed into place. A bucket cannot rename
+  folders, so there aux/ is committed by its own config.json (models/io.py),
+  the predictor goes to a fresh predictor-<id>/, and kvp.json, written last,
+  names it: an interrupted save leaves the previous KVP loadable. The
+  auxiliary is stored in float32 so that its fingerprint survives the round trip.
   """
-  directory = os.path.abspath(directory)
-  tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
-  model_io.save_lm(os.path.join(tmp, "aux"), aux.config, aux.params,
-                   tokenizer_id=aux.tokenizer_id, store_dtype="float32")
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(tmp, "predictor"), jax.device_get(predictor_params))
-    ckptr.wait_until_finished()
+  directory = paths.absolute(directory)
   meta = {"layer_map": list(layer_map), "target_fingerprint": fingerprint(target),
           "aux_fingerprint": fingerprint(aux), "tokenizer_id": target.tokenizer_id,
           **(extra or {})}
-  with open(os.path.join(tmp, "kvp.json"), "w") as f:
-    json.dump(meta, f, indent=2)
-  paths.swap_in_folder(tmp, directory)
+
+  def write(root: str, predictor_dir: str) -> None:
+    model_io.save_lm(os.path.join(root, "aux"), aux.config, aux.params,
+                     tokenizer_id=aux.tokenizer_id, store_dtype="float32")
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(root, predictor_dir), jax.device_get(predictor_params))
+      ckptr.wait_until_finished()
+    paths.write_atomic({os.path.join(root, "kvp.json"):
+                        json.dumps({**meta, "predictor_dir": predictor_dir}, indent=2)})
+
+  if paths.supports_rename(directory):
+    tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
+    write(tmp, "predictor")
+    paths.swap_in_folder(tmp, directory)
+    return directory
+  predictor_dir = f"predictor-{uuid.uuid4().hex[:8]}"
+  write(directory, predictor_dir)
+  for name in paths.listdir(directory):  # replaced or never-committed predictors
+    if name.startswith("predictor") and name != predictor_dir:
+      paths.rmtree(os.path.join(directory, name))
   return directory
 
 
 def read_meta(directory: str) -> dict:
   path = os.path.join(directory, "kvp.json")
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise FileNotFoundError(f"no KV predictor at {directory} ({path} is missing); train one "
                             "with scripts/train_kvp.py")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
 
 
 def load_kvp(directory: str, target: LM, **aux_overrides) -> KVP:
@@ -225,7 +239,8 @@ def load_kvp(directory: str, target: LM, **aux_overrides) -> KVP:
                              layer_map=tuple(meta["layer_map"])).validate()
   abstract = jax.eval_shape(lambda: kvp_lib.init_params(config, jax.random.key(0)))
   with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.join(os.path.abspath(directory), "predictor"), abstract)
+    params = ckptr.restore(os.path.join(paths.absolute(directory),
+                                        meta.get("predictor_dir", "predictor")), abstract)
   kvp = KVP(aux=aux, params=jax.tree_util.tree_map(jnp.asarray, params),
             layer_map=config.layer_map)
   check(target, None, "autoregressive", "kv_prediction", kvp)

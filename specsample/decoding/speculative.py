@@ -38,11 +38,11 @@ was not. For a row whose length is 1 (a one-token prompt) there is no
 previous token: it feeds [current, pad] at [0, 1] and reads the logits of
 position 0; the pad entry is overwritten by x_1 right after.
 
-Timing hooks, which decoding leaves at their defaults: `force_index` runs one
-K of the auto set every iteration and `max_iterations` stops early
-(decoding/calibrate.py measures cost_K on the very loop it will run), and
-`ablate` swaps named parts (ABLATABLE) for stand-ins of the same shapes, so
-eval/breakdown.py can time the parts inside the compiled loop.
+The loop can stop after `max_iterations` and resume from the state it
+returns (`run_loop`): "auto" measures cost_K on the first iterations of a
+real call, with K forced (`force_index`; decoding/calibrate.py). Each body's
+model and sampling calls come from `Parts`, under named scopes that a
+profiler trace is charged by; a benchmark may substitute them (`parts`).
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ from specsample.decoding.rejection import rejection_sample
 from specsample.decoding.sampling import sample
 from specsample.models import transformer as tr
 
-# Parts of an iteration that make_body can replace by stand-ins (see _stand_in).
-ABLATABLE = ("draft_forward", "target_forward", "transform", "rejection", "commit")
+# The named scopes of an iteration's parts: eval/speed/trace.py charges profiled time by them.
+SCOPES = ("draft_forward", "target_forward", "transform", "rejection", "commit")
 # After this many consecutive iterations at K = 0, auto stops running the
-# draft: the rest of the call is plain autoregressive steps (`_target_step`).
+# draft: the rest of the call is plain autoregressive steps (`make_target_step`).
 AR_AFTER = 4
 
 
@@ -82,48 +82,31 @@ class SpecState:
   ar_only: jax.Array         # [] bool: auto gave up on the draft for this call
 
 
-def _stand_in(inputs, value):
-  """`value` (arrays, or ShapeDtypeStructs for zeros) such that XLA can neither
-  fold it nor drop `inputs`.
+class Parts:
+  """The model and sampling calls of one iteration, each under its named scope (SCOPES).
 
-  An optimization barrier keeps the real inputs alive (so their producers
-  still run) and hides what the result is (so its consumers still run).
+  The loop builds one per body from `parts(target_cfg, draft_cfg, spec,
+  target_params, draft_params)`; a benchmark may pass a subclass (hashable,
+  e.g. the class itself) to swap a part out (eval/speed/ablation.py).
   """
-  value = jax.tree.map(
-      lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x, value)
-  return jax.lax.optimization_barrier((inputs, value))[1]
 
-
-class _Parts:
-  """The model and sampling calls of one body, or their stand-ins."""
-
-  def __init__(self, target_cfg, draft_cfg, spec, target_params, draft_params, ablate):
-    unknown = set(ablate) - set(ABLATABLE)
-    if unknown:
-      raise ValueError(f"ablate: unknown parts {sorted(unknown)}; allowed: {ABLATABLE}")
-    self.spec, self.ablate = spec, frozenset(ablate)
-    self._target = (target_cfg, target_params)
-    self._draft = (draft_cfg, draft_params)
-
-  def _forward(self, which, tokens_BT, cache):
-    cfg, params = self._target if which == "target_forward" else self._draft
-    if which not in self.ablate:
-      with jax.named_scope(which):
-        return tr.forward(cfg, params, tokens_BT, cache)
-    B, T = tokens_BT.shape
-    logits = jax.ShapeDtypeStruct((B, T, cfg.vocab_size), jnp.float32)
-    logits_BTV = _stand_in((tokens_BT, cache), logits)
-    return logits_BTV, cache.with_lengths(cache.lengths + T)
+  def __init__(self, target_cfg, draft_cfg, spec, target_params, draft_params):
+    self.spec = spec
+    self.target_model = (target_cfg, target_params)
+    self.draft_model = (draft_cfg, draft_params)
 
   def draft(self, tokens_BT, cache):
-    return self._forward("draft_forward", tokens_BT, cache)
+    """The draft's forward: (logits [B, T, V], cache)."""
+    with jax.named_scope("draft_forward"):
+      return tr.forward(*self.draft_model, tokens_BT, cache)
 
   def target(self, tokens_BT, cache):
-    return self._forward("target_forward", tokens_BT, cache)
+    """The target's forward: (logits [B, T, V], cache)."""
+    with jax.named_scope("target_forward"):
+      return tr.forward(*self.target_model, tokens_BT, cache)
 
   def probs(self, logits):
-    if "transform" in self.ablate:
-      return _stand_in(logits, jax.ShapeDtypeStruct(logits.shape, jnp.float32))
+    """The sampling transform, logits -> float32 probabilities."""
     with jax.named_scope("transform"):
       return self.spec.sampling.probs(logits)
 
@@ -141,11 +124,7 @@ class _Parts:
       return sample(key, probs_BV, greedy=self.spec.sampling.greedy), probs_BV
 
   def verify(self, draft_tokens_BG, draft_probs_BGV, target_logits_BXV, key, noise_BXV):
-    if "rejection" in self.ablate:
-      B, G = draft_tokens_BG.shape
-      int32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
-      like = (int32(B), int32(B), int32(B, G + 1))
-      return _stand_in((draft_tokens_BG, draft_probs_BGV, target_logits_BXV, key), like)
+    """(accepted [B], _, emitted [B, G + 1]): the rejection step (or the coupling's)."""
     with jax.named_scope("rejection"):
       if self.gumbel:
         return coupling.verify(self.spec.sampling, draft_tokens_BG, target_logits_BXV, noise_BXV)
@@ -153,14 +132,12 @@ class _Parts:
                               key, greedy=self.spec.sampling.greedy)
 
   def commit(self, s, prompt_len_B, emitted_BX, num_emitted_B):
-    if "commit" not in self.ablate:
-      return common.commit(s.tokens, s.length, s.done, prompt_len_B, emitted_BX, num_emitted_B,
-                           self.spec)
-    # Nothing is committed: the state goes through unchanged.
-    return _stand_in((emitted_BX, num_emitted_B), (s.tokens, s.length, s.done, num_emitted_B))
+    """(tokens, length, done, committed per row): common.commit."""
+    return common.commit(s.tokens, s.length, s.done, prompt_len_B, emitted_BX, num_emitted_B,
+                         self.spec)
 
 
-def _draft_first(parts: _Parts, s: SpecState):
+def _draft_first(parts: Parts, s: SpecState):
   """Feeds [previous, current] (module docstring). Returns (logits [B, V], cache at length)."""
   start_B = jnp.maximum(s.length - 2, 0)
   pair_B2 = common.read_rows(s.tokens, start_B, 2)      # [previous, current] (or [current, pad])
@@ -170,7 +147,7 @@ def _draft_first(parts: _Parts, s: SpecState):
   return logits_BV, cache.with_lengths(s.length)
 
 
-def _draft(parts: _Parts, num_draft: int, s: SpecState, key, noise_BXV):
+def _draft(parts: Parts, num_draft: int, s: SpecState, key, noise_BXV):
   """Proposes G tokens per row. Returns (tokens [B, G], probs [B, G, V] f32 or None
   under coupling='gumbel', cache). noise_BXV: the block's Gumbel noise, or None."""
   keys = jax.random.split(key, num_draft)
@@ -194,7 +171,7 @@ def _draft(parts: _Parts, num_draft: int, s: SpecState, key, noise_BXV):
   return tokens_BG, probs_BGV, cache
 
 
-def _finish(parts: _Parts, s: SpecState, prompt_len_B, key, emitted_BX, num_emitted_B,
+def _finish(parts: Parts, s: SpecState, prompt_len_B, key, emitted_BX, num_emitted_B,
             target_cache, draft_cache, num_draft: int, accepted_B, accept_obs_B, trials_obs_B):
   """Commits the emitted tokens, rolls both caches back and updates the counters."""
   with jax.named_scope("commit"):
@@ -217,7 +194,7 @@ def _finish(parts: _Parts, s: SpecState, prompt_len_B, key, emitted_BX, num_emit
 
 def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
               spec: common.DecodeSpec, num_draft: int, target_params, draft_params,
-              prompt_len_B: jax.Array, ablate: frozenset[str] = frozenset()):
+              prompt_len_B: jax.Array, parts=Parts):
   """One iteration at K = num_draft (>= 0) as a function SpecState -> SpecState.
 
   K = 0 is an autoregressive step: the target emits one token from its own
@@ -225,7 +202,7 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
   stays in step; its distribution there gives a free acceptance observation,
   sum_x min(p(x), q(x)), for the auto-K statistics.
   """
-  parts = _Parts(target_cfg, draft_cfg, spec, target_params, draft_params, ablate)
+  parts = parts(target_cfg, draft_cfg, spec, target_params, draft_params)
 
   def body(s: SpecState) -> SpecState:
     key, draft_key, accept_key = jax.random.split(s.key, 3)
@@ -265,7 +242,8 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
 
 
 def make_target_step(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
-                     spec: common.DecodeSpec, target_params, draft_params, prompt_len_B):
+                     spec: common.DecodeSpec, target_params, draft_params, prompt_len_B,
+                     parts=Parts):
   """A plain autoregressive step, SpecState -> SpecState, that leaves the draft alone.
 
   What auto runs once it has given up on the draft (`ar_only`): the target
@@ -273,7 +251,7 @@ def make_target_step(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
   which is why the mode never ends within a call; the acceptance statistics
   stay as they were.
   """
-  parts = _Parts(target_cfg, draft_cfg, spec, target_params, draft_params, frozenset())
+  parts = parts(target_cfg, draft_cfg, spec, target_params, draft_params)
 
   def body(s: SpecState) -> SpecState:
     key, _, accept_key = jax.random.split(s.key, 3)
@@ -314,51 +292,40 @@ def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig
       zero_streak=jnp.int32(0), ar_only=jnp.bool_(False))
 
 
-def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
-                     spec: common.DecodeSpec, target_params, draft_params,
-                     prompts_BP: jax.Array, prompt_len_B: jax.Array, key: jax.Array,
-                     cost_C: jax.Array | None = None, force_index: jax.Array | int = -1,
-                     max_iterations: jax.Array | int = 2**31 - 1,
-                     ablate: frozenset[str] = frozenset(),
-                     target_cache: tr.KVCache | None = None,
-                     draft_cache: tr.KVCache | None = None,
-                     row_keys: jax.Array | None = None) -> SpecState:
-  """Generates until every row is done. Jit with configs and `spec` static.
+def run_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
+             spec: common.DecodeSpec, target_params, draft_params, state: SpecState,
+             prompt_len_B: jax.Array, cost_C: jax.Array | None = None,
+             force_index: jax.Array | int = -1, max_iterations: jax.Array | int = 2**31 - 1,
+             parts=Parts) -> tuple[SpecState, jax.Array]:
+  """Runs iterations from `state` until every row is done. Jit with configs, `spec` static.
 
   Args:
     target_cfg, draft_cfg: model configs (same vocabulary).
     spec: static decode settings; spec.num_draft is the paper's K, or with
       spec.draft_choices set, the largest K "auto" may pick.
     target_params, draft_params: parameter pytrees.
-    prompts_BP: [B, P] right-padded prompts.
+    state: from `init_state`, or from an earlier run_loop cut by max_iterations.
     prompt_len_B: [B] true prompt lengths, each >= 1.
-    key: PRNG key.
     cost_C: [len(spec.draft_choices)] float32, the time of one iteration at
       each K of spec.draft_choices (any unit); needed only for "auto".
     force_index: "auto" only; >= 0 runs spec.draft_choices[force_index]
-      every iteration instead of choosing (calibration and timing).
+      every iteration instead of choosing (calibration, decoding/calibrate.py).
     max_iterations: stop after this many iterations even if rows are left
-      (timing); the default never binds.
-    ablate: static; parts replaced by stand-ins in every body (timing only).
-    target_cache, draft_cache: precomputed prompt caches in the loop's
-      convention (length - 1 valid positions, [B, spec.buffer_len]), e.g. from
-      KV Prediction (decoding/kv_prediction.py); None runs a full prefill.
-    row_keys: [B] per-row PRNG keys, for coupling='gumbel' only.
+      (the loop resumes from the returned state); the default never binds.
+    parts: static; builds each body's model and sampling calls (`Parts`).
 
   Returns:
-    The final SpecState; generated tokens of row b are
+    (the final SpecState, iterations run []); generated tokens of row b are
     tokens[b, prompt_len[b] : length[b]].
   """
-  state = init_state(target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP,
-                     prompt_len_B, key, target_cache, draft_cache, row_keys)
   body_of = lambda k: make_body(target_cfg, draft_cfg, spec, k, target_params, draft_params,
-                                prompt_len_B, ablate)
+                                prompt_len_B, parts)
   if spec.draft_choices:
     choices = spec.draft_choices
     bodies = [body_of(k) for k in choices]
     if 0 in choices:  # the draft-free step of ar_only (make_target_step)
       bodies.append(make_target_step(target_cfg, draft_cfg, spec, target_params, draft_params,
-                                     prompt_len_B))
+                                     prompt_len_B, parts))
     remaining = lambda s: spec.max_new_tokens - (s.length - prompt_len_B)
 
     def body(s):
@@ -381,4 +348,26 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
     s, iterations = carry
     return ~jnp.all(s.done) & (iterations < max_iterations)
 
-  return jax.lax.while_loop(go_on, step, (state, jnp.int32(0)))[0]
+  return jax.lax.while_loop(go_on, step, (state, jnp.int32(0)))
+
+
+def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
+                     spec: common.DecodeSpec, target_params, draft_params,
+                     prompts_BP: jax.Array, prompt_len_B: jax.Array, key: jax.Array,
+                     cost_C: jax.Array | None = None, force_index: jax.Array | int = -1,
+                     max_iterations: jax.Array | int = 2**31 - 1, parts=Parts,
+                     target_cache: tr.KVCache | None = None,
+                     draft_cache: tr.KVCache | None = None,
+                     row_keys: jax.Array | None = None) -> SpecState:
+  """Generates until every row is done: `init_state`, then `run_loop` (see both).
+
+  prompts_BP: [B, P] right-padded prompts; key: PRNG key; target_cache,
+  draft_cache: precomputed prompt caches in the loop's convention (length - 1
+  valid positions, [B, spec.buffer_len]), e.g. from KV Prediction
+  (decoding/kv_prediction.py), None runs a full prefill; row_keys: [B] per-row
+  PRNG keys, for coupling='gumbel' only. Returns the final SpecState.
+  """
+  state = init_state(target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP,
+                     prompt_len_B, key, target_cache, draft_cache, row_keys)
+  return run_loop(target_cfg, draft_cfg, spec, target_params, draft_params, state, prompt_len_B,
+                  cost_C, force_index, max_iterations, parts)[0]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from specsample import corpus as corpus_lib
-from specsample import utils
+from specsample import paths, utils
 from specsample.decoding import common
 from specsample.decoding import kv_prediction as kvp_decode
 from specsample.models import io as model_io
@@ -157,7 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the auxiliary model and predictor; returns the last metrics."""
   check_config(config)
   target, aux, kvp_cfg, tokenizer = load_models(config)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   utils.write_atomic({os.path.join(workdir, "config.json"): config.to_json(indent=2)})
   corpus = corpus_lib.build_corpus(root=config.data.corpus_root or None)
   streams = corpus_data.tokenize_corpus(corpus, tokenizer, config.data.cache_dir)
@@ -181,5 +180,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(workdir, "model"), target, trained_aux, state.params["predictor"],
         kvp_cfg.layer_map, extra={"aux_kind": config.aux, "steps": config.num_steps,
                                   "target_dir": config.target_dir})
-    shutil.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
+    paths.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
   return last

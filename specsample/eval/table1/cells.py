@@ -22,9 +22,10 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from specsample.eval import docsum, humaneval, scoring, timing, xsum
+from specsample.eval.speed import timing
 from specsample.eval.table1 import grid, store
 from specsample.eval.table1.grid import Cell
+from specsample.eval.tasks import docsum, humaneval, scoring, xsum
 from specsample.tokenizer import Tokenizer
 from specsample.utils import round_up
 

@@ -9,8 +9,8 @@ import math
 import os
 from typing import Sequence
 
-from specsample.eval import humaneval
-from specsample.eval import parity as parity_lib
+from specsample.eval.tasks import humaneval
+from specsample.eval.tasks import parity as parity_lib
 from specsample.eval.table1 import grid
 from specsample.eval.table1.grid import Cell
 from specsample.utils import write_atomic

@@ -12,7 +12,7 @@ token for token; every sampled cell must pass the per-token calibration test;
 sampled SpS quality must agree with AR; all sampled checks together are
 Bonferroni-corrected to a false failure rate of 1 - config.confidence.
 Without config.xsum.path the XSum rows run on the docstring-summarization
-stand-in (eval/docsum.py), labelled as such; its size and hash go to
+stand-in (eval/tasks/docsum.py), labelled as such; its size and hash go to
 <results_dir>/docsum.json and the table's header.
 """
 
@@ -30,7 +30,7 @@ from tqdm import tqdm
 from specsample import paths as paths_lib
 from specsample.eval.table1 import cells as cells_lib
 from specsample.eval.table1 import grid, plots, report, store
-from specsample.eval.timing import machine_info
+from specsample.eval.speed.timing import machine_info
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.tokenizer import Tokenizer

@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from specsample import paths
-from specsample.eval import humaneval
+from specsample.eval.tasks import humaneval
 from specsample.eval.table1 import grid
 from specsample.eval.table1.grid import Cell
 from specsample.utils import write_atomic

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 from specsample import corpus as corpus_lib
 from specsample import paths
-from specsample.eval import xsum
+from specsample.eval.tasks import xsum
 from specsample.utils import write_atomic
 
 LABEL = "docstring summarization (offline stand-in for XSum)"

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample import sharding as sh
+from specsample.decoding import adaptive
 from specsample.decoding.sampling import Sampling
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
@@ -24,14 +25,13 @@ from specsample.utils import round_up
 
 
 def expected_tokens(alpha: float, num_draft: int) -> float:
-  """E[tokens per target call] = (1 - alpha^(K+1)) / (1 - alpha); K + 1 at alpha = 1."""
+  """E[tokens per target call] = 1 + alpha + ... + alpha^K (adaptive.expected_tokens, the
+  sum auto K maximises), for one alpha in [0, 1], checked."""
   if not 0 <= alpha <= 1:
     raise ValueError(f"alpha must be in [0, 1], got {alpha}")
   if num_draft < 0:
     raise ValueError(f"num_draft (K) must be >= 0, got {num_draft}")
-  if alpha == 1:
-    return float(num_draft + 1)
-  return (1 - alpha ** (num_draft + 1)) / (1 - alpha)
+  return float(adaptive.expected_tokens(alpha, num_draft))
 
 
 def speedup_bound(tokens_per_call: float, num_draft: int, c: float, v_k: float = 1.0) -> float:

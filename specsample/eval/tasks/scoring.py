@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample.decoding.sampling import Sampling
+from specsample.eval.tasks.parity import LAMBDAS
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
 from specsample.utils import round_up
@@ -25,11 +26,12 @@ def _token_logprobs(config: tr.TransformerConfig, params, tokens_BL: jax.Array) 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling"))
 def _calibration_terms(config: tr.TransformerConfig, sampling: Sampling, params,
-                       tokens_BL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+                       tokens_BL: jax.Array) -> tuple[jax.Array, ...]:
   """Per position t, with s = sampling.probs(logits at t) and x = tokens[:, t + 1]:
 
-  u = log s(x) + H(s) (mean 0 when x ~ s), Var_{x ~ s}[log s(x)], and whether
-  s(x) > 0. Each [B, L - 1], float32.
+  u = log s(x) + H(s) (mean 0 when x ~ s), Var_{x ~ s}[log s(x)], whether
+  s(x) > 0 (each [B, L - 1], float32), and psi(lambda) = lambda H(s) +
+  log sum_x s(x)^(1 + lambda) for each lambda of LAMBDAS ([B, L - 1, len(LAMBDAS)]).
   """
   logits_BLV, _ = tr.forward(config, params, tokens_BL)
   s_BLV = sampling.probs(logits_BLV[:, :-1])
@@ -39,7 +41,12 @@ def _calibration_terms(config: tr.TransformerConfig, sampling: Sampling, params,
   s_x_BL = jnp.take_along_axis(s_BLV, tokens_BL[:, 1:, None], axis=-1)[..., 0]
   inside_BL = s_x_BL > 0
   u_BL = jnp.where(inside_BL, jnp.log(jnp.where(inside_BL, s_x_BL, 1.0)) + entropy_BL, 0.0)
-  return u_BL, variance_BL, inside_BL
+  # log sum over the support of s^(1 + lambda), by log-sum-exp, one lambda at a time.
+  support_BLV = s_BLV > 0
+  psi_BLC = jnp.stack([lam * entropy_BL + jax.nn.logsumexp(
+      jnp.where(support_BLV, (1 + lam) * logs_BLV, -jnp.inf), axis=-1) for lam in LAMBDAS], -1)
+  # A token outside the support counts in neither u nor psi (it is counted apart).
+  return u_BL, variance_BL, inside_BL, jnp.where(inside_BL[..., None], psi_BLC, 0.0)
 
 
 def _score_continuations(score, config: tr.TransformerConfig, prompts: Sequence[Sequence[int]],
@@ -85,12 +92,15 @@ def sample_calibration(model: LM, sampling: Sampling, prompts: Sequence[Sequence
   """Per continuation, the terms of the per-token calibration test (parity.check_calibration).
 
   Returns one dict per continuation: u (sum over its tokens of log s(x) + H(s)),
-  variance (sum of Var_s[log s(x)]), tokens, and outside (tokens with s(x) = 0,
+  variance (sum of Var_s[log s(x)]), tokens, outside (tokens with s(x) = 0,
   which exact sampling never produces; s recomputed here without a cache can
-  differ from the decode loop's by float rounding at the nucleus edge).
+  differ from the decode loop's by float rounding at the nucleus edge), and
+  log_mgf (for each lambda of LAMBDAS, the sum over its tokens of psi(lambda)).
   """
   scored = _score_continuations(
       lambda t: _calibration_terms(model.config, sampling, model.params, t), model.config,
       prompts, continuations, rows, width_multiple)
   return [{"u": float(u.sum(dtype=np.float64)), "variance": float(v.sum(dtype=np.float64)),
-           "tokens": int(len(u)), "outside": int((~inside).sum())} for u, v, inside in scored]
+           "tokens": int(len(u)), "outside": int((~inside).sum()),
+           "log_mgf": psi.sum(axis=0, dtype=np.float64).tolist()}
+          for u, v, inside, psi in scored]

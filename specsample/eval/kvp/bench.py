@@ -23,14 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample import corpus as corpus_lib
-from specsample import utils
+from specsample import paths, utils
 from specsample.decoding import api
 from specsample.decoding import kv_prediction as kvpd
 from specsample.decoding.sampling import Sampling
-from specsample.eval import humaneval
-from specsample.eval import kvp_quality as quality
-from specsample.eval import kvp_report
-from specsample.eval import timing
+from specsample.eval.tasks import humaneval
+from specsample.eval.kvp import quality
+from specsample.eval.kvp import report as kvp_report
+from specsample.eval.speed import timing
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.tokenizer import Tokenizer
@@ -169,15 +169,14 @@ def run(config) -> dict:
   # read it only now, so a phase that finished meanwhile is kept.
   json_path = os.path.join(config.out_dir, "kvp.json")
   results = {}
-  if os.path.exists(json_path):
-    with open(json_path) as f:
-      results = json.load(f)
+  if paths.exists(json_path):
+    results = json.loads(paths.read_text(json_path))
   if "latency" in new:  # rows of other prompt lengths (an earlier latency-only run) stay
     lengths = {r["prompt_len"] for r in new["latency"]}
     new["latency"] = sorted([r for r in results.get("latency", []) if r["prompt_len"] not in lengths]
                             + new["latency"], key=lambda r: r["prompt_len"])
   results.update(new)
-  os.makedirs(config.out_dir, exist_ok=True)
+  paths.makedirs(config.out_dir)
   md_path = os.path.join(config.out_dir, "kvp.md")
   utils.write_atomic({json_path: json.dumps(results, indent=2, default=str),
                       md_path: kvp_report.markdown(results)})

@@ -15,7 +15,7 @@ same shapes, so compilation never lands in a timing. Definitions:
 * auto: num_draft="auto" (K picked per iteration, decoding/calibrate.py),
   against the best fixed K of the sweep (the oracle) and K = 4.
 * breakdown: ms per loop iteration split into parts by a profiler trace of
-  the compiled loop itself (eval/breakdown.py, eval/trace.py), with c, v_K and
+  the compiled loop itself (eval/speed/breakdown.py, eval/speed/trace.py), with c, v_K and
   the bound taken from the same trace (bound_loop); optionally the ablation
   cross-check.
 
@@ -40,14 +40,14 @@ from specsample import placement as placement_lib
 from specsample import sharding as sh
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval import bound as bound_lib
-from specsample.eval import breakdown as breakdown_lib
-from specsample.eval import timing
-from specsample.eval.humaneval import load_problems
+from specsample.eval.speed import bound as bound_lib
+from specsample.eval.speed import breakdown as breakdown_lib
+from specsample.eval.speed import timing
+from specsample.eval.tasks.humaneval import load_problems
 from specsample.models import io as model_io
 from specsample.models.lm import LM
 from specsample.tokenizer import Tokenizer
-from specsample.utils import is_positive_int, round_up
+from specsample.utils import is_int, is_positive_int, round_up
 
 
 SAMPLINGS = ("greedy", "nucleus")
@@ -87,6 +87,8 @@ def check_config(config) -> None:
   for name in ("auto", "breakdown_ablation"):
     if not isinstance(config[name], bool):
       raise ValueError(f"{name} must be True or False, got {config[name]!r}")
+  if config.eos_id is not None and (not is_int(config.eos_id) or config.eos_id < 0):
+    raise ValueError(f"eos_id must be None (no stop) or a token id >= 0, got {config.eos_id!r}")
   if not config.forward_seconds > 0:
     raise ValueError(f"forward_seconds must be > 0, got {config.forward_seconds!r}")
   if not config.batch_sizes:
@@ -259,7 +261,7 @@ def _auto_row(sp: timing.GenerateTiming, ar: timing.GenerateTiming, ar_decode: f
 
 def _breakdown(config, target: LM, draft: LM, prompts, sampling: Sampling, alpha: float,
                setting: dict) -> dict:
-  """eval/breakdown.py on the setting's first batch, with the bound from in-loop c and v_K."""
+  """eval/speed/breakdown.py on the setting's first batch, with the bound from in-loop c and v_K."""
   args = (target, draft, prompts, sampling, config.breakdown_ks, config.max_new_tokens,
           config.pad_to, config.breakdown_trips, config.forward_repeats)
   out = breakdown_lib.measure(*args)
@@ -309,7 +311,7 @@ def run(config, command: str = "", start: Callable[[], None] = lambda: None) -> 
     raise ValueError(f"tokenizer: vocab {tokenizer.vocab_size} != target vocab_size "
                      f"{target.config.vocab_size}")
   task_ids, prompts = humaneval_prompts(tokenizer, config.num_prompts, config.prompt_tokens)
-  eos_id = tokenizer.eos_id if config.stop_at_eos else None
+  eos_id = config.eos_id
   width = round_up(config.prompt_tokens, config.pad_to)
   context_len = config.prompt_tokens + config.max_new_tokens // 2  # mid-generation
   pieces = _Pieces(config, {"target": target, "draft": draft}, mesh, rules)

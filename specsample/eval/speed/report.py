@@ -26,7 +26,7 @@ def format_markdown(results: dict) -> str:
       f"({results['draft']['num_layers']} layers, d_model {results['draft']['d_model']}). "
       f"{len(results['prompts'])} HumanEval prompts ({results['prompts'][0]}, ...), each cut to its "
       f"last {cfg['prompt_tokens']} tokens, {cfg['max_new_tokens']} new tokens per row, "
-      f"{'stopping' if cfg['stop_at_eos'] else 'not stopping'} at eos; every loop warmed up, "
+      f"{'stopping' if cfg.get('eos_id') is not None else 'not stopping'} at eos; every loop warmed up, "
       f"then {cfg['repeats']} round(s) of one timed pass of each (AR, every K, auto: "
       "round-robin); each call's fastest wall over the rounds is kept.", "",
       "ms/token = wall / mean new tokens per row, prefill included; speedup = autoregressive "
@@ -128,7 +128,7 @@ def profiler_cost_ms(results: dict) -> float | None:
 def _breakdown_lines(b: dict, cost_ms: float) -> list[str]:
   lines = [
       "", "Where an iteration's time goes, ms, from a profiler trace of the compiled loop "
-      "itself (eval/breakdown.py): every thunk XLA ran in the loop is charged to the named "
+      "itself (eval/speed/breakdown.py): every thunk XLA ran in the loop is charged to the named "
       "scope it was traced under; xla copies = copies XLA inserted (loop carry, layouts); "
       "other = unscoped ops (current token, block, K choice); idle = no thunk running (the "
       "executor between thunks, loop condition, switch). sum = the traced iteration, which the "
@@ -155,7 +155,7 @@ def _breakdown_lines(b: dict, cost_ms: float) -> list[str]:
   a = b.get("ablation")
   if a:
     lines += [
-        "", "Cross-check by ablation (eval/breakdown.py): each part = full iteration - the "
+        "", "Cross-check by ablation (eval/speed/breakdown.py): each part = full iteration - the "
         "iteration with that part replaced by a stand-in of the same shapes, rest = every part "
         "replaced; residual = (full - sum) / full. It does not add up: removing a part changes "
         "how XLA compiles the rest.", "",

@@ -35,9 +35,9 @@ import numpy as np
 
 from specsample.decoding import coupling
 from specsample.decoding.sampling import Sampling, sample
-from specsample.eval import bound as bound_lib
-from specsample.eval import timing
-from specsample.eval.benchmark import humaneval_prompts
+from specsample.eval.speed import bound as bound_lib
+from specsample.eval.speed import timing
+from specsample.eval.speed.benchmark import humaneval_prompts
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.models.lm import LM

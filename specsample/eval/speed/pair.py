@@ -13,7 +13,7 @@ import numpy as np
 from specsample import corpus as corpus_lib
 from specsample import paths
 from specsample import tokenizer as tokenizer_lib
-from specsample.eval import timing
+from specsample.eval.speed import timing
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.training import data as data_lib

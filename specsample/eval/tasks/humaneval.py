@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from specsample.eval import execution
+from specsample.eval.tasks import execution
 
 STOP_SEQUENCES = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 DEFAULT_KS = (1, 10, 100)

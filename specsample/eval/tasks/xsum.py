@@ -36,7 +36,8 @@ import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
-from specsample.eval import stats
+from specsample import paths
+from specsample.eval.tasks import stats
 
 DEFAULT_MAX_DOC_CHARS = 1000
 DEFAULT_HUB_ID = "EdinburghNLP/xsum"
@@ -178,11 +179,9 @@ def write_fixture(path: str | os.PathLike, n: int = 8) -> str:
   if not 1 <= n <= len(_FIXTURE_ITEMS):
     raise ValueError(f"n must be in [1, {len(_FIXTURE_ITEMS)}], got {n}")
   path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    for index, (document, summary) in enumerate(_FIXTURE_ITEMS[:n]):
-      f.write(json.dumps({"id": f"fixture-{index}", "document": document,
-                          "summary": summary}) + "\n")
+  paths.write_atomic({path: "".join(
+      json.dumps({"id": f"fixture-{index}", "document": document, "summary": summary}) + "\n"
+      for index, (document, summary) in enumerate(_FIXTURE_ITEMS[:n]))})
   return path
 
 

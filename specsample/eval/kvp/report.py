@@ -1,6 +1,8 @@
-"""results/kvp.md and the quality-vs-TTFT Pareto plot, from the dict kvp_bench.run writes."""
+"""results/kvp.md and the quality-vs-TTFT Pareto plot, from the dict kvp/bench.run writes."""
 
 from __future__ import annotations
+
+from specsample import paths
 
 # Horton et al. 2024 (PAPERS.md section 4), for the table beside ours. Their
 # metric is task accuracy at a fixed TTFT budget, ours log-likelihood.
@@ -117,5 +119,6 @@ def plot(results: dict, path: str) -> None:
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with paths.local_file(path) as tmp:
+    fig.savefig(tmp, dpi=120)
   plt.close(fig)

@@ -9,7 +9,7 @@ measurements of that one executable, interleaved over `repeats` rounds:
             the fastest round (load only ever adds time);
   traced    the same run under jax.profiler; every thunk XLA ran inside the
             decode loop is charged to the part whose `jax.named_scope` it was
-            traced under (eval/trace.py), per iteration, from the round with
+            traced under (eval/speed/trace.py), per iteration, from the round with
             the fastest traced loop:
 
     draft_forward   the draft's forwards (one 2-token, then K - 1 1-token)
@@ -34,7 +34,7 @@ c = draft forwards / (K x target 1-token forward), v_K = target (K+1)-token
 forward / target 1-token forward, both from the trace of the loop.
 
 `ablation` is the older cross-check: one more compiled loop per part, with
-that part replaced by a stand-in of the same shapes (speculative._stand_in),
+that part replaced by a stand-in of the same shapes (eval/speed/ablation.py),
 a part's time = full - ablated. It does not add up (the `residual` it
 reports): removing a part also changes the fusion, layout and scheduling
 decisions XLA makes for the rest, and each variant is timed at another
@@ -51,11 +51,12 @@ import numpy as np
 
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.decoding.speculative import ABLATABLE
-from specsample.eval import trace
+from specsample.decoding.speculative import SCOPES
+from specsample.eval.speed import ablation as ablation_lib
+from specsample.eval.speed import trace
 from specsample.models.lm import LM
 
-PARTS = ABLATABLE + ("xla_copies", "other", "idle")
+PARTS = SCOPES + ("xla_copies", "other", "idle")
 
 
 def _walls(run, trips: int) -> tuple[float, int]:
@@ -91,7 +92,8 @@ def measure(target: LM, draft: LM, prompts: Sequence[Sequence[int]], sampling: S
     {"K": [sorted ks], "measured": [ms per iteration, untraced], <part>: [ms]
     for PARTS, "traced": [sum of the parts], "overhead": [traced / measured - 1],
     "c": [...], "v_k": [...], "iterations": [per timed call], "thunks": [leaf
-    thunks per iteration], "compile_s": s}
+    thunks per iteration], "thunk_counts": {part: [its thunks per iteration]},
+    "compile_s": s}
     (lists in the order of "K"; c and v_K at K = 0 are None).
   """
   choices, spec, args = _setting(target, draft, prompts, sampling, ks, max_new_tokens, pad_to)
@@ -100,7 +102,7 @@ def measure(target: LM, draft: LM, prompts: Sequence[Sequence[int]], sampling: S
   compiled = loop.lower(*args, np.int32(0), np.int32(0)).compile()
   compile_s = time.perf_counter() - start
   hlo = compiled.as_text()
-  part_of, containers = trace.instruction_parts(hlo, ABLATABLE)
+  part_of, containers = trace.instruction_parts(hlo, SCOPES)
   entry = trace.entry_instructions(hlo)
   rows = []
   for index in range(len(choices)):
@@ -120,11 +122,13 @@ def measure(target: LM, draft: LM, prompts: Sequence[Sequence[int]], sampling: S
     row = {p: traced.get(p, 0.0) / iterations / 1e3 for p in PARTS}
     row.update(measured=measured, traced=traced["wall"] / iterations / 1e3,
                iterations=iterations, thunks=traced["thunks"] / iterations)
+    row["thunk_counts"] = {p: traced.get(f"thunks:{p}", 0.0) / iterations for p in PARTS}
     rows.append(row)
   unit = rows[0]["target_forward"]  # the target's 1-token forward, inside the K = 0 body
   out = {"K": list(choices), "compile_s": compile_s}
   for name in (*PARTS, "measured", "traced", "iterations", "thunks"):
     out[name] = [r[name] for r in rows]
+  out["thunk_counts"] = {p: [r["thunk_counts"][p] for r in rows] for p in PARTS}
   out["overhead"] = [r["traced"] / r["measured"] - 1 for r in rows]
   out["c"] = [None] + [r["draft_forward"] / (k * unit) for k, r in zip(choices[1:], rows[1:])]
   out["v_k"] = [None] + [r["target_forward"] / unit for r in rows[1:]]
@@ -156,17 +160,18 @@ def ablation(target: LM, draft: LM, prompts: Sequence[Sequence[int]], sampling: 
     "residual": [(full - sum) / full], "compile_s": {variant: s}}.
   """
   choices, spec, args = _setting(target, draft, prompts, sampling, ks, max_new_tokens, pad_to)
-  variants = {"full": frozenset(), **{p: frozenset({p}) for p in ABLATABLE},
-              "rest": frozenset(ABLATABLE)}
+  variants = {"full": frozenset(), **{p: frozenset({p}) for p in SCOPES},
+              "rest": frozenset(SCOPES)}
   times, compile_s = {}, {}
   for name, ablate in variants.items():
-    loop = api.make_loop("speculative", target.config, draft.config, spec, ablate=ablate)
+    loop = api.make_loop("speculative", target.config, draft.config, spec,
+                         parts=ablation_lib.Ablated(ablate))
     start = time.perf_counter()
     jax.block_until_ready(loop(*args, np.int32(0), np.int32(0)))
     compile_s[name] = time.perf_counter() - start
     times[name] = _iteration_ms(loop, args, len(choices), trips, repeats)
   full = np.array(times["full"])
-  parts = {p: full - np.array(times[p]) for p in ABLATABLE}
+  parts = {p: full - np.array(times[p]) for p in SCOPES}
   total = sum(parts.values()) + np.array(times["rest"])
   return {"K": list(choices), "full": full.tolist(), **{p: v.tolist() for p, v in parts.items()},
           "rest": times["rest"], "sum": total.tolist(),

@@ -1,0 +1,1 @@
+"""KV Prediction measurement: time to first token and quality."""

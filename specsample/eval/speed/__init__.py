@@ -1,0 +1,1 @@
+"""Speed measurement: timing, the benchmark, the bound, the profiler-trace breakdown, reports."""

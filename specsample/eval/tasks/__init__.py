@@ -1,0 +1,1 @@
+"""Task scoring: HumanEval (sandboxed execution), summarization, statistics, parity checks."""

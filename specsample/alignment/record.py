@@ -43,7 +43,7 @@ from specsample.alignment import data as data_lib
 from specsample.decoding import LM
 from specsample.decoding import common
 from specsample.decoding.sampling import Sampling, sample
-from specsample.eval import docsum, xsum
+from specsample.eval.tasks import docsum, xsum
 from specsample.models import transformer as tr
 
 KINDS = ("code", "docsum", "docsum_chat")

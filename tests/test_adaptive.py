@@ -61,7 +61,7 @@ def test_choose_minimises_the_bottleneck_rows_time(done):
   alpha = np.array([0.9, 0.2], np.float32)
   state = speculative.SpecState(
       tokens=None, length=None, done=np.array(done), target_cache=None,
-      draft_cache=None, key=None, target_calls=None, drafted=None, accepted=None,
+      draft_state=None, key=None, target_calls=None, drafted=None, accepted=None,
       accept_ema=alpha * 10, trials_ema=np.full(2, 10.0, np.float32), row_keys=None,
       zero_streak=np.int32(0), ar_only=np.bool_(False))
   choices = (0, 1, 2, 4)

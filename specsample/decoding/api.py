@@ -23,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from specsample import sharding as sh
-from specsample.decoding import calibrate, common, coupling, kv_prediction
+from specsample.decoding import calibrate, common, coupling, drafts, kv_prediction
+from specsample.decoding.lookup import PromptLookup
 from specsample.decoding.loops import TRACE_COUNT, loop_shardings, make_auto_loop, make_loop
 from specsample.decoding.sampling import Sampling
+from specsample.models import feature_draft as fd
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
 from specsample.utils import is_positive_int, round_up
@@ -70,7 +72,51 @@ def check_seed(seed, sampling: Sampling, num_rows: int) -> None:
       raise ValueError(f"seed[{i}] must be an int in [0, 2**32), got {s!r}")
 
 
-def check_settings(target: LM, draft: LM | None, method: str, num_draft,
+Draft = LM | fd.FeatureDraft | PromptLookup
+
+
+def as_draft(draft):
+  """'prompt_lookup' is PromptLookup(); anything else is returned as it is."""
+  return PromptLookup() if isinstance(draft, str) and draft == "prompt_lookup" else draft
+
+
+def check_draft(target: LM, draft, num_draft) -> None:
+  """ValueError naming the setting for a draft that cannot run with these settings."""
+  if isinstance(draft, str):
+    raise ValueError(f"draft must be an LM, a FeatureDraft, a PromptLookup or 'prompt_lookup', "
+                     f"got {draft!r}")
+  if not isinstance(draft, (LM, fd.FeatureDraft, PromptLookup)):
+    raise ValueError(f"draft must be an LM, a FeatureDraft (models/feature_draft.py) or a "
+                     f"PromptLookup, got {type(draft).__name__}")
+  if isinstance(draft, PromptLookup):
+    draft.validate()
+  if not isinstance(draft, LM) and not is_positive_int(num_draft):
+    name = "draft='prompt_lookup'" if isinstance(draft, PromptLookup) else "a feature draft"
+    raise ValueError(f"num_draft must be an int >= 1 with {name} (auto K and K = 0 are for draft "
+                     f"models), got {num_draft!r}")
+  if isinstance(draft, fd.FeatureDraft):
+    draft.config.validate(target.config)
+  vocab = draft.config.vocab_size if isinstance(draft, LM) else (
+      draft.config.block.vocab_size if isinstance(draft, fd.FeatureDraft) else target.config.vocab_size)
+  if vocab != target.config.vocab_size:
+    raise ValueError(f"draft and target vocabularies differ: draft vocab_size={vocab}, target "
+                     f"vocab_size={target.config.vocab_size}")
+  draft_tok = getattr(draft, "tokenizer_id", None)
+  if draft_tok and target.tokenizer_id and draft_tok != target.tokenizer_id:
+    raise ValueError(f"draft and target tokenizers differ: {draft_tok!r} vs {target.tokenizer_id!r}")
+
+
+def draft_inputs(target: LM, draft) -> tuple[Any, Any]:
+  """(static draft config, draft params pytree) of a draft, as the loops take them."""
+  if isinstance(draft, LM):
+    return draft.config, draft.params
+  if isinstance(draft, fd.FeatureDraft):
+    return draft.config, {"params": draft.params,
+                          "shared": fd.shared_from(target.config, target.params, draft.head_ids)}
+  return draft, None
+
+
+def check_settings(target: LM, draft: Draft | None, method: str, num_draft,
                    sampling: Sampling, max_new_tokens: int, eos_id: int | None,
                    seed: int | Sequence[int] = 0, num_rows: int = 1) -> None:
   """Raises ValueError naming the offending setting. Cheap; no compilation."""
@@ -84,14 +130,10 @@ def check_settings(target: LM, draft: LM | None, method: str, num_draft,
     raise ValueError(f"eos_id must be in [0, {target.config.vocab_size}), got {eos_id}")
   if method == "speculative":
     if draft is None:
-      raise ValueError("method='speculative' needs a draft model (draft=LM(...))")
+      raise ValueError("method='speculative' needs a draft: a draft model (draft=LM(...)), a "
+                       "feature draft or draft='prompt_lookup'")
+    check_draft(target, draft, num_draft)
     calibrate.draft_choices(num_draft)
-    if draft.config.vocab_size != target.config.vocab_size:
-      raise ValueError(f"draft and target vocabularies differ: draft vocab_size="
-                       f"{draft.config.vocab_size}, target vocab_size={target.config.vocab_size}")
-    if draft.tokenizer_id and target.tokenizer_id and draft.tokenizer_id != target.tokenizer_id:
-      raise ValueError(f"draft and target tokenizers differ: {draft.tokenizer_id!r} vs "
-                       f"{target.tokenizer_id!r}")
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_to: int
@@ -136,12 +178,17 @@ def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], meth
   speculative_ = method == "speculative"
   largest_k = calibrate.max_draft(num_draft) if speculative_ else 0
   length = buffer_len(prompts_BP.shape[1], max_new_tokens, largest_k, method, pad_to)
-  models = [target] + ([draft] if method == "speculative" else [])
+  models = [target.config] + ([draft.config] if isinstance(draft, LM) and speculative_ else [])
+  if isinstance(draft, fd.FeatureDraft) and speculative_:
+    models.append(draft.config.block)
+    if prompt_len.min() < 2:
+      raise ValueError(f"prompt {int(np.argmin(prompt_len))} has 1 token: a feature draft reads "
+                       "the target's feature before the last prompt token, so prompts need >= 2")
   for name, m in zip(("target", "draft"), models):
-    if length > m.config.max_seq_len:
+    if length > m.max_seq_len:
       raise ValueError(
           f"prompt length {int(prompt_len.max())} + max_new_tokens {max_new_tokens} needs a "
-          f"{name} cache of {length} positions, above its max_seq_len={m.config.max_seq_len}; "
+          f"{name} cache of {length} positions, above its max_seq_len={m.max_seq_len}; "
           "lower max_new_tokens or shorten the prompts")
   spec = common.DecodeSpec(sampling=sampling, max_new_tokens=max_new_tokens,
                            eos_id=None if eos_id is None else int(eos_id),
@@ -167,7 +214,7 @@ def make_output(prompt_len: np.ndarray, tokens, length, target_calls, drafted, a
   return GenerateOutput(tokens=rows, stats=stats)
 
 
-def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None = None,
+def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str | None = None,
              method: str = "speculative", num_draft: int | str | Sequence[int] = 4,
              sampling: Sampling = Sampling(), max_new_tokens: int = 64,
              eos_id: int | None = None, seed: int | Sequence[int] = 0, pad_to: int = 16, mesh=None,
@@ -179,7 +226,12 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
   Args:
     target: the model whose distribution the output follows.
     prompts: B lists of token ids (lengths may differ, each >= 1).
-    draft: the draft model; required for method='speculative'.
+    draft: required for method='speculative': a draft model (LM); a feature
+      draft (models/feature_draft.load: a block on the target's features with
+      a frequent-token head); or 'prompt_lookup' / PromptLookup(max_ngram,
+      min_ngram): the tokens after the latest earlier match of the row's last
+      n-gram (decoding/lookup.py). All three are lossless under every
+      sampling option; the last two take an int num_draft on one device.
     method: 'autoregressive' or 'speculative'.
     num_draft: draft tokens per iteration (the paper's K), an int >= 1; or
       'auto': every iteration picks K in 0..8 (0 = an autoregressive step)
@@ -227,6 +279,11 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     ValueError: a bad setting, or on a mesh a mesh/rules/shape mismatch naming
       the parameter or array and dimension, before anything compiles.
   """
+  draft = as_draft(draft)
+  if method == "speculative" and draft is not None and not isinstance(draft, LM):
+    if mesh is not None or prefill != "full":
+      raise ValueError(f"a {'lookup' if isinstance(draft, PromptLookup) else 'feature'} draft runs "
+                       "on one device with a full prefill: pass mesh=None and prefill='full'")
   kvp_spec = kv_prediction.check(target, draft, method, prefill, kvp)
   if kvp_spec is not None:
     if mesh is not None:
@@ -240,8 +297,7 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: LM | None =
     raise ValueError(f"the prompts need a kvp auxiliary cache of {spec.buffer_len} positions, "
                      f"above its max_seq_len={kvp.aux.config.max_seq_len}")
   speculative_ = method == "speculative"
-  draft_cfg = draft.config if speculative_ else None
-  draft_params = draft.params if speculative_ else None
+  draft_cfg, draft_params = draft_inputs(target, draft) if speculative_ else (None, None)
   if sampling.coupling == "gumbel":
     key_data = coupling.row_key_data(seed, len(prompt_len))       # [B, 2]
   else:

@@ -81,11 +81,13 @@ def commit(tokens_BL, length_B, done_B, prompt_len_B, emitted_BX, num_emitted_B,
 
 
 def prefill(config: tr.TransformerConfig, params, tokens_BL: jax.Array, prompt_len_B: jax.Array,
-            max_prompt: int) -> tr.KVCache:
-  """Runs the padded prompts through a model; returns its cache at `length - 1`."""
+            max_prompt: int, return_hidden: bool = False):
+  """Runs the padded prompts through a model; returns its cache at `length - 1`, and
+  with return_hidden also its features [B, max_prompt, D] (transformer.forward_with_hidden)."""
   cache = tr.init_cache(config, tokens_BL.shape[0], tokens_BL.shape[1])
-  _, cache = tr.forward(config, params, tokens_BL[:, :max_prompt], cache)
-  return cache.with_lengths(prompt_len_B - 1)
+  _, cache, hidden_BPD = tr.forward_with_hidden(config, params, tokens_BL[:, :max_prompt], cache)
+  cache = cache.with_lengths(prompt_len_B - 1)
+  return (cache, hidden_BPD) if return_hidden else cache
 
 
 def init_buffer(prompts_BP: jax.Array, buffer_len: int) -> jax.Array:

@@ -103,7 +103,7 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
           target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP, prompt_len_B,
           key, cost_C, force_index, max_iterations, parts, target_cache, draft_cache, row_keys)
       return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
-              (s.target_cache, s.draft_cache))
+              (s.target_cache, s.draft_state))
     s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
                                            prompt_len_B, key, target_cache, row_keys)
     zeros = jnp.zeros_like(s.target_calls)
@@ -128,7 +128,7 @@ def state_shardings(s: dict[str, Any], gumbel: bool) -> speculative.SpecState:
   rep = s["replicated"]
   return speculative.SpecState(
       tokens=rep, length=rep, done=rep, target_cache=s["target_cache"],
-      draft_cache=s["draft_cache"], key=rep, target_calls=rep, drafted=rep, accepted=rep,
+      draft_state=s["draft_cache"], key=rep, target_calls=rep, drafted=rep, accepted=rep,
       accept_ema=rep, trials_ema=rep, row_keys=rep if gumbel else None, zero_streak=rep,
       ar_only=rep)
 

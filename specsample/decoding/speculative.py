@@ -27,16 +27,9 @@ the output is distributed as the target's whatever K is picked.
 Shapes never change inside the loop, so it compiles once per
 (batch, prompt, buffer) shape and DecodeSpec.
 
-Cache bookkeeping. Both caches hold the committed tokens except the current
-one (common.py). The draft, however, never feeds its own last proposal x_G, so
-after a fully accepted block its cache lacks x_G's position. Rather than
-spend a whole extra draft step every iteration to write it, the first draft
-step of an iteration feeds TWO tokens, [previous, current], at positions
-[length - 2, length - 1]: it re-writes the previous token's entry (identical,
-up to float rounding, when it was already there) and fills the gap when it
-was not. For a row whose length is 1 (a one-token prompt) there is no
-previous token: it feeds [current, pad] at [0, 1] and reads the logits of
-position 0; the pad entry is overwritten by x_1 right after.
+Proposals come from a draft model, a feature draft reading the target's
+features, or prompt lookup (decoding/drafts.py: what each keeps between
+iterations and how it rolls back); the rest of the iteration is the same.
 
 The loop can stop after `max_iterations` and resume from the state it
 returns (`run_loop`): "auto" measures cost_K on the first iterations of a
@@ -47,11 +40,13 @@ profiler trace is charged by; a benchmark may substitute them (`parts`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax
 import jax
 import jax.numpy as jnp
 
-from specsample.decoding import common, coupling
+from specsample.decoding import common, coupling, drafts
 from specsample.decoding.adaptive import ALPHA_DECAY, ALPHA_PRIOR, choose
 from specsample.decoding.rejection import rejection_sample
 from specsample.decoding.sampling import sample
@@ -70,7 +65,7 @@ class SpecState:
   length: jax.Array          # [B] committed tokens
   done: jax.Array            # [B] bool
   target_cache: tr.KVCache   # length - 1 valid positions
-  draft_cache: tr.KVCache    # length - 1 or length - 2 valid positions
+  draft_state: Any           # the draft's (drafts.py): KVCache, FeatureDraftState or None
   key: jax.Array
   target_calls: jax.Array    # [B] target passes while the row was active
   drafted: jax.Array         # [B] draft tokens proposed
@@ -92,18 +87,23 @@ class Parts:
 
   def __init__(self, target_cfg, draft_cfg, spec, target_params, draft_params):
     self.spec = spec
+    self.vocab_size = target_cfg.vocab_size
     self.target_model = (target_cfg, target_params)
     self.draft_model = (draft_cfg, draft_params)
+    self.features = drafts.needs_features(draft_cfg)
 
   def draft(self, tokens_BT, cache):
-    """The draft's forward: (logits [B, T, V], cache)."""
+    """A draft model's forward: (logits [B, T, V], cache)."""
     with jax.named_scope("draft_forward"):
       return tr.forward(*self.draft_model, tokens_BT, cache)
 
   def target(self, tokens_BT, cache):
-    """The target's forward: (logits [B, T, V], cache)."""
+    """The target's forward: (logits [B, T, V], cache, features [B, T, D] or None).
+    The features are computed only when the draft reads them."""
     with jax.named_scope("target_forward"):
-      return tr.forward(*self.target_model, tokens_BT, cache)
+      if self.features:
+        return tr.forward_with_hidden(*self.target_model, tokens_BT, cache)
+      return (*tr.forward(*self.target_model, tokens_BT, cache), None)
 
   def probs(self, logits):
     """The sampling transform, logits -> float32 probabilities."""
@@ -137,43 +137,10 @@ class Parts:
                          self.spec)
 
 
-def _draft_first(parts: Parts, s: SpecState):
-  """Feeds [previous, current] (module docstring). Returns (logits [B, V], cache at length)."""
-  start_B = jnp.maximum(s.length - 2, 0)
-  pair_B2 = common.read_rows(s.tokens, start_B, 2)      # [previous, current] (or [current, pad])
-  logits_B2V, cache = parts.draft(pair_B2, s.draft_cache.with_lengths(start_B))
-  read_B = s.length - 1 - start_B                        # 1, or 0 for length-1 rows
-  logits_BV = jnp.take_along_axis(logits_B2V, read_B[:, None, None], axis=1)[:, 0]
-  return logits_BV, cache.with_lengths(s.length)
-
-
-def _draft(parts: Parts, num_draft: int, s: SpecState, key, noise_BXV):
-  """Proposes G tokens per row. Returns (tokens [B, G], probs [B, G, V] f32 or None
-  under coupling='gumbel', cache). noise_BXV: the block's Gumbel noise, or None."""
-  keys = jax.random.split(key, num_draft)
-  noise_GBV = None if noise_BXV is None else noise_BXV[:, :num_draft].transpose(1, 0, 2)
-  logits_BV, cache = _draft_first(parts, s)
-  token_B, probs_BV = parts.draw(logits_BV, keys[0], None if noise_GBV is None else noise_GBV[0])
-
-  def step(carry, xs):
-    cache, token_B = carry
-    step_key, noise_BV = xs
-    logits_B1V, cache = parts.draft(token_B[:, None], cache)
-    next_B, probs_BV = parts.draw(logits_B1V[:, 0], step_key, noise_BV)
-    return (cache, next_B), (next_B, probs_BV)
-
-  xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:])
-  (cache, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (cache, token_B), xs)
-  tokens_BG = jnp.concatenate([token_B[:, None], rest_GB.T], axis=1)
-  if probs_BV is None:  # coupling='gumbel' verifies tokens, not probabilities
-    return tokens_BG, None, cache
-  probs_BGV = jnp.concatenate([probs_BV[:, None], rest_probs_GBV.transpose(1, 0, 2)], axis=1)
-  return tokens_BG, probs_BGV, cache
-
-
 def _finish(parts: Parts, s: SpecState, prompt_len_B, key, emitted_BX, num_emitted_B,
-            target_cache, draft_cache, num_draft: int, accepted_B, accept_obs_B, trials_obs_B):
-  """Commits the emitted tokens, rolls both caches back and updates the counters."""
+            target_cache, draft_state, num_draft: int, accepted_B, accept_obs_B, trials_obs_B,
+            target_hidden_BXD=None):
+  """Commits the emitted tokens, rolls the cache and the draft back and updates the counters."""
   with jax.named_scope("commit"):
     tokens, length, done, _ = parts.commit(s, prompt_len_B, emitted_BX, num_emitted_B)
     active_B = ~s.done
@@ -181,10 +148,10 @@ def _finish(parts: Parts, s: SpecState, prompt_len_B, key, emitted_BX, num_emitt
     discount = lambda ema_B, obs_B: jnp.where(active_B, ALPHA_DECAY * ema_B + obs_B, ema_B)
     return s.replace(
         tokens=tokens, length=length, done=done, key=key,
-        # Roll back: only committed positions stay valid. The draft's next
-        # iteration re-sets its own offset (see module docstring).
+        # Roll back: only committed positions stay valid.
         target_cache=target_cache.with_lengths(length - 1),
-        draft_cache=draft_cache.with_lengths(jnp.maximum(length - 2, 0)),
+        draft_state=drafts.rollback(parts.draft_model[0], draft_state, length, s.length,
+                                    target_hidden_BXD),
         target_calls=s.target_calls + active,
         drafted=s.drafted + num_draft * active,
         accepted=s.accepted + accepted_B * active,
@@ -211,8 +178,8 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
     vocab = target_cfg.vocab_size
     if num_draft == 0:
       noise_BV = coupling.noise(spec.sampling, s.row_keys, s.length, vocab)
-      draft_logits_BV, draft_cache = _draft_first(parts, s)
-      logits_B1V, target_cache = parts.target(current_B1, target_cache_in)
+      draft_logits_BV, draft_cache = drafts.first_logits(parts, s.tokens, s.length, s.draft_state)
+      logits_B1V, target_cache, _ = parts.target(current_B1, target_cache_in)
       token_B, target_probs_BV = parts.draw(logits_B1V[:, 0], accept_key, noise_BV)
       if parts.gumbel:  # one Bernoulli draw of this coupling's acceptance
         draft_token_B, _ = parts.draw(draft_logits_BV, accept_key, noise_BV)
@@ -225,18 +192,19 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
 
     # The noise of positions length .. length + G (None for coupling='rejection').
     noise_BXV = coupling.noise(spec.sampling, s.row_keys, s.length, vocab, num_draft + 1)
-    draft_tokens_BG, draft_probs_BGV, draft_cache = _draft(parts, num_draft, s, draft_key,
-                                                           noise_BXV)
+    draft_tokens_BG, draft_probs_BGV, draft_state = drafts.propose(
+        parts, draft_cfg, draft_params, num_draft, s.tokens, s.length, s.draft_state, draft_key,
+        noise_BXV)
     # One target pass over [current, x_1..x_G] at each row's own offset.
     block_BX = jnp.concatenate([current_B1, draft_tokens_BG], axis=1)   # [B, G + 1]
-    logits_BXV, target_cache = parts.target(block_BX, target_cache_in)
+    logits_BXV, target_cache, hidden_BXD = parts.target(block_BX, target_cache_in)
     num_accepted_B, _, emitted_BX = parts.verify(draft_tokens_BG, draft_probs_BGV, logits_BXV,
                                                  accept_key, noise_BXV)
     # Acceptance trials: the accepted tokens, plus the rejection if there was one.
     trials_B = num_accepted_B + (num_accepted_B < num_draft)
     return _finish(parts, s, prompt_len_B, key, emitted_BX, num_accepted_B + 1, target_cache,
-                   draft_cache, num_draft, num_accepted_B, num_accepted_B.astype(jnp.float32),
-                   trials_B.astype(jnp.float32))
+                   draft_state, num_draft, num_accepted_B, num_accepted_B.astype(jnp.float32),
+                   trials_B.astype(jnp.float32), hidden_BXD)
 
   return body
 
@@ -257,14 +225,14 @@ def make_target_step(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
     key, _, accept_key = jax.random.split(s.key, 3)
     current_B1 = common.read_rows(s.tokens, s.length - 1, 1)
     noise_BV = coupling.noise(spec.sampling, s.row_keys, s.length, target_cfg.vocab_size)
-    logits_B1V, target_cache = parts.target(current_B1, s.target_cache.with_lengths(s.length - 1))
+    logits_B1V, target_cache, _ = parts.target(current_B1, s.target_cache.with_lengths(s.length - 1))
     token_B, _ = parts.draw(logits_B1V[:, 0], accept_key, noise_BV)
     zeros_B = jnp.zeros_like(s.length)
     no_obs_B = jnp.zeros(s.length.shape, jnp.float32)
     # No observation: (accept_ema, trials_ema) only decay, and keep their ratio.
     out = _finish(parts, s, prompt_len_B, key, token_B[:, None], zeros_B + 1, target_cache,
-                  s.draft_cache, 0, zeros_B, no_obs_B, no_obs_B)
-    return out.replace(draft_cache=s.draft_cache, accept_ema=s.accept_ema,
+                  s.draft_state, 0, zeros_B, no_obs_B, no_obs_B)
+    return out.replace(draft_state=s.draft_state, accept_ema=s.accept_ema,
                        trials_ema=s.trials_ema)
 
   return body
@@ -275,17 +243,21 @@ def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig
                prompt_len_B: jax.Array, key: jax.Array, target_cache: tr.KVCache | None = None,
                draft_cache: tr.KVCache | None = None, row_keys: jax.Array | None = None
                ) -> SpecState:
-  """The state before the first iteration: both caches prefilled, unless given."""
+  """The state before the first iteration: the target cache and the draft's state
+  prefilled, unless given (draft_cache: a draft model's only)."""
   B, P = prompts_BP.shape
   tokens_BL = common.init_buffer(prompts_BP, spec.buffer_len)
   zeros_B = jnp.zeros((B,), jnp.int32)
   prior_accept, prior_trials = ALPHA_PRIOR
+  hidden_BPD = None
+  if target_cache is None:
+    target_cache, hidden_BPD = common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P,
+                                              return_hidden=True)
   return SpecState(
       tokens=tokens_BL, length=prompt_len_B, done=jnp.zeros((B,), bool),
-      target_cache=(common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P)
-                    if target_cache is None else target_cache),
-      draft_cache=(common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, P)
-                   if draft_cache is None else draft_cache),
+      target_cache=target_cache,
+      draft_state=(drafts.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, P, spec,
+                                  hidden_BPD) if draft_cache is None else draft_cache),
       key=key, target_calls=zeros_B, drafted=zeros_B, accepted=zeros_B,
       accept_ema=jnp.full((B,), prior_accept, jnp.float32),
       trials_ema=jnp.full((B,), prior_trials, jnp.float32), row_keys=row_keys,

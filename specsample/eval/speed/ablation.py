@@ -49,8 +49,8 @@ class _AblatedParts(Parts):
     return super().draft(tokens_BT, cache)
 
   def target(self, tokens_BT, cache):
-    if "target_forward" in self.ablate:
-      return self._stand_in_forward("target_forward", tokens_BT, cache)
+    if "target_forward" in self.ablate:  # (no features: ablation runs with draft models)
+      return (*self._stand_in_forward("target_forward", tokens_BT, cache), None)
     return super().target(tokens_BT, cache)
 
   def probs(self, logits):

@@ -1,0 +1,127 @@
+"""Where the speculative loop's proposals come from: a draft model, a feature draft, or prompt lookup.
+
+The loop (speculative.py) is the same for all three; what differs is what the
+draft keeps between iterations (its "state"), how it proposes G tokens, and
+how it rolls back after verification. The static `draft_cfg` says which:
+
+  tr.TransformerConfig     a draft model (the paper's): state = its KVCache
+  fd.FeatureDraftConfig    a feature draft (models/feature_draft.py) reading the
+                           target's last features: state = FeatureDraftState,
+                           draft_params = {"params", "shared"}
+  lookup.PromptLookup      n-gram lookup in the row's own tokens
+                           (decoding/lookup.py): state = None, no parameters
+
+Model draft cache bookkeeping. The draft cache holds the committed tokens
+except the current one, like the target's. The draft, however, never feeds
+its own last proposal x_G, so after a fully accepted block its cache lacks
+x_G's position. Rather than spend a whole extra draft step every iteration to
+write it, the first draft step of an iteration feeds TWO tokens, [previous,
+current], at positions [length - 2, length - 1]: it re-writes the previous
+token's entry (identical, up to float rounding, when it was already there)
+and fills the gap when it was not. For a row whose length is 1 (a one-token
+prompt) there is no previous token: it feeds [current, pad] at [0, 1] and
+reads the logits of position 0; the pad entry is overwritten by x_1 right
+after. The feature draft's bookkeeping is in decoding/feature_drafting.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from specsample.decoding import common, feature_drafting, lookup
+from specsample.models import feature_draft as fd
+from specsample.models import transformer as tr
+
+
+def kind(draft_cfg) -> str:
+  """'model', 'feature' or 'lookup'."""
+  if isinstance(draft_cfg, tr.TransformerConfig):
+    return "model"
+  if isinstance(draft_cfg, fd.FeatureDraftConfig):
+    return "feature"
+  if isinstance(draft_cfg, lookup.PromptLookup):
+    return "lookup"
+  raise TypeError(f"unknown draft config {type(draft_cfg).__name__}")
+
+
+def needs_features(draft_cfg) -> bool:
+  """True when the target passes must hand their last hidden states to the draft."""
+  return kind(draft_cfg) == "feature"
+
+
+def _runtime(draft_cfg, draft_params) -> feature_drafting.Runtime:
+  return feature_drafting.Runtime(draft_cfg, draft_params["params"], draft_params["shared"])
+
+
+def prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, prompt_width: int,
+            spec: common.DecodeSpec, target_hidden_BPD=None) -> Any:
+  """The draft's state after the prompt (target_hidden_BPD: the target prefill's features)."""
+  which = kind(draft_cfg)
+  if which == "model":
+    return common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, prompt_width)
+  if which == "feature":
+    with jax.named_scope("draft_forward"):
+      return feature_drafting.prefill(_runtime(draft_cfg, draft_params), target_hidden_BPD,
+                                      tokens_BL, prompt_len_B, spec.num_draft, spec.buffer_len)
+  return None
+
+
+def first_logits(parts, tokens_BL, length_B, cache: tr.KVCache):
+  """A draft model's distribution for position `length` (feeding [previous, current],
+  module docstring). Returns (logits [B, V], cache at length)."""
+  start_B = jnp.maximum(length_B - 2, 0)
+  pair_B2 = common.read_rows(tokens_BL, start_B, 2)      # [previous, current] (or [current, pad])
+  logits_B2V, cache = parts.draft(pair_B2, cache.with_lengths(start_B))
+  read_B = length_B - 1 - start_B                         # 1, or 0 for length-1 rows
+  logits_BV = jnp.take_along_axis(logits_B2V, read_B[:, None, None], axis=1)[:, 0]
+  return logits_BV, cache.with_lengths(length_B)
+
+
+def propose(parts, draft_cfg, draft_params, num_draft: int, tokens_BL, length_B, state, key,
+            noise_BXV):
+  """G proposals per row: (tokens [B, G], probs [B, G, V] f32 or None under
+  coupling='gumbel', the draft's state). noise_BXV: the block's Gumbel noise, or None."""
+  which = kind(draft_cfg)
+  keys = jax.random.split(key, num_draft)
+  noise_GBV = None if noise_BXV is None else noise_BXV[:, :num_draft].transpose(1, 0, 2)
+  if which == "lookup":
+    with jax.named_scope("draft_forward"):
+      tokens_BG, _ = lookup.propose(draft_cfg, tokens_BL, length_B, num_draft)
+    # A point mass: the rejection step accepts x with probability q(x).
+    probs = None if parts.gumbel else jax.nn.one_hot(tokens_BG, parts.vocab_size, dtype=jnp.float32)
+    return tokens_BG, probs, None
+  if which == "feature":
+    with jax.named_scope("draft_forward"):
+      return feature_drafting.propose(_runtime(draft_cfg, draft_params), parts.draw, num_draft,
+                                      tokens_BL, length_B, state, keys, noise_GBV)
+  logits_BV, cache = first_logits(parts, tokens_BL, length_B, state)
+  token_B, probs_BV = parts.draw(logits_BV, keys[0], None if noise_GBV is None else noise_GBV[0])
+
+  def step(carry, xs):
+    cache, token_B = carry
+    step_key, noise_BV = xs
+    logits_B1V, cache = parts.draft(token_B[:, None], cache)
+    next_B, probs_BV = parts.draw(logits_B1V[:, 0], step_key, noise_BV)
+    return (cache, next_B), (next_B, probs_BV)
+
+  xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:])
+  (cache, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (cache, token_B), xs)
+  tokens_BG = jnp.concatenate([token_B[:, None], rest_GB.T], axis=1)
+  if probs_BV is None:  # coupling='gumbel' verifies tokens, not probabilities
+    return tokens_BG, None, cache
+  probs_BGV = jnp.concatenate([probs_BV[:, None], rest_probs_GBV.transpose(1, 0, 2)], axis=1)
+  return tokens_BG, probs_BGV, cache
+
+
+def rollback(draft_cfg, state, length_B, length_before_B, target_hidden_BXD=None):
+  """The draft's state after an iteration that committed up to `length_B`; the target
+  pass started at length_before - 1 and its features are target_hidden_BXD."""
+  which = kind(draft_cfg)
+  if which == "model":  # its next iteration re-sets its own offset (module docstring)
+    return state.with_lengths(jnp.maximum(length_B - 2, 0))
+  if which == "feature":
+    return feature_drafting.after_verify(state, target_hidden_BXD, length_before_B)
+  return state

@@ -2,8 +2,9 @@
 
 Statistical tests follow tests/test_decoding.py (chi-square against the exact
 joint of the first 3 tokens by enumeration, p > ALPHA = 1e-4 each). This file
-makes 4 such assertions, so a correct sampler fails it with probability at
-most 4e-4; each also checks that it can fail (a wrong joint is rejected).
+makes 6 such assertions, so a correct sampler fails it with probability at
+most 6e-4; each also checks that it can fail (a wrong joint is rejected).
+"combined" is a draft model with prompt lookup (generate(..., lookup=...)).
 """
 
 import jax
@@ -35,15 +36,28 @@ def greedy_reference(tiny_pair):
   return generate(target, PROMPTS, method="autoregressive", sampling=GREEDY, max_new_tokens=20, eos_id=14)
 
 
-@pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("which", ["feature", "lookup"])
+def _draft(which, tiny_pair, feature_draft):
+  """(draft, extra generate kwargs) of a draft kind."""
+  if which == "feature":
+    return feature_draft, {}
+  if which == "combined":
+    return tiny_pair[1], {"lookup": PromptLookup(max_ngram=2, min_ngram=1)}
+  return PromptLookup(max_ngram=2, min_ngram=1), {}
+
+
+@pytest.mark.parametrize("which,k", [(w, k) for w in ("feature", "lookup", "combined") for k in (1, 3)]
+                         + [("combined", "auto")])  # auto K is for draft models (refusals: below)
 def test_greedy_equals_autoregressive(tiny_pair, feature_draft, greedy_reference, which, k):
   target, _ = tiny_pair
-  draft = feature_draft if which == "feature" else "prompt_lookup"
-  out = generate(target, PROMPTS, draft=draft, num_draft=k, sampling=GREEDY, max_new_tokens=20, eos_id=14)
+  draft, extra = _draft(which, tiny_pair, feature_draft)
+  costs = {"iteration_costs": [1.0 + 0.3 * i for i in range(9)]} if k == "auto" else {}
+  out = generate(target, PROMPTS, draft=draft, num_draft=k, sampling=GREEDY, max_new_tokens=20,
+                 eos_id=14, **extra, **costs)
   assert out.tokens == greedy_reference.tokens
   s = out.stats
-  assert (s["drafted"] == k * s["target_calls"]).all() and (s["tokens_per_call"] >= 1).all()
+  assert (s["tokens_per_call"] >= 1).all()
+  if k != "auto":
+    assert (s["drafted"] == k * s["target_calls"]).all()
   if which == "lookup":  # repeating rows accept copied tokens, so some row beats 1 token per call
     assert s["tokens_per_call"].max() > 1
 
@@ -71,7 +85,8 @@ SAMPLINGS = {"t1": Sampling(temperature=1.0), "t0.7_top5": Sampling(temperature=
 
 
 @pytest.mark.parametrize("which,sampling", [("feature", "t1"), ("feature", "top_p0.8"),
-                                            ("lookup", "t1"), ("lookup", "t0.7_top5")])
+                                            ("lookup", "t1"), ("lookup", "t0.7_top5"),
+                                            ("combined", "t1"), ("combined", "top_p0.8")])
 def test_joint_of_first_three_tokens_matches_target(tiny_pair, feature_draft, which, sampling):
   target, draft_model = tiny_pair
   sampling = SAMPLINGS[sampling]
@@ -79,8 +94,9 @@ def test_joint_of_first_three_tokens_matches_target(tiny_pair, feature_draft, wh
   prompts = [[1, 2, 1, 2], [7, 5]]            # a repeating row and one without matches
   rows = 8000
   batch = [prompts[i % 2] for i in range(2 * rows)]
-  draft = feature_draft if which == "feature" else PromptLookup(max_ngram=2, min_ngram=1)
-  out = generate(target, batch, draft=draft, num_draft=2, sampling=sampling, max_new_tokens=3, seed=17)
+  draft, extra = _draft(which, tiny_pair, feature_draft)
+  out = generate(target, batch, draft=draft, num_draft=2, sampling=sampling, max_new_tokens=3, seed=17,
+                 **extra)
   weights = V ** np.arange(2, -1, -1)
   for j, prompt in enumerate(prompts):
     codes = np.array([out.tokens[i] for i in range(j, len(batch), 2)]) @ weights
@@ -90,20 +106,20 @@ def test_joint_of_first_three_tokens_matches_target(tiny_pair, feature_draft, wh
     assert chi2_pvalue(counts, exact_joint(draft_model, prompt, sampling), strict=False) < ALPHA
 
 
-@pytest.mark.parametrize("which", ["feature", "lookup"])
+@pytest.mark.parametrize("which", ["feature", "lookup", "combined"])
 def test_gumbel_coupling_keeps_rows_invariant(tiny_pair, feature_draft, which):
   """Per-row seeds: each row's tokens equal autoregressive's, at any K and batch."""
   target, _ = tiny_pair
   sampling = Sampling(temperature=1.0, coupling="gumbel")
   seeds = [11, 12, 13, 14, 15]
   ref = generate(target, PROMPTS, method="autoregressive", sampling=sampling, max_new_tokens=12, seed=seeds)
-  draft = feature_draft if which == "feature" else "prompt_lookup"
+  draft, extra = _draft(which, tiny_pair, feature_draft)
   for k in (1, 3):
     out = generate(target, PROMPTS, draft=draft, num_draft=k, sampling=sampling, max_new_tokens=12,
-                   seed=seeds)
+                   seed=seeds, **extra)
     assert out.tokens == ref.tokens
   one = generate(target, PROMPTS[2:3], draft=draft, num_draft=2, sampling=sampling, max_new_tokens=12,
-                 seed=seeds[2:3])
+                 seed=seeds[2:3], **extra)
   assert one.tokens[0] == ref.tokens[2]
 
 
@@ -113,12 +129,18 @@ def test_gumbel_coupling_keeps_rows_invariant(tiny_pair, feature_draft, which):
     (dict(draft=PromptLookup(max_ngram=1, min_ngram=2)), "max_ngram=1 must be >= min_ngram=2"),
     (dict(draft=PromptLookup(max_ngram=0, min_ngram=0)), "max_ngram must be an int >= 1"),
     (dict(draft="lookup"), "draft must be an LM, a FeatureDraft, a PromptLookup or 'prompt_lookup'"),
-    (dict(draft="prompt_lookup", mesh=object()), "runs on one device with a full prefill"),
+    (dict(draft="prompt_lookup", mesh=object()), "drafts run on one device with a full prefill"),
 ])
 def test_bad_lookup_settings_are_named(tiny_pair, kwargs, message):
   target, _ = tiny_pair
   with pytest.raises(ValueError, match=message):
     generate(target, PROMPTS, max_new_tokens=4, **kwargs)
+
+
+def test_lookup_with_a_non_model_draft_is_refused(tiny_pair):
+  target, _ = tiny_pair
+  with pytest.raises(ValueError, match="lookup= combines prompt lookup with a draft model"):
+    generate(target, PROMPTS, draft="prompt_lookup", lookup=PromptLookup())
 
 
 def test_bad_feature_draft_settings_are_named(tiny_pair, feature_draft):

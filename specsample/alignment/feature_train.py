@@ -14,7 +14,8 @@ is (norm(f_t), x_{t+1}) -> the target at t + 1:
 Inputs see Gaussian noise of `feature_noise` times the feature RMS, so the draft
 learns to read imperfect features (its own, at deeper draft steps).
 
-Shards whose index is a multiple of `val_every` are held out: the metrics on
+The shards present at a run's first start are its data (<workdir>/shards.json);
+shards whose index is a multiple of `val_every` are held out: the metrics on
 them (top-1 agreement with the target, and sum over head tokens of min(p, q),
 a lower bound on the acceptance rate at temperature 1) are what the
 training log and the closing note report against training tokens.
@@ -159,7 +160,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   manifest = json.loads(paths.read_text(os.path.join(config.data_dir, "manifest.json")))
   if manifest["target"] != data_lib.params_fingerprint(target):
     raise ValueError(f"{config.data_dir} was recorded from another target than {config.target_dir}")
-  train_files, val_files = shard_files(config.data_dir, config.val_every)
+  # The shard list is fixed at the first start (<workdir>/shards.json), so a resumed run
+  # sees the same data while the recording job keeps adding shards.
+  listing = os.path.join(workdir, "shards.json")
+  if paths.exists(listing):
+    train_files, val_files = json.loads(paths.read_text(listing))
+  else:
+    train_files, val_files = shard_files(config.data_dir, config.val_every)
+    paths.write_atomic({listing: json.dumps([train_files, val_files])})
   if not train_files or not val_files:
     raise ValueError(f"{config.data_dir}: need training and held-out shards (every "
                      f"{config.val_every}th is held out), found {len(train_files)} / {len(val_files)}")

@@ -220,7 +220,8 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
              eos_id: int | None = None, seed: int | Sequence[int] = 0, pad_to: int = 16, mesh=None,
              rules: sh.Rules | None = None, draft_rules: sh.Rules | None = None,
              iteration_costs: Sequence[float] | None = None, prefill: str = "full",
-             kvp: kv_prediction.KVP | None = None) -> GenerateOutput:
+             kvp: kv_prediction.KVP | None = None,
+             lookup: PromptLookup | None = None) -> GenerateOutput:
   """Samples continuations of token-id prompts.
 
   Args:
@@ -271,6 +272,9 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
     kvp: the auxiliary model and predictor (kv_prediction.load_kvp), for
       prefill='kv_prediction'. With method='speculative' and draft=None (or
       draft=kvp.aux) the auxiliary is the draft and its prompt cache is reused.
+    lookup: with a draft model, combine it with prompt lookup (drafts.WithLookup):
+      a row proposes the tokens its lookup copies and the model's where it has
+      none; it costs what the model draft costs; any num_draft, one device.
 
   Returns:
     GenerateOutput with the new tokens of each row and per-row statistics.
@@ -280,10 +284,15 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
       the parameter or array and dimension, before anything compiles.
   """
   draft = as_draft(draft)
-  if method == "speculative" and draft is not None and not isinstance(draft, LM):
+  if lookup is not None:
+    if method != "speculative" or not isinstance(draft, LM):
+      raise ValueError("lookup= combines prompt lookup with a draft model: pass method='speculative' "
+                       "and draft=LM(...) (for lookup alone, draft='prompt_lookup')")
+    lookup.validate()
+  if method == "speculative" and (lookup is not None or (draft is not None and not isinstance(draft, LM))):
     if mesh is not None or prefill != "full":
-      raise ValueError(f"a {'lookup' if isinstance(draft, PromptLookup) else 'feature'} draft runs "
-                       "on one device with a full prefill: pass mesh=None and prefill='full'")
+      raise ValueError("lookup and feature drafts run on one device with a full prefill: pass "
+                       "mesh=None and prefill='full'")
   kvp_spec = kv_prediction.check(target, draft, method, prefill, kvp)
   if kvp_spec is not None:
     if mesh is not None:
@@ -298,6 +307,8 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
                      f"above its max_seq_len={kvp.aux.config.max_seq_len}")
   speculative_ = method == "speculative"
   draft_cfg, draft_params = draft_inputs(target, draft) if speculative_ else (None, None)
+  if lookup is not None:
+    draft_cfg = drafts.WithLookup(draft_cfg, lookup)
   if sampling.coupling == "gumbel":
     key_data = coupling.row_key_data(seed, len(prompt_len))       # [B, 2]
   else:

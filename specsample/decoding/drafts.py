@@ -5,6 +5,8 @@ draft keeps between iterations (its "state"), how it proposes G tokens, and
 how it rolls back after verification. The static `draft_cfg` says which:
 
   tr.TransformerConfig     a draft model (the paper's): state = its KVCache
+  WithLookup               a draft model whose proposals give way to prompt
+                           lookup where the row has a match (same state)
   fd.FeatureDraftConfig    a feature draft (models/feature_draft.py) reading the
                            target's last features: state = FeatureDraftState,
                            draft_params = {"params", "shared"}
@@ -26,6 +28,7 @@ after. The feature draft's bookkeeping is in decoding/feature_drafting.py.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -36,10 +39,31 @@ from specsample.models import feature_draft as fd
 from specsample.models import transformer as tr
 
 
+@dataclasses.dataclass(frozen=True)
+class WithLookup:
+  """A draft model combined with prompt lookup. Static (hashable).
+
+  At draft step g, a row whose lookup copied more than g tokens proposes the
+  copied token (a point mass) and the model reads it as its next input;
+  otherwise the model draws as usual. Which one proposes depends only on the
+  committed tokens, so every proposal is drawn from a distribution the
+  rejection step knows: as lossless as either part. The model runs for the
+  whole batch either way, so this costs what the model draft costs.
+  """
+  model: tr.TransformerConfig
+  lookup: lookup.PromptLookup
+
+  @property
+  def vocab_size(self) -> int:
+    return self.model.vocab_size
+
+
 def kind(draft_cfg) -> str:
-  """'model', 'feature' or 'lookup'."""
+  """'model', 'model+lookup', 'feature' or 'lookup'."""
   if isinstance(draft_cfg, tr.TransformerConfig):
     return "model"
+  if isinstance(draft_cfg, WithLookup):
+    return "model+lookup"
   if isinstance(draft_cfg, fd.FeatureDraftConfig):
     return "feature"
   if isinstance(draft_cfg, lookup.PromptLookup):
@@ -60,13 +84,19 @@ def prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, prompt_width: int,
             spec: common.DecodeSpec, target_hidden_BPD=None) -> Any:
   """The draft's state after the prompt (target_hidden_BPD: the target prefill's features)."""
   which = kind(draft_cfg)
-  if which == "model":
-    return common.prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, prompt_width)
+  if which in ("model", "model+lookup"):
+    return common.prefill(model_config(draft_cfg), draft_params, tokens_BL, prompt_len_B,
+                          prompt_width)
   if which == "feature":
     with jax.named_scope("draft_forward"):
       return feature_drafting.prefill(_runtime(draft_cfg, draft_params), target_hidden_BPD,
                                       tokens_BL, prompt_len_B, spec.num_draft, spec.buffer_len)
   return None
+
+
+def model_config(draft_cfg) -> tr.TransformerConfig:
+  """The draft model's config (of a model or model+lookup draft)."""
+  return draft_cfg.model if isinstance(draft_cfg, WithLookup) else draft_cfg
 
 
 def first_logits(parts, tokens_BL, length_B, cache: tr.KVCache):
@@ -97,17 +127,33 @@ def propose(parts, draft_cfg, draft_params, num_draft: int, tokens_BL, length_B,
     with jax.named_scope("draft_forward"):
       return feature_drafting.propose(_runtime(draft_cfg, draft_params), parts.draw, num_draft,
                                       tokens_BL, length_B, state, keys, noise_GBV)
+  if which == "model+lookup":
+    with jax.named_scope("draft_forward"):
+      copied_BG, matched_B = lookup.propose(draft_cfg.lookup, tokens_BL, length_B, num_draft)
+  else:
+    copied_BG, matched_B = jnp.zeros((length_B.shape[0], num_draft), jnp.int32), jnp.zeros_like(length_B)
+
+  def draw(logits_BV, key, noise_BV, g):
+    """The model's draw, or at step g the copied token where the row copied more than g."""
+    token_B, probs_BV = parts.draw(logits_BV, key, noise_BV)
+    use_B = g < matched_B
+    token_B = jnp.where(use_B, copied_BG[:, g], token_B)
+    if probs_BV is not None and which == "model+lookup":
+      point_BV = jax.nn.one_hot(token_B, probs_BV.shape[-1], dtype=probs_BV.dtype)
+      probs_BV = jnp.where(use_B[:, None], point_BV, probs_BV)
+    return token_B, probs_BV
+
   logits_BV, cache = first_logits(parts, tokens_BL, length_B, state)
-  token_B, probs_BV = parts.draw(logits_BV, keys[0], None if noise_GBV is None else noise_GBV[0])
+  token_B, probs_BV = draw(logits_BV, keys[0], None if noise_GBV is None else noise_GBV[0], 0)
 
   def step(carry, xs):
     cache, token_B = carry
-    step_key, noise_BV = xs
+    step_key, noise_BV, g = xs
     logits_B1V, cache = parts.draft(token_B[:, None], cache)
-    next_B, probs_BV = parts.draw(logits_B1V[:, 0], step_key, noise_BV)
+    next_B, probs_BV = draw(logits_B1V[:, 0], step_key, noise_BV, g)
     return (cache, next_B), (next_B, probs_BV)
 
-  xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:])
+  xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:], jnp.arange(1, num_draft))
   (cache, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (cache, token_B), xs)
   tokens_BG = jnp.concatenate([token_B[:, None], rest_GB.T], axis=1)
   if probs_BV is None:  # coupling='gumbel' verifies tokens, not probabilities
@@ -120,7 +166,7 @@ def rollback(draft_cfg, state, length_B, length_before_B, target_hidden_BXD=None
   """The draft's state after an iteration that committed up to `length_B`; the target
   pass started at length_before - 1 and its features are target_hidden_BXD."""
   which = kind(draft_cfg)
-  if which == "model":  # its next iteration re-sets its own offset (module docstring)
+  if which in ("model", "model+lookup"):  # its next iteration re-sets its own offset (docstring)
     return state.with_lengths(jnp.maximum(length_B - 2, 0))
   if which == "feature":
     return feature_drafting.after_verify(state, target_hidden_BXD, length_before_B)

@@ -91,11 +91,13 @@ class Parts:
     self.target_model = (target_cfg, target_params)
     self.draft_model = (draft_cfg, draft_params)
     self.features = drafts.needs_features(draft_cfg)
+    self._draft_lm = (drafts.model_config(draft_cfg), draft_params) if drafts.kind(draft_cfg) in (
+        "model", "model+lookup") else None
 
   def draft(self, tokens_BT, cache):
     """A draft model's forward: (logits [B, T, V], cache)."""
     with jax.named_scope("draft_forward"):
-      return tr.forward(*self.draft_model, tokens_BT, cache)
+      return tr.forward(*self._draft_lm, tokens_BT, cache)
 
   def target(self, tokens_BT, cache):
     """The target's forward: (logits [B, T, V], cache, features [B, T, D] or None).

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from specsample.decoding import Sampling, api, calibrate, generate
-from specsample.decoding import adaptive, speculative
+from specsample.decoding import adaptive, loops, speculative
 from specsample.eval.speed import ablation, breakdown
 from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue, exact_joint
 
@@ -80,10 +80,14 @@ def test_choose_minimises_the_bottleneck_rows_time(done):
 
 
 @pytest.mark.parametrize("ar_after", [speculative.AR_AFTER, 1])
-def test_auto_samples_the_target_distribution(tiny_pair, monkeypatch, ar_after):
+def test_auto_samples_the_target_distribution(tiny_pair, monkeypatch, request, ar_after):
   """Costs chosen so that K moves between 0, 1 and 2 as the acceptance estimate moves;
   with ar_after=1 most rows also end in the draft-free steps of ar_only."""
   monkeypatch.setattr(speculative, "AR_AFTER", ar_after)
+  # AR_AFTER is read when the loop is traced: a loop cached from the other case (or kept
+  # for a later test) would keep its value.
+  loops.make_auto_loop.cache_clear()
+  request.addfinalizer(loops.make_auto_loop.cache_clear)
   target, draft = tiny_pair
   V = target.config.vocab_size
   sampling = Sampling(temperature=1.0)
@@ -173,16 +177,17 @@ def test_interpolated_costs_are_affine_between_anchors_and_monotone():
   np.testing.assert_allclose(calibrate.interpolate((0, 4), {1: 3.0, 0: 5.0}), [5.0, 5.0])
 
 
-def test_a_call_that_ends_while_calibrating_caches_nothing(tiny_pair, monkeypatch):
-  """1 new token: the largest K's first iteration finishes every row; the call returns
-  that token and the next call at the shape calibrates again."""
-  target, draft = tiny_pair
+def test_a_call_that_ends_while_calibrating_caches_nothing(tiny_pair, greedy_ar, monkeypatch):
+  """With the draft equal to the target, 16 iterations at the largest K (2) emit 48 tokens,
+  past max_new_tokens: every row is done before the other anchors ran. The call returns
+  its tokens (autoregressive's) and caches nothing. (The loop of the test above: no compile.)"""
+  target, _ = tiny_pair
   monkeypatch.setattr(calibrate, "_COSTS", {})
-  kwargs = dict(draft=draft, num_draft=(0, 1, 2), sampling=GREEDY, max_new_tokens=1)
-  out = generate(target, GREEDY_PROMPTS, **kwargs)
-  ar = generate(target, GREEDY_PROMPTS, method="autoregressive", sampling=GREEDY,
-                max_new_tokens=1)
-  assert out.tokens == ar.tokens and calibrate._COSTS == {}
+  monkeypatch.setattr(calibrate, "SEGMENT_S", 1e9)
+  monkeypatch.setattr(calibrate, "MAX_TRIPS", 16)
+  out = generate(target, GREEDY_PROMPTS, draft=target, num_draft=(0, 1, 2), sampling=GREEDY,
+                 **KWARGS)
+  assert out.tokens == greedy_ar.tokens and calibrate._COSTS == {}
 
 
 def test_timing_hooks_force_k_and_cut_the_loop(tiny_pair):

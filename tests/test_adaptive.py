@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from specsample.decoding import Sampling, api, calibrate, generate
-from specsample.decoding import adaptive, speculative
+from specsample.decoding import adaptive, loops, speculative
 from specsample.eval.speed import ablation, breakdown
 from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue, exact_joint
 
@@ -80,10 +80,14 @@ def test_choose_minimises_the_bottleneck_rows_time(done):
 
 
 @pytest.mark.parametrize("ar_after", [speculative.AR_AFTER, 1])
-def test_auto_samples_the_target_distribution(tiny_pair, monkeypatch, ar_after):
+def test_auto_samples_the_target_distribution(tiny_pair, monkeypatch, request, ar_after):
   """Costs chosen so that K moves between 0, 1 and 2 as the acceptance estimate moves;
   with ar_after=1 most rows also end in the draft-free steps of ar_only."""
   monkeypatch.setattr(speculative, "AR_AFTER", ar_after)
+  # AR_AFTER is read when the loop is traced: a loop cached from the other case (or kept
+  # for a later test) would keep its value.
+  loops.make_auto_loop.cache_clear()
+  request.addfinalizer(loops.make_auto_loop.cache_clear)
   target, draft = tiny_pair
   V = target.config.vocab_size
   sampling = Sampling(temperature=1.0)
@@ -156,33 +160,46 @@ def test_calibration_times_the_calls_own_iterations_once_per_shape(tiny_pair, gr
       traces = dict(api.TRACE_COUNT)
   assert api.TRACE_COUNT == traces
   assert len(calibrate._COSTS) == before + 1 and len({r[0] for r in runs}) == 1
-  # Anchors largest K, smallest K >= 1, then 0, each run for MAX_TRIPS iterations in all,
+  # Anchors K = 0 then the two smallest K >= 1, each run for MAX_TRIPS iterations in all,
   # only during the first call.
-  assert [(index, ran) for _, index, _, ran in runs] == [(2, 1), (2, 1), (1, 1), (1, 1),
-                                                         (0, 1), (0, 1)]
+  assert [(index, ran) for _, index, _, ran in runs] == [(0, 1), (0, 1), (1, 1), (1, 1),
+                                                         (2, 1), (2, 1)]
   costs = calibrate._COSTS[runs[0][0]]
   assert costs.shape == (3,) and (np.diff(costs) >= 0).all()   # non-decreasing by construction
 
 
 def test_interpolated_costs_are_affine_between_anchors_and_monotone():
   choices = (0, 1, 2, 3, 5)
-  assert calibrate.anchors(choices) == (4, 1, 0)
-  assert calibrate.anchors((2, 4)) == (1, 0) and calibrate.anchors((3,)) == (0,)
-  costs = calibrate.interpolate(choices, {4: 9.0, 1: 1.0, 0: 2.0})
-  np.testing.assert_allclose(costs, [2.0, 2.0, 3.0, 5.0, 9.0])  # K=1 lifted to K=0's 2.0
+  assert calibrate.anchors(choices) == (0, 1, 2)
+  assert calibrate.anchors((2, 4, 8)) == (0, 1) and calibrate.anchors((3,)) == (0,)
+  # On the line through K = 1 and 2, extrapolated to 3 and 5.
+  costs = calibrate.interpolate(choices, {0: 2.0, 1: 3.0, 2: 4.0})
+  np.testing.assert_allclose(costs, [2.0, 3.0, 4.0, 5.0, 7.0])
+  # A falling pair (noise) gives a flat line; nothing falls below K = 0's cost.
+  costs = calibrate.interpolate(choices, {0: 5.0, 1: 4.0, 2: 3.5})
+  np.testing.assert_allclose(costs, [5.0] * 5)
+  np.testing.assert_allclose(calibrate.interpolate((2, 4, 8), {0: 2.0, 1: 3.0}), [2, 3, 5])
   np.testing.assert_allclose(calibrate.interpolate((0, 4), {1: 3.0, 0: 5.0}), [5.0, 5.0])
 
 
-def test_a_call_that_ends_while_calibrating_caches_nothing(tiny_pair, monkeypatch):
-  """1 new token: the largest K's first iteration finishes every row; the call returns
-  that token and the next call at the shape calibrates again."""
-  target, draft = tiny_pair
+def test_a_call_that_ends_while_calibrating_leaves_the_rest_to_the_next(tiny_pair, greedy_ar,
+                                                                         monkeypatch):
+  """With the draft equal to the target, 16 iterations at K = 0 then up to 16 at K = 1 (2
+  tokens each) pass max_new_tokens (24): every row is done before K = 2 ran. The call
+  returns its tokens (autoregressive's) and keeps the anchors it timed; the next call
+  times K = 2 and caches the costs. (The loop of the test above: no compile.)"""
+  target, _ = tiny_pair
   monkeypatch.setattr(calibrate, "_COSTS", {})
-  kwargs = dict(draft=draft, num_draft=(0, 1, 2), sampling=GREEDY, max_new_tokens=1)
-  out = generate(target, GREEDY_PROMPTS, **kwargs)
-  ar = generate(target, GREEDY_PROMPTS, method="autoregressive", sampling=GREEDY,
-                max_new_tokens=1)
-  assert out.tokens == ar.tokens and calibrate._COSTS == {}
+  monkeypatch.setattr(calibrate, "_PARTIAL", {})
+  monkeypatch.setattr(calibrate, "SEGMENT_S", 1e9)
+  monkeypatch.setattr(calibrate, "MAX_TRIPS", 16)
+  call = lambda: generate(target, GREEDY_PROMPTS, draft=target, num_draft=(0, 1, 2),
+                          sampling=GREEDY, **KWARGS)
+  assert call().tokens == greedy_ar.tokens
+  assert calibrate._COSTS == {} and [set(m) for m in calibrate._PARTIAL.values()] == [{0, 1}]
+  monkeypatch.setattr(calibrate, "MAX_TRIPS", 1)
+  assert call().tokens == greedy_ar.tokens
+  assert len(calibrate._COSTS) == 1 and calibrate._PARTIAL == {}
 
 
 def test_timing_hooks_force_k_and_cut_the_loop(tiny_pair):

@@ -200,6 +200,9 @@ def test_bad_prefill_settings_raise_before_compiling(tiny_kvp):
       (dict(prefill="kv_prediction", kvp=kvpd.KVP(
           kvp.aux, {k: v for k, v in kvp.params.items() if k != "layer_1_v"}, kvp.layer_map)),
        "kvp.params do not fit"),
+      # KV Prediction stays single-device: a mesh is refused by name.
+      (dict(prefill="kv_prediction", kvp=kvp, mesh=jax.make_mesh((2, 4), ("data", "tensor"))),
+       r"prefill='kv_prediction' runs on one device: pass mesh=None"),
   ]
   tok_target = LM(target.config, target.params, "tokB")
   for kwargs, message in cases:

@@ -246,6 +246,16 @@ def test_greedy_decoding_matches_unsharded(pair, greedy_reference, method, mesh_
     assert (out.stats["target_calls"] < case.DECODE["max_new_tokens"]).any()  # some drafts kept
 
 
+def test_auto_k_on_a_mesh_calibrates_on_its_own_iterations(pair, greedy_reference):
+  """num_draft as a set on a mesh: the state crosses the timed segments in the layouts of
+  loops.state_shardings (caches split by the rules) and decoding carries on from it."""
+  target, draft = pair
+  kwargs = dict(case.DECODE, num_draft=(0, 1, 3))
+  out = generate(target, case.PROMPTS, draft=draft, mesh=mesh_named(case.MULTIHOST_MESH),
+                 rules=case.TARGET_RULES, draft_rules=case.DRAFT_RULES, **kwargs)
+  assert out.tokens == greedy_reference.tokens
+
+
 def test_sharded_loop_compiles_once_and_pins_cache_layout(pair):
   """New prompts of the same padded shape reuse the compiled loop; the final
   caches come back split by each model's own rules."""

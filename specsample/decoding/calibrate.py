@@ -12,14 +12,18 @@ call of a (pair, loop shape, placement) in a process, and cached:
     distributed as the target's whatever K ran. Nothing is prefilled or run
     twice: the cost of calibrating is only that those iterations ran at the
     measured K instead of the chosen one, plus one host round trip each.
-  * Only the anchors are run: K = 0, the smallest K >= 1 and the largest
-    (`anchors`). An iteration's work is affine in K (K draft steps, a
-    (K + 1)-token target pass, a K-wide rejection step), so the K between
-    are interpolated (`interpolate`).
+  * Only the anchors are run, the cheapest iterations: K = 0 and the two
+    smallest K >= 1 (`anchors`). An iteration's work is affine in K (K draft
+    steps, a (K + 1)-token target pass, a K-wide rejection step), so the
+    larger K are extrapolated on the line through those two (`interpolate`).
+    Timing the largest K itself would cost the most: at 2,000 rows on a CPU
+    one K = 8 iteration took 14 times a K = 0 one, a third of an 8-token call.
   * Each anchor runs for about SEGMENT_S seconds, at least one iteration and
     at most MAX_TRIPS: 3 to 3 x MAX_TRIPS iterations in all, whatever the
     batch (an iteration at 2,000 rows takes seconds on a CPU; at batch 1,
-    milliseconds). A call that ends before every anchor ran caches nothing.
+    milliseconds). A call that ends before every anchor ran keeps the anchors
+    it timed, and the next call at the shape times the rest (a short call at
+    batch 1 can be over within the first anchor's 0.03 s).
 
 On several processes, process 0's timings decide (broadcast), so every
 process runs the same programs and picks the same K.
@@ -45,6 +49,7 @@ SEGMENT_S = 0.03
 MAX_TRIPS = 16
 
 _COSTS: dict[Any, np.ndarray] = {}
+_PARTIAL: dict[Any, dict[int, float]] = {}  # anchors timed by calls that ended first
 
 
 def draft_choices(num_draft) -> tuple[int, ...]:
@@ -89,25 +94,25 @@ def check_costs(costs: Sequence[float] | None, choices: tuple[int, ...]) -> None
 
 
 def anchors(choices: tuple[int, ...]) -> tuple[int, ...]:
-  """Indices into `choices` of the K values calibration runs, in the order it runs them:
-  the largest K (the most tokens per iteration first), the smallest K >= 1, then 0."""
+  """Indices into `choices` (sorted) of the K values calibration runs, in the order it runs
+  them: 0 if in the set, then the two smallest K >= 1 (one if there is one)."""
   positive = [i for i, k in enumerate(choices) if k >= 1]
-  order = [positive[-1], positive[0]] + [i for i, k in enumerate(choices) if k == 0]
-  return tuple(dict.fromkeys(order))
+  return tuple(i for i, k in enumerate(choices) if k == 0) + tuple(positive[:2])
 
 
 def interpolate(choices: tuple[int, ...], measured: dict[int, float]) -> np.ndarray:
-  """[len(choices)] costs from the anchors' (`measured`: {index: ms}), affine in K between
-  the measured K >= 1, and non-decreasing in K.
+  """[len(choices)] costs from the anchors' (`measured`: {index: ms}): K >= 1 on the line
+  through the two measured K >= 1 (its slope at least 0; flat with one), non-decreasing in K.
 
   A larger K does strictly more work (one more draft step, a wider target
   pass), so a cost below a smaller K's is timing noise: on a shared 2-core
   CPU single measurements scatter by +-30%, and an inverted pair would make
   the rule jump to the larger K for nothing.
   """
-  ks = np.array(choices, np.float64)
   known = sorted((choices[i], ms) for i, ms in measured.items() if choices[i] >= 1)
-  costs = np.interp(ks, [k for k, _ in known], [ms for _, ms in known])
+  (k1, c1), (k2, c2) = known[0], known[-1]
+  slope = max((c2 - c1) / (k2 - k1), 0.0) if k2 > k1 else 0.0
+  costs = np.array([c1 + (k - k1) * slope for k in choices], np.float64)
   for i, ms in measured.items():
     costs[i] = ms
   return np.maximum.accumulate(costs).astype(np.float32)
@@ -134,12 +139,15 @@ def measure(key: Any, advance: Callable[[Any, int, int], tuple[Any, int]], state
 
   Returns:
     (the state to decode on from, [len(choices)] float32 ms per iteration,
-    non-decreasing in K; or None when the call ended before every anchor ran).
+    non-decreasing in K; or None when the call ended before every anchor ran,
+    whose timed anchors the next call at `key` keeps).
   """
   if key in _COSTS:
     return state, _COSTS[key]
-  start, measured = time.perf_counter(), {}
+  start, measured = time.perf_counter(), _PARTIAL.setdefault(key, {})
   for index in anchors(choices):
+    if index in measured:
+      continue
     spent, iterations, trips = 0.0, 0, 1
     while trips > 0:
       tick = time.perf_counter()
@@ -152,13 +160,14 @@ def measure(key: Any, advance: Callable[[Any, int, int], tuple[Any, int]], state
       trips = min(MAX_TRIPS - iterations,
                   math.ceil(max(SEGMENT_S - spent, 0.0) / max(per_iteration, 1e-9)))
     if iterations == 0:
-      logging.info("auto K: the call ended before K=%d was timed; nothing cached",
+      logging.info("auto K: the call ended before K=%d was timed; the next call times it",
                    choices[index])
       return state, None
-    measured[index] = spent / iterations * 1e3
-  costs = interpolate(choices, {i: float(ms) for i, ms in zip(
-      measured, _agree(np.array(list(measured.values()), np.float64)))})
+    # Process 0's time decides: every process then picks the same K.
+    measured[index] = float(_agree(np.array([spent / iterations * 1e3]))[0])
+  costs = interpolate(choices, measured)
   _COSTS[key] = costs
+  del _PARTIAL[key]
   logging.info("auto K: ms per iteration %s for K in %s, measured in %.2f s on the call's own "
                "iterations", np.round(costs, 3).tolist(), choices, time.perf_counter() - start)
   return state, costs

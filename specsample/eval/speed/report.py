@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from specsample.eval.speed import auto_overhead
 from specsample.utils import write_atomic
 
 
@@ -90,6 +91,8 @@ def format_markdown(results: dict) -> str:
     if s.get("breakdown"):
       lines += _breakdown_lines(s["breakdown"], profiler_cost_ms(results))
     lines.append("")
+  if results.get("auto_first_call"):  # scripts/auto_overhead.py adds it
+    lines += auto_overhead.markdown(results["auto_first_call"]) + [""]
   return "\n".join(lines)
 
 

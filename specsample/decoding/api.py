@@ -90,10 +90,10 @@ def check_draft(target: LM, draft, num_draft) -> None:
                      f"PromptLookup, got {type(draft).__name__}")
   if isinstance(draft, PromptLookup):
     draft.validate()
-  if not isinstance(draft, LM) and not is_positive_int(num_draft):
-    name = "draft='prompt_lookup'" if isinstance(draft, PromptLookup) else "a feature draft"
-    raise ValueError(f"num_draft must be an int >= 1 with {name} (auto K and K = 0 are for draft "
-                     f"models), got {num_draft!r}")
+  if isinstance(draft, PromptLookup) and not is_positive_int(num_draft):
+    raise ValueError(f"num_draft must be an int >= 1 with draft='prompt_lookup' (auto K and K = 0 "
+                     f"need a draft that scores tokens; combine lookup with one via lookup=), got "
+                     f"{num_draft!r}")
   if isinstance(draft, fd.FeatureDraft):
     draft.config.validate(target.config)
   vocab = draft.config.vocab_size if isinstance(draft, LM) else (
@@ -232,7 +232,8 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
       a frequent-token head); or 'prompt_lookup' / PromptLookup(max_ngram,
       min_ngram): the tokens after the latest earlier match of the row's last
       n-gram (decoding/lookup.py). All three are lossless under every
-      sampling option; the last two take an int num_draft on one device.
+      sampling option; the last two run on one device, and lookup alone takes
+      an int num_draft.
     method: 'autoregressive' or 'speculative'.
     num_draft: draft tokens per iteration (the paper's K), an int >= 1; or
       'auto': every iteration picks K in 0..8 (0 = an autoregressive step)

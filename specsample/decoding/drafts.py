@@ -99,7 +99,18 @@ def model_config(draft_cfg) -> tr.TransformerConfig:
   return draft_cfg.model if isinstance(draft_cfg, WithLookup) else draft_cfg
 
 
-def first_logits(parts, tokens_BL, length_B, cache: tr.KVCache):
+def first_logits(parts, draft_cfg, draft_params, tokens_BL, length_B, state):
+  """The draft's distribution for position `length` (auto's K = 0 observation).
+  Returns (logits [B, V], the draft's state after it)."""
+  if kind(draft_cfg) == "feature":
+    with jax.named_scope("draft_forward"):
+      logits_BV, _, state = feature_drafting.first(_runtime(draft_cfg, draft_params), tokens_BL,
+                                                   length_B, state)
+    return logits_BV, state
+  return _model_first(parts, tokens_BL, length_B, state)
+
+
+def _model_first(parts, tokens_BL, length_B, cache: tr.KVCache):
   """A draft model's distribution for position `length` (feeding [previous, current],
   module docstring). Returns (logits [B, V], cache at length)."""
   start_B = jnp.maximum(length_B - 2, 0)
@@ -143,7 +154,7 @@ def propose(parts, draft_cfg, draft_params, num_draft: int, tokens_BL, length_B,
       probs_BV = jnp.where(use_B[:, None], point_BV, probs_BV)
     return token_B, probs_BV
 
-  logits_BV, cache = first_logits(parts, tokens_BL, length_B, state)
+  logits_BV, cache = _model_first(parts, tokens_BL, length_B, state)
   token_B, probs_BV = draw(logits_BV, keys[0], None if noise_GBV is None else noise_GBV[0], 0)
 
   def step(carry, xs):
@@ -168,6 +179,6 @@ def rollback(draft_cfg, state, length_B, length_before_B, target_hidden_BXD=None
   which = kind(draft_cfg)
   if which in ("model", "model+lookup"):  # its next iteration re-sets its own offset (docstring)
     return state.with_lengths(jnp.maximum(length_B - 2, 0))
-  if which == "feature":
+  if which == "feature" and target_hidden_BXD is not None:  # (None: a draft-free target step)
     return feature_drafting.after_verify(state, target_hidden_BXD, length_before_B)
   return state

@@ -22,7 +22,10 @@ one pair (its own previous output standing for the feature, the token it drew).
 The verify pass then sets feats to its features and s to n-1.
 
 After the prompt's prefill, s = P - 2 and only feats[0] = f_{P-2} is read: a
-prompt needs at least 2 tokens.
+prompt needs at least 2 tokens. With num_draft="auto", X = the largest K + 1;
+a K = 0 iteration runs the first draft step only (it keeps the draft cache in
+step and gives auto its free acceptance observation) and hands the next one
+its single feature.
 """
 
 from __future__ import annotations
@@ -65,6 +68,23 @@ def prefill(rt: Runtime, hidden_BPD: jax.Array, tokens_BL: jax.Array, prompt_len
   return FeatureDraftState(cache=cache.with_lengths(start_B), feats=feats_BXD, feat_start=start_B)
 
 
+def first(rt: Runtime, tokens_BL: jax.Array, length_B: jax.Array, state: FeatureDraftState):
+  """The iteration's first draft step (module docstring): feeds the last pass's pairs and
+  reads position n - 2. Returns (logits [B, V] for x_n, output [B, D], state with the
+  cache valid up to n - 2)."""
+  X = state.feats.shape[1]
+  s_B = state.feat_start
+  pair_tokens_BX = common.read_rows(tokens_BL, s_B + 1, X)
+  feats_BXD = fd.normalize(rt.shared, state.feats, rt.config.block.norm_eps)
+  logits_BXN, out_BXD, cache = fd.forward(rt.config, rt.params, rt.shared, pair_tokens_BX, feats_BXD,
+                                          state.cache.with_lengths(s_B))
+  read_B = (length_B - 2 - s_B)[:, None, None]
+  logits_BN = jnp.take_along_axis(logits_BXN, read_B, axis=1)[:, 0]
+  out_BD = jnp.take_along_axis(out_BXD, read_B, axis=1)[:, 0]
+  logits_BV = fd.logits_full(rt.shared, logits_BN[:, None], rt.config.block.vocab_size)[:, 0]
+  return logits_BV, out_BD, state.replace(cache=cache.with_lengths(length_B - 1))
+
+
 def propose(rt: Runtime, draw, num_draft: int, tokens_BL: jax.Array, length_B: jax.Array,
             state: FeatureDraftState, keys, noise_GBV):
   """G draft tokens per row. draw(logits_BV, key, noise_BV) -> (tokens [B], probs [B, V] or None).
@@ -72,19 +92,9 @@ def propose(rt: Runtime, draw, num_draft: int, tokens_BL: jax.Array, length_B: j
   Returns (tokens [B, G], probs [B, G, V] or None, the state after drafting).
   """
   vocab = rt.config.block.vocab_size
-  X = num_draft + 1
-  eps = rt.config.block.norm_eps
-  s_B = state.feat_start
-  pair_tokens_BX = common.read_rows(tokens_BL, s_B + 1, X)
-  feats_BXD = fd.normalize(rt.shared, state.feats, eps)
-  logits_BXN, out_BXD, cache = fd.forward(rt.config, rt.params, rt.shared, pair_tokens_BX, feats_BXD,
-                                          state.cache.with_lengths(s_B))
-  read_B = (length_B - 2 - s_B)[:, None, None]
-  logits_BN = jnp.take_along_axis(logits_BXN, read_B, axis=1)[:, 0]
-  out_BD = jnp.take_along_axis(out_BXD, read_B, axis=1)[:, 0]
-  cache = cache.with_lengths(length_B - 1)
+  logits_BV, out_BD, state = first(rt, tokens_BL, length_B, state)
   noise = lambda g: None if noise_GBV is None else noise_GBV[g]
-  token_B, probs_BV = draw(fd.logits_full(rt.shared, logits_BN[:, None], vocab)[:, 0], keys[0], noise(0))
+  token_B, probs_BV = draw(logits_BV, keys[0], noise(0))
 
   def step(carry, xs):
     cache, token_B, out_BD = carry
@@ -95,7 +105,7 @@ def propose(rt: Runtime, draw, num_draft: int, tokens_BL: jax.Array, length_B: j
     return (cache, next_B, out_B1D[:, 0]), (next_B, probs_BV)
 
   xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:])
-  (cache, _, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (cache, token_B, out_BD), xs)
+  (cache, _, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (state.cache, token_B, out_BD), xs)
   tokens_BG = jnp.concatenate([token_B[:, None], rest_GB.T], axis=1)
   state = state.replace(cache=cache)
   if probs_BV is None:
@@ -104,8 +114,11 @@ def propose(rt: Runtime, draw, num_draft: int, tokens_BL: jax.Array, length_B: j
   return tokens_BG, probs_BGV, state
 
 
-def after_verify(state: FeatureDraftState, hidden_BXD: jax.Array,
+def after_verify(state: FeatureDraftState, hidden_BTD: jax.Array,
                  length_before_B: jax.Array) -> FeatureDraftState:
-  """The state for the next iteration: the verify pass's features, starting at n - 1."""
+  """The state for the next iteration: the verify pass's T features (T <= X; auto's
+  smaller K and K = 0 pass fewer), starting at n - 1."""
   start_B = length_before_B - 1
-  return state.replace(cache=state.cache.with_lengths(start_B), feats=hidden_BXD, feat_start=start_B)
+  X, T = state.feats.shape[1], hidden_BTD.shape[1]
+  feats_BXD = jnp.pad(hidden_BTD, ((0, 0), (0, X - T), (0, 0))).astype(state.feats.dtype)
+  return state.replace(cache=state.cache.with_lengths(start_B), feats=feats_BXD, feat_start=start_B)

@@ -180,8 +180,9 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
     vocab = target_cfg.vocab_size
     if num_draft == 0:
       noise_BV = coupling.noise(spec.sampling, s.row_keys, s.length, vocab)
-      draft_logits_BV, draft_cache = drafts.first_logits(parts, s.tokens, s.length, s.draft_state)
-      logits_B1V, target_cache, _ = parts.target(current_B1, target_cache_in)
+      draft_logits_BV, draft_state = drafts.first_logits(parts, draft_cfg, draft_params, s.tokens,
+                                                         s.length, s.draft_state)
+      logits_B1V, target_cache, hidden_B1D = parts.target(current_B1, target_cache_in)
       token_B, target_probs_BV = parts.draw(logits_B1V[:, 0], accept_key, noise_BV)
       if parts.gumbel:  # one Bernoulli draw of this coupling's acceptance
         draft_token_B, _ = parts.draw(draft_logits_BV, accept_key, noise_BV)
@@ -190,7 +191,7 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
         overlap_B = jnp.minimum(parts.probs(draft_logits_BV), target_probs_BV).sum(-1)
       zeros_B = jnp.zeros_like(s.length)
       return _finish(parts, s, prompt_len_B, key, token_B[:, None], zeros_B + 1, target_cache,
-                     draft_cache, 0, zeros_B, overlap_B, jnp.ones_like(overlap_B))
+                     draft_state, 0, zeros_B, overlap_B, jnp.ones_like(overlap_B), hidden_B1D)
 
     # The noise of positions length .. length + G (None for coupling='rejection').
     noise_BXV = coupling.noise(spec.sampling, s.row_keys, s.length, vocab, num_draft + 1)

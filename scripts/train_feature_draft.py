@@ -2,7 +2,8 @@ r"""Train a feature draft on recorded target shards. See configs/feature_draft.p
 
   python scripts/train_feature_draft.py --config=configs/feature_draft.py --workdir=workdirs/feature_draft
 
-A bad setting or missing data prints one line and exits 2.
+--export writes <workdir>/model from the latest checkpoint (of a run still
+training, or killed). A bad setting or missing data prints one line and exits 2.
 """
 
 from absl import flags
@@ -14,6 +15,7 @@ from specsample.alignment import feature_train
 _CONFIG = config_flags.DEFINE_config_file("config", cli.repo_path("configs/feature_draft.py"),
                                           "Feature draft config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumed if it holds a checkpoint).")
+_EXPORT = flags.DEFINE_bool("export", False, "Only write <workdir>/model from the latest checkpoint.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -23,7 +25,7 @@ def main(argv):
   cli.resolve_paths(config, ("target_dir", "data_dir"))
   feature_train.check_config(config)
   cli.start_jax(False)
-  print(feature_train.run(config, _WORKDIR.value))
+  print((feature_train.export if _EXPORT.value else feature_train.run)(config, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -78,3 +78,31 @@ def test_bad_fields_are_named():
   c.min_prompt_tokens = 100
   with pytest.raises(ValueError, match="config.min_prompt_tokens=100 exceeds max_prompt_tokens=60"):
     record.check_config(c)
+
+
+def _feature_config(c, tmp):
+  spec = importlib.util.spec_from_file_location("fd_config", os.path.join(REPO, "configs", "feature_draft.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  f = module.get_config("runlocal")
+  f.target_dir, f.data_dir, f.head_size = c.target_dir, c.data_dir, 64
+  return f
+
+
+def test_feature_draft_training_resumes_exactly_and_exports(recorded, tmp_path):
+  """Killed after step 2 and resumed = run straight to step 4; --export of the last
+  checkpoint = the saved model; training never runs the target (only reads shards)."""
+  from specsample.alignment import feature_train  # pylint: disable=g-import-not-at-top
+  from specsample.models import feature_draft as fd  # pylint: disable=g-import-not-at-top
+  c, _ = recorded
+  f = _feature_config(c, tmp_path)
+  straight = fd.load(feature_train.run(f, str(tmp_path / "straight")))
+  f.stop_after_step = 2
+  feature_train.run(f, str(tmp_path / "resumed"))
+  f.stop_after_step = 0
+  resumed = fd.load(feature_train.run(f, str(tmp_path / "resumed")))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params, straight.params)
+  np.testing.assert_array_equal(resumed.head_ids, straight.head_ids)
+  exported = fd.load(feature_train.export(f, str(tmp_path / "straight")))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, exported.params, straight.params)
+  assert exported.tokenizer_id == model_io.load_lm(c.target_dir).tokenizer_id

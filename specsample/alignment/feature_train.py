@@ -151,33 +151,74 @@ def check_config(config) -> None:
       raise ValueError(f"config.{name} must be a number >= 0, got {config[name]!r}")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Trains (or resumes) a feature draft on config.data_dir's shards; writes <workdir>/model."""
-  from specsample.models import io as model_io  # pylint: disable=g-import-not-at-top
+def _setup(config, workdir: str, load_train: bool = True):
+  """(target, manifest, train rows, val rows, head_ids, draft config, shared arrays).
+
+  The shard list and head_ids are fixed at a run's first start (<workdir>/shards.json,
+  head_ids.npy), so a resumed run, or an export, sees the same data and head.
+  """
   from specsample.alignment import data as data_lib  # pylint: disable=g-import-not-at-top
-  check_config(config)
+  from specsample.models import io as model_io  # pylint: disable=g-import-not-at-top
   target = model_io.load_lm(config.target_dir)
   manifest = json.loads(paths.read_text(os.path.join(config.data_dir, "manifest.json")))
   if manifest["target"] != data_lib.params_fingerprint(target):
     raise ValueError(f"{config.data_dir} was recorded from another target than {config.target_dir}")
-  # The shard list is fixed at the first start (<workdir>/shards.json), so a resumed run
-  # sees the same data while the recording job keeps adding shards.
+  # The recording job may still be adding shards: the list is the first start's.
   listing = os.path.join(workdir, "shards.json")
   if paths.exists(listing):
     train_files, val_files = json.loads(paths.read_text(listing))
   else:
     train_files, val_files = shard_files(config.data_dir, config.val_every)
-    paths.write_atomic({listing: json.dumps([train_files, val_files])})
   if not train_files or not val_files:
     raise ValueError(f"{config.data_dir}: need training and held-out shards (every "
                      f"{config.val_every}th is held out), found {len(train_files)} / {len(val_files)}")
-  train_rows, val_rows = load_rows(train_files), load_rows(val_files)
-  counts = np.bincount(np.concatenate([r["topk_ids"][:-1, 0] for r in train_rows]).astype(np.int64),
-                       minlength=target.config.vocab_size)
-  head_ids = fd.frequent_tokens(counts, config.head_size)
+  paths.write_atomic({listing: json.dumps([train_files, val_files])})
+  head_path = os.path.join(workdir, "head_ids.npy")
+  train_rows = load_rows(train_files) if load_train or not paths.exists(head_path) else []
+  if paths.exists(head_path):
+    with paths.open_file(head_path, "rb") as f:
+      head_ids = np.load(f)
+  else:
+    counts = np.bincount(np.concatenate([r["topk_ids"][:-1, 0] for r in train_rows]).astype(np.int64),
+                         minlength=target.config.vocab_size)
+    head_ids = fd.frequent_tokens(counts, config.head_size)
+    with paths.local_file(head_path) as tmp:
+      np.save(tmp, head_ids)
   draft_cfg = fd.config_for(target.config, config.head_size)
   shared = {**fd.shared_from(target.config, target.params, head_ids),
             "where": jnp.asarray(head_mask(head_ids, target.config.vocab_size))}
+  val_rows = load_rows(val_files) if load_train else []
+  return target, manifest, train_rows, val_rows, head_ids, draft_cfg, shared
+
+
+def _save(config, workdir, target, manifest, draft_cfg, params, head_ids, train_rows, last) -> str:
+  return fd.save(os.path.join(workdir, "model"), draft_cfg, params, head_ids,
+                 tokenizer_id=target.tokenizer_id,
+                 extra={"target": manifest["target"], "data": config.data_dir,
+                        "recorded_positions": int(sum(len(r["tokens"]) for r in train_rows)),
+                        "last_metrics": last})
+
+
+def export(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """<workdir>/model from the run's latest checkpoint (while it trains, or after a kill)."""
+  from specsample import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  target, manifest, _, _, head_ids, draft_cfg, _ = _setup(config, workdir, load_train=False)
+  optimizer = train_lib.make_optimizer(config)
+  params = fd.init_params(draft_cfg, jax.random.key(config.seed), target.params)
+  template = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                  opt_state=optimizer.init(params))
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+  if checkpointer.latest_step() is None:
+    raise ValueError(f"{workdir} has no checkpoint to export")
+  step, state, _ = checkpointer.restore(template)
+  checkpointer.close()
+  return _save(config, workdir, target, manifest, draft_cfg, state.params, head_ids, [], {"step": step})
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Trains (or resumes) a feature draft on config.data_dir's shards; writes <workdir>/model."""
+  check_config(config)
+  target, manifest, train_rows, val_rows, head_ids, draft_cfg, shared = _setup(config, workdir)
   optimizer = train_lib.make_optimizer(config)
   params = fd.init_params(draft_cfg, jax.random.key(config.seed), target.params)
   state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -191,7 +232,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
                                                            **clean)[1])
   train_batches = Windows(train_rows, config.seq_len, config.batch_size, config.seed)
   val_batches = Windows(val_rows, config.seq_len, config.batch_size, config.seed + 1)
-  tokens = sum(len(r["tokens"]) for r in train_rows)
 
   def step_fn(state, step):
     key = jax.random.fold_in(jax.random.key(config.seed), step)
@@ -205,8 +245,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   state, last = loop.run_steps(state, step_fn, config, workdir, desc="feature draft",
                                postfix={"top1": "val_top1", "overlap": "val_overlap"},
                                tokens_per_step=config.batch_size * config.seq_len)
-  out = fd.save(os.path.join(workdir, "model"), draft_cfg, state.params, head_ids,
-                tokenizer_id=target.tokenizer_id,
-                extra={"target": manifest["target"], "data": config.data_dir,
-                       "recorded_positions": int(tokens), "last_metrics": last})
-  return out
+  return _save(config, workdir, target, manifest, draft_cfg, state.params, head_ids, train_rows, last)

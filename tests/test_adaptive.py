@@ -160,10 +160,10 @@ def test_calibration_times_the_calls_own_iterations_once_per_shape(tiny_pair, gr
       traces = dict(api.TRACE_COUNT)
   assert api.TRACE_COUNT == traces
   assert len(calibrate._COSTS) == before + 1 and len({r[0] for r in runs}) == 1
-  # Anchors K = 0 then the two smallest K >= 1, each run for MAX_TRIPS iterations in all,
-  # only during the first call.
-  assert [(index, ran) for _, index, _, ran in runs] == [(0, 1), (0, 1), (1, 1), (1, 1),
-                                                         (2, 1), (2, 1)]
+  # One untimed iteration (the first after compiling), then the anchors K = 0 and the two
+  # smallest K >= 1, each timed for MAX_TRIPS iterations in all, only in the first call.
+  assert [(index, ran) for _, index, _, ran in runs] == [(0, 1), (0, 1), (0, 1), (1, 1),
+                                                         (1, 1), (2, 1), (2, 1)]
   costs = calibrate._COSTS[runs[0][0]]
   assert costs.shape == (3,) and (np.diff(costs) >= 0).all()   # non-decreasing by construction
 

@@ -33,10 +33,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from specsample import checkpoint as ckpt_lib
 from specsample import paths
 from specsample import utils
+from specsample.alignment import data as data_lib
 from specsample.models import feature_draft as fd
-from specsample.models import transformer as tr
+from specsample.models import io as model_io
 from specsample.training import loop
 from specsample.training import train as train_lib
 
@@ -157,8 +159,6 @@ def _setup(config, workdir: str, load_train: bool = True):
   The shard list and head_ids are fixed at a run's first start (<workdir>/shards.json,
   head_ids.npy), so a resumed run, or an export, sees the same data and head.
   """
-  from specsample.alignment import data as data_lib  # pylint: disable=g-import-not-at-top
-  from specsample.models import io as model_io  # pylint: disable=g-import-not-at-top
   target = model_io.load_lm(config.target_dir)
   manifest = json.loads(paths.read_text(os.path.join(config.data_dir, "manifest.json")))
   if manifest["target"] != data_lib.params_fingerprint(target):
@@ -201,7 +201,6 @@ def _save(config, workdir, target, manifest, draft_cfg, params, head_ids, train_
 
 def export(config: ml_collections.ConfigDict, workdir: str) -> str:
   """<workdir>/model from the run's latest checkpoint (while it trains, or after a kill)."""
-  from specsample import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   target, manifest, _, _, head_ids, draft_cfg, _ = _setup(config, workdir, load_train=False)
   optimizer = train_lib.make_optimizer(config)
   params = fd.init_params(draft_cfg, jax.random.key(config.seed), target.params)

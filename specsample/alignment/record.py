@@ -44,7 +44,9 @@ from specsample.decoding import LM
 from specsample.decoding import common
 from specsample.decoding.sampling import Sampling, sample
 from specsample.eval.tasks import docsum, xsum
+from specsample.models import io as model_io
 from specsample.models import transformer as tr
+from specsample.tokenizer import Tokenizer
 
 KINDS = ("code", "docsum", "docsum_chat")
 SETTINGS = {"greedy": Sampling(temperature=0.0),
@@ -218,8 +220,6 @@ def record_shard(config, target: LM, tokenizer, prompts: list[list[int]], settin
 
 def run(config) -> str:
   """Loads the target, its tokenizer and the corpus's training split; records the set."""
-  from specsample.models import io as model_io  # pylint: disable=g-import-not-at-top
-  from specsample.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   check_config(config)
   tokenizer_path = config.tokenizer or config.target_dir
   tokenizer = Tokenizer.load(tokenizer_path)

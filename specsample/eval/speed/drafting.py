@@ -31,6 +31,8 @@ from specsample.eval.speed import timing
 from specsample.eval.tasks import docsum, xsum
 from specsample.eval.tasks.humaneval import load_problems
 from specsample.models import feature_draft as fd
+from specsample.models import io as model_io
+from specsample.tokenizer import Tokenizer
 
 SAMPLINGS = {"greedy": Sampling(temperature=0.0), "nucleus": Sampling(temperature=0.8, top_p=0.95)}
 TASKS = ("humaneval", "docsum")
@@ -83,8 +85,6 @@ def measure_cell(target, batches, kinds: dict, sampling: Sampling, config) -> di
 
 def run(config, command: str = "") -> dict:
   """Measures every (task, batch, sampling) cell; writes <output_dir>/drafting.{json,md}."""
-  from specsample.models import io as model_io  # pylint: disable=g-import-not-at-top
-  from specsample.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   target = model_io.load_lm(config.target_dir)
   tokenizer = Tokenizer.load(config.tokenizer or config.target_dir)
   draft = None

@@ -18,6 +18,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.target_dir = "smollm2-135m-instruct"    # the target the shards were recorded from
   c.data_dir = "workdirs/record/smollm2"   # recorded shards (configs/record.py)
+  c.init_from = ""                         # a feature draft folder to start from ('' = the
+                                           # target's last block); read at the first start only
   c.seed = 0                               # init noise, batch order, feature noise
   c.head_size = 8192                       # FR-Spec: head tokens (the target's most frequent argmaxes)
   c.val_every = 10                         # shards whose index is a multiple of this are held out
@@ -28,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.feature_noise = 0.05                   # input feature noise, times the feature RMS
   c.feature_weight = 1.0                   # smooth L1 on normalised features (EAGLE's 1.0)
   c.class_weight = 0.1                     # coarse cross-entropy against the target (EAGLE's 0.1)
+  c.unroll = 1                             # draft steps trained on the draft's own outputs (EAGLE-3's
+                                           # training-time test); 1 = EAGLE-1's teacher forcing
+  c.step_decay = 0.8                       # weight of step k's loss: step_decay ** k
   c.log_every = 50                         # metrics.jsonl cadence (with held-out metrics)
   c.eval_batches = 4                       # held-out batches per log line
   c.checkpoint_every = 100                 # orbax save cadence

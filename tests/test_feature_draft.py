@@ -107,3 +107,54 @@ def test_loss_is_lower_for_a_draft_that_agrees_with_the_target(setup):
     losses.append(float(metrics["classify"]))
     assert float(metrics["top1"]) == (1.0 if ids is top else 0.0)
   assert losses[0] < losses[1]
+
+
+def test_unrolled_steps_see_what_drafting_sees(setup):
+  """Step k of the unrolled training pass, at position c + k, equals the (k+1)-th
+  drafting step from committed pair c run through the cache as the loop runs it
+  (true pairs 0..c, then the draft's own outputs), for every c."""
+  _, _, config, params, shared = setup
+  rng = np.random.default_rng(2)
+  B, T, steps = 2, 7, 3
+  tokens = jnp.asarray(rng.integers(0, 16, (B, T)), jnp.int32)
+  feats = jnp.asarray(rng.normal(size=(B, T, config.block.d_model)), jnp.float32)
+  unrolled = fd.unrolled_forward(config, params, shared, tokens, feats, steps)
+  for c in range(T - steps + 1):
+    cache = tr.init_cache(config.block, B, T)
+    logits, out, cache = fd.forward(config, params, shared, tokens[:, :c + 1], feats[:, :c + 1], cache)
+    logits, out = logits[:, -1], out[:, -1]
+    for k in range(steps):
+      np.testing.assert_allclose(logits, unrolled[k][0][:, c + k], atol=2e-5, err_msg=f"c={c} k={k}")
+      np.testing.assert_allclose(out, unrolled[k][1][:, c + k], atol=2e-5, err_msg=f"c={c} k={k}")
+      if k + 1 < steps:
+        logits, out, cache = fd.forward(config, params, shared, tokens[:, c + k + 1:c + k + 2],
+                                        out[:, None], cache)
+        logits, out = logits[:, 0], out[:, 0]
+
+
+def test_accepted_counts_each_chain_up_to_its_first_miss(setup):
+  """`accepted` is the mean over whole chains of the hits before the first miss:
+  with the target's top token set to the draft's own argmax everywhere except
+  one position, the chains that reach that position stop there."""
+  _, _, config, params, shared = setup
+  shared = {**shared, "where": jnp.asarray(feature_train.head_mask(np.asarray(shared["head_ids"]), 16))}
+  rng = np.random.default_rng(3)
+  D, T, steps = config.block.d_model, 6, 2
+  batch = {"tokens": rng.integers(0, 16, (1, T)).astype(np.int32),
+           "feats": rng.normal(size=(1, T, D)).astype(np.float32),
+           "next_feats": rng.normal(size=(1, T, D)).astype(np.float32),
+           "weights": np.ones((1, T), np.float32)}
+  outs = fd.unrolled_forward(config, params, shared, batch["tokens"],
+                             fd.normalize(shared, batch["feats"], config.block.norm_eps), steps)
+  head = np.asarray(shared["head_ids"])
+  argmax = [head[np.asarray(jnp.argmax(logits, -1))][0] for logits, _ in outs]
+  # Step 0 is right everywhere but position 3; step 1 is right everywhere (its own argmax).
+  top = argmax[0].copy()
+  top[3] = (top[3] + 1) % 16
+  hits1 = argmax[1] == top
+  b = dict(batch, topk_ids=top[None, :, None].astype(np.int32), topk_logp=np.zeros((1, T, 1), np.float32))
+  _, metrics = feature_train.loss_and_metrics(config, params, shared, b, jax.random.key(0),
+                                              0.0, 1.0, 1.0, unroll=steps)
+  chains = [(1 + hits1[t + 1]) if t != 3 else 0 for t in range(T - 1)]  # chain t: steps at t, t + 1
+  assert float(metrics["accepted"]) == pytest.approx(np.mean(chains))
+  assert float(metrics["top1"]) == pytest.approx(5 / 6)

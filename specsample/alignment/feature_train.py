@@ -105,19 +105,9 @@ def head_mask(head_ids: np.ndarray, vocab: int) -> np.ndarray:
   return where
 
 
-def loss_and_metrics(config: fd.FeatureDraftConfig, params, shared: dict, batch, key,
-                     feature_noise: float, feature_weight: float, class_weight: float):
-  """(loss, metrics) of one batch (module docstring)."""
-  eps = config.block.norm_eps
-  feats = fd.normalize(shared, batch["feats"], eps)
-  rms = jnp.sqrt(jnp.mean(feats * feats, axis=-1, keepdims=True))
-  feats = feats + feature_noise * rms * jax.random.normal(key, feats.shape)
-  logits_BTN, out_BTD, _ = fd.forward(config, params, shared, batch["tokens"], feats)
-  w_BT = batch["weights"]
-  total = jnp.maximum(w_BT.sum(), 1.0)
-  target_BTD = fd.normalize(shared, batch["next_feats"], eps)
-  regress = (optax_huber(out_BTD - target_BTD).mean(-1) * w_BT).sum() / total
-
+def _position_terms(shared: dict, logits_BTN, out_BTD, target_BTD, batch):
+  """Per position: (smooth L1 to the next feature, coarse cross-entropy, top-1 hit, sum min(p, q))."""
+  regress_BT = optax_huber(out_BTD - target_BTD).mean(-1)
   log_p_BTN = jax.nn.log_softmax(logits_BTN.astype(jnp.float32), axis=-1)
   where_BTk = shared["where"][batch["topk_ids"]]                   # -1 outside the head
   in_head = where_BTk >= 0
@@ -126,14 +116,50 @@ def loss_and_metrics(config: fd.FeatureDraftConfig, params, shared: dict, batch,
   p_top = jnp.where(in_head, jnp.exp(log_p_BTk), 0.0).sum(-1)
   q_rest = jnp.clip(1.0 - q_BTk.sum(-1), 0.0, 1.0)
   log_p_rest = jnp.log(jnp.clip(1.0 - p_top, 1e-6, 1.0))
-  cross = -(jnp.where(in_head, q_BTk * log_p_BTk, 0.0).sum(-1) + q_rest * log_p_rest)
-  classify = (cross * w_BT).sum() / total
+  cross_BT = -(jnp.where(in_head, q_BTk * log_p_BTk, 0.0).sum(-1) + q_rest * log_p_rest)
+  hit_BT = (shared["head_ids"][jnp.argmax(logits_BTN, -1)] == batch["topk_ids"][..., 0])
+  overlap_BT = (jnp.minimum(jnp.exp(log_p_BTk), q_BTk) * in_head).sum(-1)
+  return regress_BT, cross_BT, hit_BT.astype(jnp.float32), overlap_BT
 
-  argmax_id = shared["head_ids"][jnp.argmax(logits_BTN, -1)]
-  agree = ((argmax_id == batch["topk_ids"][..., 0]) * w_BT).sum() / total
-  overlap = ((jnp.minimum(jnp.exp(log_p_BTk), q_BTk) * in_head).sum(-1) * w_BT).sum() / total
-  loss = feature_weight * regress + class_weight * classify
-  return loss, {"regress": regress, "classify": classify, "top1": agree, "overlap": overlap}
+
+def loss_and_metrics(config: fd.FeatureDraftConfig, params, shared: dict, batch, key,
+                     feature_noise: float, feature_weight: float, class_weight: float,
+                     unroll: int = 1, step_decay: float = 1.0):
+  """(loss, metrics) of one batch (module docstring).
+
+  With unroll > 1 the draft also trains on its own outputs (training-time
+  test, fd.unrolled_forward): step k's terms are weighted step_decay ** k.
+  Metrics: step 0's regress / classify / top1 / overlap; top1_{k+1} of step k;
+  `accepted`, the mean number of tokens greedy drafting of `unroll` tokens
+  from a position gets accepted (the target's argmax continuation); one more
+  than it is the greedy tokens per target call at K = unroll.
+  """
+  eps = config.block.norm_eps
+  feats = fd.normalize(shared, batch["feats"], eps)
+  rms = jnp.sqrt(jnp.mean(feats * feats, axis=-1, keepdims=True))
+  feats = feats + feature_noise * rms * jax.random.normal(key, feats.shape)
+  outs = fd.unrolled_forward(config, params, shared, batch["tokens"], feats, unroll)
+  target_BTD = fd.normalize(shared, batch["next_feats"], eps)
+  w_BT = batch["weights"]
+  T = w_BT.shape[1]
+  loss, metrics, run_BT, accepted_BT = 0.0, {}, jnp.ones_like(w_BT), jnp.zeros_like(w_BT)
+  for k, (logits_BTN, out_BTD) in enumerate(outs):
+    valid_BT = w_BT * (jnp.arange(T) >= k)
+    mean = lambda x_BT: (x_BT * valid_BT).sum() / jnp.maximum(valid_BT.sum(), 1.0)
+    regress_BT, cross_BT, hit_BT, overlap_BT = _position_terms(shared, logits_BTN, out_BTD,
+                                                               target_BTD, batch)
+    loss = loss + step_decay ** k * (feature_weight * mean(regress_BT) + class_weight * mean(cross_BT))
+    if k == 0:
+      metrics.update(regress=mean(regress_BT), classify=mean(cross_BT), top1=mean(hit_BT),
+                     overlap=mean(overlap_BT))
+    else:
+      metrics[f"top1_{k + 1}"] = mean(hit_BT)
+    # The chain from committed position t reaches step k at t + k.
+    run_BT = run_BT * jnp.pad(hit_BT[:, k:], ((0, 0), (0, k)))
+    accepted_BT = accepted_BT + run_BT
+  chains_BT = jnp.pad(w_BT[:, unroll - 1:], ((0, 0), (0, unroll - 1)))  # whole chain in the window
+  metrics["accepted"] = (accepted_BT * chains_BT).sum() / jnp.maximum(chains_BT.sum(), 1.0)
+  return loss, metrics
 
 
 def optax_huber(x: jax.Array, delta: float = 1.0) -> jax.Array:
@@ -151,6 +177,11 @@ def check_config(config) -> None:
   for name in ("feature_noise", "feature_weight", "class_weight"):
     if not isinstance(config[name], (int, float)) or config[name] < 0:
       raise ValueError(f"config.{name} must be a number >= 0, got {config[name]!r}")
+  if not utils.is_positive_int(config.unroll) or config.unroll > config.seq_len:
+    raise ValueError(f"config.unroll must be an int in [1, seq_len={config.seq_len}], "
+                     f"got {config.unroll!r}")
+  if not isinstance(config.step_decay, (int, float)) or not 0 < config.step_decay <= 1:
+    raise ValueError(f"config.step_decay must be a number in (0, 1], got {config.step_decay!r}")
 
 
 def _setup(config, workdir: str, load_train: bool = True):
@@ -199,6 +230,20 @@ def _save(config, workdir, target, manifest, draft_cfg, params, head_ids, train_
                         "last_metrics": last})
 
 
+def _initial_params(config, draft_cfg: fd.FeatureDraftConfig, target):
+  """A fresh draft (the target's last block), or config.init_from's parameters (a
+  warm start; the head is the run's own, so only the block and fc carry over)."""
+  if not config.init_from:
+    return fd.init_params(draft_cfg, jax.random.key(config.seed), target.params)
+  start = fd.load(config.init_from)
+  if start.config.block != draft_cfg.block:
+    raise ValueError(f"config.init_from: {config.init_from} has another block shape than this "
+                     f"target's draft")
+  if start.tokenizer_id != target.tokenizer_id:
+    raise ValueError(f"config.init_from: {config.init_from} was trained for another tokenizer")
+  return start.params
+
+
 def export(config: ml_collections.ConfigDict, workdir: str) -> str:
   """<workdir>/model from the run's latest checkpoint (while it trains, or after a kill)."""
   target, manifest, _, _, head_ids, draft_cfg, _ = _setup(config, workdir, load_train=False)
@@ -219,11 +264,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> str:
   check_config(config)
   target, manifest, train_rows, val_rows, head_ids, draft_cfg, shared = _setup(config, workdir)
   optimizer = train_lib.make_optimizer(config)
-  params = fd.init_params(draft_cfg, jax.random.key(config.seed), target.params)
+  params = _initial_params(config, draft_cfg, target)
   state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=optimizer.init(params))
   weights = dict(feature_noise=config.feature_noise, feature_weight=config.feature_weight,
-                 class_weight=config.class_weight)
+                 class_weight=config.class_weight, unroll=config.unroll, step_decay=config.step_decay)
   update = loop.make_update_step(
       lambda p, sh, batch, key: loss_and_metrics(draft_cfg, p, sh, batch, key, **weights), optimizer)
   clean = dict(weights, feature_noise=0.0)

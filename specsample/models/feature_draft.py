@@ -79,14 +79,14 @@ class _Draft(nn.Module):
   config: FeatureDraftConfig
 
   @nn.compact
-  def __call__(self, embeds_BTD, feats_BTD, positions_BT, layer_cache):
+  def __call__(self, embeds_BTD, feats_BTD, positions_BT, layer_cache, mask_TS=None):
     cfg = self.config.block
     D = cfg.d_model
     w_fc = self.param("fc", nn.initializers.normal(stddev=(2 * D) ** -0.5), (2 * D, D),
                       jnp.dtype(cfg.param_dtype))
     b_fc = self.param("fc_bias", nn.initializers.zeros, (D,), jnp.dtype(cfg.param_dtype))
     x_BTD = jnp.concatenate([embeds_BTD, feats_BTD], axis=-1) @ w_fc.astype(cfg.dtype) + b_fc
-    return tr.Block(cfg, name="block")(x_BTD.astype(cfg.dtype), positions_BT, layer_cache)
+    return tr.Block(cfg, name="block")(x_BTD.astype(cfg.dtype), positions_BT, layer_cache, mask_TS)
 
 
 def init_params(config: FeatureDraftConfig, rng: jax.Array, target_params=None) -> Any:
@@ -146,6 +146,53 @@ def forward(config: FeatureDraftConfig, params, shared: dict, tokens_BT: jax.Arr
   logits_BTN = jnp.einsum("BTD,DN->BTN", norm_out_BTD, shared["head"])
   new_cache = None if cache is None else tr.KVCache(k=(new[0],), v=(new[1],), lengths=start_B + T)
   return logits_BTN, norm_out_BTD, new_cache
+
+
+def unroll_masks(T: int, steps: int) -> np.ndarray:
+  """[steps, T, steps * T] attention patterns of `unrolled_forward`.
+
+  Step k's query at position p stands for drafting's (k+1)-th step from the
+  committed pair p - k: it sees the true pairs at positions <= p - k (key block
+  0) and, of each earlier step i = 1..k, the one key at position p - (k - i)
+  that its own chain wrote (key block i).
+  """
+  p, j = np.arange(T)[:, None], np.arange(T)[None, :]
+  masks = np.zeros((steps, T, steps * T), bool)
+  for k in range(steps):
+    masks[k, :, :T] = j <= p - k
+    for i in range(1, k + 1):
+      masks[k, :, i * T:(i + 1) * T] = j == p - (k - i)
+  return masks
+
+
+def unrolled_forward(config: FeatureDraftConfig, params, shared: dict, tokens_BT: jax.Array,
+                     norm_feats_BTD: jax.Array, steps: int) -> list[tuple[jax.Array, jax.Array]]:
+  """Drafting's first `steps` steps from every position of a window at once
+  (training-time test, as in EAGLE-3): [(head logits [B, T, N], outputs [B, T, D])] per step.
+
+  Step 0 is `forward` on true features. Step k reads, at position p, step k-1's
+  output at p - 1 in place of the feature, the same token x_{p+1}, and attends as
+  in `unroll_masks`, so it sees exactly what the loop's (k+1)-th draft step
+  sees; its output at p predicts the same target as step 0's at p. Positions
+  p < k have no chain and are the caller's to weight out.
+  """
+  cfg = config.block
+  B, T = tokens_BT.shape
+  embeds_BTD = jnp.take(shared["embedding"], tokens_BT, axis=0).astype(cfg.dtype)
+  positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  cache = tr.init_cache(cfg, B, steps * T)
+  keys, values = cache.k[0], cache.v[0]
+  masks = unroll_masks(T, steps)
+  feats_BTD, outs = norm_feats_BTD, []
+  for k in range(steps):
+    start_B = jnp.full((B,), k * T, jnp.int32)
+    out_BTD, (keys, values) = _Draft(config).apply({"params": params}, embeds_BTD,
+                                                   feats_BTD.astype(cfg.dtype), positions_BT,
+                                                   (keys, values, start_B), jnp.asarray(masks[k]))
+    norm_out_BTD = rms_norm(out_BTD, shared["norm"], cfg.norm_eps)
+    outs.append((jnp.einsum("BTD,DN->BTN", norm_out_BTD, shared["head"]), norm_out_BTD))
+    feats_BTD = jnp.pad(norm_out_BTD[:, :-1], ((0, 0), (1, 0), (0, 0)))
+  return outs
 
 
 def logits_full(shared: dict, logits_BTN: jax.Array, vocab: int) -> jax.Array:

@@ -198,7 +198,7 @@ class Attention(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BTD, positions_BT, layer_cache):
+  def __call__(self, x_BTD, positions_BT, layer_cache, mask_TS=None):
     cfg = self.config
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     D, N, K, H = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -240,6 +240,8 @@ class Attention(nn.Module):
     # Causal by absolute position; also hides stale cache entries, which always
     # sit at positions beyond the newest query of their row.
     mask_BTS = key_pos_BS[:, None, :] <= positions_BT[:, :, None]
+    if mask_TS is not None:  # an explicit pattern (feature-draft unrolled training), all rows
+      mask_BTS = jnp.broadcast_to(mask_TS, mask_BTS.shape)
     logits_BKRTS = jnp.where(mask_BTS[:, None, None], logits_BKRTS, -1e30)
     probs_BKRTS = jax.nn.softmax(logits_BKRTS, axis=-1).astype(dtype)
     out_BTKRH = jnp.einsum("BKRTS,BSKH->BTKRH", probs_BKRTS, values_BSKH.astype(dtype))
@@ -271,10 +273,11 @@ class Block(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BTD, positions_BT, layer_cache):
+  def __call__(self, x_BTD, positions_BT, layer_cache, mask_TS=None):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), name=name)
-    attn_out, new_cache = Attention(cfg, name="attn")(norm("attn_norm")(x_BTD), positions_BT, layer_cache)
+    attn_out, new_cache = Attention(cfg, name="attn")(norm("attn_norm")(x_BTD), positions_BT, layer_cache,
+                                                      mask_TS)
     x_BTD = x_BTD + attn_out
     x_BTD = x_BTD + Mlp(cfg, name="mlp")(norm("mlp_norm")(x_BTD))
     return x_BTD, new_cache

@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_draft = 4                          # K of every speculative method
   c.max_ngram = 3                          # lookup: longest suffix tried first
   c.min_ngram = 1                          # lookup: shortest suffix that counts
+  c.min_draft_probs = (0.0,)               # draft+lookup variants: PromptLookup.min_draft_prob each
   c.max_new_tokens = 64
   c.eos_id = None                          # None: rows run to max_new_tokens (equal work per method)
   c.passes = 2                             # timed round-robin passes after the warm-up

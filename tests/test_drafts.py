@@ -47,6 +47,8 @@ def _draft(which, tiny_pair, feature_draft):
     return feature_draft, {"num_draft": "auto", "iteration_costs": AUTO_COSTS}
   if which == "combined":
     return tiny_pair[1], {"lookup": PromptLookup(max_ngram=2, min_ngram=1)}
+  if which == "combined_gated":  # copies used only where the model gives them >= 0.15
+    return tiny_pair[1], {"lookup": PromptLookup(max_ngram=2, min_ngram=1, min_draft_prob=0.15)}
   return PromptLookup(max_ngram=2, min_ngram=1), {}
 
 
@@ -91,7 +93,7 @@ SAMPLINGS = {"t1": Sampling(temperature=1.0), "t0.7_top5": Sampling(temperature=
 
 @pytest.mark.parametrize("which,sampling", [("feature", "t1"), ("feature", "top_p0.8"),
                                             ("lookup", "t1"), ("lookup", "t0.7_top5"),
-                                            ("combined", "t1"), ("combined", "top_p0.8"),
+                                            ("combined", "t1"), ("combined_gated", "top_p0.8"),
                                             ("feature_auto", "t1")])
 def test_joint_of_first_three_tokens_matches_target(tiny_pair, feature_draft, which, sampling):
   target, draft_model = tiny_pair
@@ -112,7 +114,7 @@ def test_joint_of_first_three_tokens_matches_target(tiny_pair, feature_draft, wh
     assert chi2_pvalue(counts, exact_joint(draft_model, prompt, sampling), strict=False) < ALPHA
 
 
-@pytest.mark.parametrize("which", ["feature", "lookup", "combined"])
+@pytest.mark.parametrize("which", ["feature", "lookup", "combined_gated"])
 def test_gumbel_coupling_keeps_rows_invariant(tiny_pair, feature_draft, which):
   """Per-row seeds: each row's tokens equal autoregressive's, at any K and batch."""
   target, _ = tiny_pair
@@ -134,6 +136,7 @@ def test_gumbel_coupling_keeps_rows_invariant(tiny_pair, feature_draft, which):
     (dict(draft="prompt_lookup", num_draft=0), "num_draft must be an int >= 1 with draft='prompt_lookup'"),
     (dict(draft=PromptLookup(max_ngram=1, min_ngram=2)), "max_ngram=1 must be >= min_ngram=2"),
     (dict(draft=PromptLookup(max_ngram=0, min_ngram=0)), "max_ngram must be an int >= 1"),
+    (dict(draft=PromptLookup(min_draft_prob=1.5)), "min_draft_prob must be a number in \\[0, 1\\]"),
     (dict(draft="lookup"), "draft must be an LM, a FeatureDraft, a PromptLookup or 'prompt_lookup'"),
     (dict(draft="prompt_lookup", mesh=object()), "drafts run on one device with a full prefill"),
 ])
@@ -156,3 +159,17 @@ def test_bad_feature_draft_settings_are_named(tiny_pair, feature_draft):
   other = fd.FeatureDraft(feature_draft.config, feature_draft.params, feature_draft.head_ids, "another")
   with pytest.raises(ValueError, match="draft and target tokenizers differ"):
     generate(LM(target.config, target.params, tokenizer_id="mine"), PROMPTS, draft=other, num_draft=2)
+
+
+def test_gate_of_one_leaves_the_model_draft_alone(tiny_pair):
+  """Under sampling at temperature 1 the model gives no token probability 1, so
+  min_draft_prob=1 uses no copy: the same tokens and acceptance as the model
+  draft without lookup, same seed. (The gate's losslessness: the chi-square and
+  Gumbel tests above.)"""
+  target, draft_model = tiny_pair
+  kwargs = dict(draft=draft_model, num_draft=3, sampling=Sampling(temperature=1.0), max_new_tokens=12,
+                seed=3)
+  alone = generate(target, PROMPTS, **kwargs)
+  gated = generate(target, PROMPTS, lookup=PromptLookup(max_ngram=2, min_draft_prob=1.0), **kwargs)
+  assert gated.tokens == alone.tokens
+  np.testing.assert_array_equal(gated.stats["accepted"], alone.stats["accepted"])

@@ -43,12 +43,17 @@ from specsample.models import transformer as tr
 class WithLookup:
   """A draft model combined with prompt lookup. Static (hashable).
 
-  At draft step g, a row whose lookup copied more than g tokens proposes the
-  copied token (a point mass) and the model reads it as its next input;
-  otherwise the model draws as usual. Which one proposes depends only on the
-  committed tokens, so every proposal is drawn from a distribution the
-  rejection step knows: as lossless as either part. The model runs for the
-  whole batch either way, so this costs what the model draft costs.
+  At draft step g, a row whose lookup copied more than g tokens, and whose
+  draft so far follows the copy, proposes the copied token (a point mass) and
+  the model reads it as its next input; otherwise the model draws as usual.
+  Under sampling, with lookup.min_draft_prob > 0, a copy is used only where the
+  model's sampling distribution gives it at least that probability: a point
+  mass is accepted with probability q(x), the model's draw with sum min(p, q),
+  so a copy the model finds unlikely is the worse proposal. Which one proposes
+  depends only on the committed tokens and the tokens drafted before it, so
+  every proposal is drawn from a distribution the rejection step knows: as
+  lossless as either part. The model runs for the whole batch either way, so
+  this costs what the model draft costs.
   """
   model: tr.TransformerConfig
   lookup: lookup.PromptLookup
@@ -144,10 +149,17 @@ def propose(parts, draft_cfg, draft_params, num_draft: int, tokens_BL, length_B,
   else:
     copied_BG, matched_B = jnp.zeros((length_B.shape[0], num_draft), jnp.int32), jnp.zeros_like(length_B)
 
-  def draw(logits_BV, key, noise_BV, g):
-    """The model's draw, or at step g the copied token where the row copied more than g."""
+  gate = which == "model+lookup" and draft_cfg.lookup.min_draft_prob > 0 and not parts.spec.sampling.greedy
+
+  def draw(logits_BV, key, noise_BV, g, previous_B):
+    """The model's draw, or at step g the copied token where the row copied more than g,
+    its previous draft token (if any) was the copy's and the gate lets it (class docstring)."""
     token_B, probs_BV = parts.draw(logits_BV, key, noise_BV)
-    use_B = g < matched_B
+    use_B = (g < matched_B) & ((g == 0) | (previous_B == copied_BG[:, jnp.maximum(g - 1, 0)]))
+    if gate:
+      p_BV = parts.probs(logits_BV) if probs_BV is None else probs_BV
+      p_copy_B = jnp.take_along_axis(p_BV, copied_BG[:, g][:, None], axis=1)[:, 0]
+      use_B &= p_copy_B >= draft_cfg.lookup.min_draft_prob
     token_B = jnp.where(use_B, copied_BG[:, g], token_B)
     if probs_BV is not None and which == "model+lookup":
       point_BV = jax.nn.one_hot(token_B, probs_BV.shape[-1], dtype=probs_BV.dtype)
@@ -155,13 +167,14 @@ def propose(parts, draft_cfg, draft_params, num_draft: int, tokens_BL, length_B,
     return token_B, probs_BV
 
   logits_BV, cache = _model_first(parts, tokens_BL, length_B, state)
-  token_B, probs_BV = draw(logits_BV, keys[0], None if noise_GBV is None else noise_GBV[0], 0)
+  token_B, probs_BV = draw(logits_BV, keys[0], None if noise_GBV is None else noise_GBV[0], 0,
+                           copied_BG[:, 0])
 
   def step(carry, xs):
     cache, token_B = carry
     step_key, noise_BV, g = xs
     logits_B1V, cache = parts.draft(token_B[:, None], cache)
-    next_B, probs_BV = draw(logits_B1V[:, 0], step_key, noise_BV, g)
+    next_B, probs_BV = draw(logits_B1V[:, 0], step_key, noise_BV, g, token_B)
     return (cache, next_B), (next_B, probs_BV)
 
   xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:], jnp.arange(1, num_draft))

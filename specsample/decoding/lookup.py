@@ -30,15 +30,23 @@ class PromptLookup:
   Attributes:
     max_ngram: the longest suffix searched for (tried first).
     min_ngram: the shortest suffix that counts as a match.
+    min_draft_prob: beside a draft model, under sampling (temperature > 0), a
+      copied token replaces the model's draw only where the model's sampling
+      distribution gives it at least this probability (drafts.WithLookup);
+      0 = every copy. Ignored by lookup alone and by greedy decoding.
   """
   max_ngram: int = 3
   min_ngram: int = 1
+  min_draft_prob: float = 0.0
 
   def validate(self) -> "PromptLookup":
     for name in ("max_ngram", "min_ngram"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"PromptLookup.{name} must be an int >= 1, got {value!r}")
+    p = self.min_draft_prob
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
+      raise ValueError(f"PromptLookup.min_draft_prob must be a number in [0, 1], got {p!r}")
     if self.max_ngram < self.min_ngram:
       raise ValueError(f"PromptLookup.max_ngram={self.max_ngram} must be >= "
                        f"min_ngram={self.min_ngram}")

@@ -59,7 +59,10 @@ def methods(config, draft) -> dict[str, dict[str, Any]]:
   if draft is not None:
     out["draft"] = {"draft": draft, "num_draft": config.num_draft}
     if isinstance(draft, LM):
-      out["draft+lookup"] = {"draft": draft, "num_draft": config.num_draft, "lookup": lookup}
+      for gate in config.min_draft_probs:  # 0: every copy; else copies the model finds likely
+        name = "draft+lookup" if gate == 0 else f"draft+lookup(p>={gate:g})"
+        out[name] = {"draft": draft, "num_draft": config.num_draft,
+                     "lookup": PromptLookup(config.max_ngram, config.min_ngram, float(gate))}
   return out
 
 

@@ -4,12 +4,14 @@ Lossless decoding with it (greedy identity, exact-enumeration chi-square, Gumbel
 invariance, batch > 1) is tested with the loop in tests/test_drafts.py.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from specsample.alignment import feature_train
+from specsample.alignment import feature_curve, feature_train
 from specsample.models import feature_draft as fd
 from specsample.models import presets
 from specsample.models import transformer as tr
@@ -158,3 +160,15 @@ def test_accepted_counts_each_chain_up_to_its_first_miss(setup):
   chains = [(1 + hits1[t + 1]) if t != 3 else 0 for t in range(T - 1)]  # chain t: steps at t, t + 1
   assert float(metrics["accepted"]) == pytest.approx(np.mean(chains))
   assert float(metrics["top1"]) == pytest.approx(5 / 6)
+
+
+def test_curve_keeps_held_out_lines_and_the_last_of_a_repeated_step(tmp_path):
+  lines = [{"step": 10, "loss": 1.0},
+           {"step": 20, "val_top1": 0.1, "val_overlap": 0.2, "train_tokens_seen": 2000},
+           {"step": 20, "val_top1": 0.3, "val_top1_2": 0.2, "val_overlap": 0.25, "val_accepted": 0.5,
+            "train_tokens_seen": 2000}]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+  rows = feature_curve.read(str(tmp_path))
+  assert [r["val_top1"] for r in rows] == [0.3]
+  table = feature_curve.markdown(rows, "t")
+  assert "| 20 | 2k | 0.300 | 0.200 | 0.250 | 1.50 |" in table

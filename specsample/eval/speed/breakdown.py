@@ -78,9 +78,10 @@ def _setting(target: LM, draft: LM, prompts, sampling: Sampling, ks: Sequence[in
   prompts_BP, prompt_len, spec = api.prepare(target, draft, prompts, "speculative", choices,
                                              sampling, max_new_tokens, None, pad_to)
   key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
-  args = (target.params, draft.params, prompts_BP, prompt_len, key_data,
+  draft_cfg, draft_params = api.draft_inputs(target, draft)
+  args = (target.params, draft_params, prompts_BP, prompt_len, key_data,
           np.ones(len(choices), np.float32))
-  return choices, spec, args
+  return choices, spec, draft_cfg, args
 
 
 def measure(target: LM, draft: LM, prompts: Sequence[Sequence[int]], sampling: Sampling,
@@ -96,8 +97,9 @@ def measure(target: LM, draft: LM, prompts: Sequence[Sequence[int]], sampling: S
     "compile_s": s}
     (lists in the order of "K"; c and v_K at K = 0 are None).
   """
-  choices, spec, args = _setting(target, draft, prompts, sampling, ks, max_new_tokens, pad_to)
-  loop = api.make_loop("speculative", target.config, draft.config, spec)
+  choices, spec, draft_cfg, args = _setting(target, draft, prompts, sampling, ks, max_new_tokens,
+                                            pad_to)
+  loop = api.make_loop("speculative", target.config, draft_cfg, spec)
   start = time.perf_counter()
   compiled = loop.lower(*args, np.int32(0), np.int32(0)).compile()
   compile_s = time.perf_counter() - start
@@ -159,12 +161,13 @@ def ablation(target: LM, draft: LM, prompts: Sequence[Sequence[int]], sampling: 
     "rest": [every part replaced], "sum": [parts + rest],
     "residual": [(full - sum) / full], "compile_s": {variant: s}}.
   """
-  choices, spec, args = _setting(target, draft, prompts, sampling, ks, max_new_tokens, pad_to)
+  choices, spec, draft_cfg, args = _setting(target, draft, prompts, sampling, ks, max_new_tokens,
+                                            pad_to)
   variants = {"full": frozenset(), **{p: frozenset({p}) for p in SCOPES},
               "rest": frozenset(SCOPES)}
   times, compile_s = {}, {}
   for name, ablate in variants.items():
-    loop = api.make_loop("speculative", target.config, draft.config, spec,
+    loop = api.make_loop("speculative", target.config, draft_cfg, spec,
                          parts=ablation_lib.Ablated(ablate))
     start = time.perf_counter()
     jax.block_until_ready(loop(*args, np.int32(0), np.int32(0)))

@@ -29,8 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seq_len = 256                          # consecutive pairs per window
   c.feature_noise = 0.05                   # input feature noise, times the feature RMS
   c.feature_weight = 1.0                   # smooth L1 on normalised features (EAGLE's 1.0)
-  c.class_weight = 0.1                     # coarse cross-entropy against the target (EAGLE's 0.1)
-  c.unroll = 1                             # draft steps trained on the draft's own outputs (EAGLE-3's
+  c.class_weight = 1.0                     # coarse cross-entropy against the target (EAGLE's 0.1;
+                                           # 1.0 once the draft trains on its own outputs)
+  c.unroll = 3                             # draft steps trained on the draft's own outputs (EAGLE-3's
                                            # training-time test); 1 = EAGLE-1's teacher forcing
   c.step_decay = 0.8                       # weight of step k's loss: step_decay ** k
   c.log_every = 50                         # metrics.jsonl cadence (with held-out metrics)

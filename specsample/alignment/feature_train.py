@@ -55,9 +55,12 @@ def load_rows(files: list[str]) -> list[dict[str, np.ndarray]]:
   rows = []
   for f in files:
     with np.load(f) as d:
-      for b in range(len(d["tokens"])):
-        n = int(d["length"][b])
-        rows.append({k: d[k][b, :n] for k in ("tokens", "hidden", "topk_ids", "topk_logp")})
+      # Each d[k] decompresses the whole array: read it once, and copy the rows out,
+      # so that no row is a view keeping its shard's array alive (33 shards of
+      # views held 22 GB).
+      arrays = {k: d[k] for k in ("tokens", "hidden", "topk_ids", "topk_logp")}
+      for b, n in enumerate(d["length"]):
+        rows.append({k: a[b, :int(n)].copy() for k, a in arrays.items()})
   return rows
 
 

@@ -21,7 +21,7 @@ setup(
         "safetensors>=0.4",         # Hugging Face checkpoints in and out (models/hf.py)
         "tokenizers>=0.15",         # Hugging Face tokenizer.json (hf_tokenizer.py)
         "gguf>=0.10",               # GGUF files: reader and dequantization (models/gguf.py)
-        "jinja2>=3.1",              # chat templates of real models (alignment/record.py)
+        "jinja2>=3.1",              # chat templates of real models (eval/tasks/chat.py)
         "datasets>=3.0",            # XSum and local JSON/Parquet loading
         "ml_collections>=1.0",
         "absl-py>=2.0",

@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input = ""               # required: prompts, .txt (one per line) or .jsonl ("prompt" field)
   c.output = ""              # required: output .jsonl; its folder must exist; written atomically
   c.target_dir = "assets/pair/target"  # io.save_lm folder of the target
-  c.draft_dir = "assets/pair/draft"    # io.save_lm folder of the draft (speculative only)
+  c.draft_dir = "assets/pair/draft"    # io.save_lm folder or feature draft (speculative only)
   c.tokenizer = "assets/tokenizer/tokenizer.model"  # its vocab must equal the models'
   c.add_bos = True           # prepend the tokenizer's bos id to every prompt
   c.limit = 0                # sample only the first `limit` prompts; 0 = all

@@ -5,8 +5,10 @@ r"""Builds the docstring-summarization stand-in for XSum and writes its size and
 The set (specsample/eval/tasks/docsum.py): functions/classes of the corpus's validation
 split, document = the definition without its docstring, summary = the docstring's
 first sentence. It is built once into --cache_dir (test.jsonl + info.json; the
-default is where scripts/reproduce.py's default run looks, so that run reuses it)
-and rebuilt only when Python, the tokenizer or the rules change. No network.
+default is where scripts/reproduce.py's default run looks, so a run with the same
+tokenizer reuses it: the default --tokenizer is the toy setting's, and
+--tokenizer=smollm2-135m-instruct the real pair's) and rebuilt only when Python,
+the tokenizer or the rules change. No network beyond a model name's first fetch.
 """
 
 import json

@@ -1,6 +1,7 @@
 r"""Reproduce Table 1 (Chen et al. 2023). See configs/reproduce.py for the commands and fields.
 
-  nice -n 10 python scripts/reproduce.py --config=configs/reproduce.py
+  nice -n 10 python scripts/reproduce.py                                  # the real pair
+  python scripts/reproduce.py --config=configs/reproduce.py:toy           # the embedded pair
 
 Writes results/table1.{md,csv,json} and results/table1_*.png; cell records go
 to --workdir, so a killed run resumes. Prints the markdown table at the end.
@@ -17,7 +18,7 @@ from specsample.eval.table1 import reproduce
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", cli.repo_path("configs/reproduce.py"),
-    "Reproduction config file (:runlocal or :full).", lock_config=True)
+    "Reproduction config file (:toy, :runlocal or :full).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/reproduce",
                                "Cell records; a rerun reuses the finished ones.")
 _RESULTS_DIR = flags.DEFINE_string("results_dir", "results", "Where table1.* and plots go.")

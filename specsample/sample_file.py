@@ -20,6 +20,7 @@ from specsample import paths
 from specsample import placement
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
+from specsample.models import feature_draft as fd
 from specsample.models import io as model_io
 from specsample.tokenizer import Tokenizer
 from specsample.utils import is_int, round_up, write_atomic
@@ -77,6 +78,15 @@ def check_config(config) -> None:
   models = ("target_dir", "draft_dir") if config.method == "speculative" else ("target_dir",)
   for name in models:
     model_io.check_model_dir(config[name], name)
+  if speculative_on_mesh(config) and fd.is_feature_draft(config.draft_dir):
+    raise ValueError(f"draft_dir: {config.draft_dir} is a feature draft, which runs on one "
+                     "device: leave every mesh axis at 1")
+
+
+def speculative_on_mesh(config) -> bool:
+  """Speculative sampling with a mesh of more than one device asked for."""
+  return config.method == "speculative" and any(
+      config.mesh[axis] != 1 for axis in ("data", "fsdp", "tensor"))
 
 
 def read_prompts(path: str, limit: int = 0) -> list[dict]:
@@ -115,6 +125,9 @@ def _model_configs(config) -> dict:
   models = ("target_dir", "draft_dir") if config.method == "speculative" else ("target_dir",)
   out = {}
   for name in models:
+    if name == "draft_dir" and fd.is_feature_draft(config[name]):
+      out[name] = model_io.load_draft_config(config[name])[0]  # its block: float32, one device
+      continue
     model_cfg = model_io.load_config(config[name])[0]
     if config.param_dtype:
       try:
@@ -166,7 +179,13 @@ def run(config, start: Callable[[], None] = lambda: None) -> list[dict]:
 
   # Only now: load (and then compile).
   target = placement.load_lm_from_config(config, "target_dir", mesh)
-  draft = placement.load_lm_from_config(config, "draft_dir", mesh) if speculative else None
+  draft = None
+  if speculative and fd.is_feature_draft(config.draft_dir):
+    # Checked against the target; a param_dtype override changes the target's
+    # fingerprint, so the feature draft's target identity is then not compared.
+    draft = model_io.load_draft(config.draft_dir, target, identity=not config.param_dtype)
+  elif speculative:
+    draft = placement.load_lm_from_config(config, "draft_dir", mesh)
   if target.config.vocab_size != tokenizer.vocab_size:
     raise ValueError(f"tokenizer: vocab {tokenizer.vocab_size} != target vocab_size "
                      f"{target.config.vocab_size}")

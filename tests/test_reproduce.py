@@ -81,12 +81,29 @@ def _config(pair_dir, **overrides):
 
 
 def test_config_settings_and_unknown_argument():
-  assert reproduce_config.get_config().setting == "default"
+  default = reproduce_config.get_config()
+  assert default.setting == "default"
+  # The real pair in its chat format, the tokenizer its own, auto K beside K = 4.
+  assert (default.target_dir, default.draft_dir, default.tokenizer, default.prompt_format,
+          default.auto) == ("smollm2-135m-instruct", "assets/smollm2/feature_draft", "", "chat",
+                            True)
+  assert default.humaneval.pad_to == default.xsum.pad_to  # one width: shared greedy loops
+  toy = reproduce_config.get_config("toy")  # the embedded pair, the previous default's grid
+  assert (toy.target_dir, toy.tokenizer, toy.prompt_format, toy.auto, tuple(toy.k_sweep)) == (
+      "assets/pair/target", "assets/tokenizer/tokenizer.model", "raw", False, (1, 2, 3, 6))
+  assert (toy.humaneval.num_problems, toy.humaneval.num_samples, toy.humaneval.pad_to) == (
+      12, 4, 192)
+  runlocal = reproduce_config.get_config("runlocal")
+  assert (runlocal.target_dir, runlocal.prompt_format, runlocal.auto) == (
+      "assets/pair/target", "raw", True)
   full = reproduce_config.get_config("full")
   assert (full.humaneval.num_problems, full.humaneval.num_samples,
           full.humaneval.max_new_tokens, full.xsum.max_new_tokens) == (164, 100, 512, 128)
-  with pytest.raises(ValueError, match="runlocal, full"):
+  assert full.prompt_format == "chat" and full.auto
+  with pytest.raises(ValueError, match="toy, runlocal, full"):
     reproduce_config.get_config("fast")
+  with pytest.raises(ValueError, match="at most one"):
+    reproduce_config.get_config("toy,full")
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -100,6 +117,9 @@ def test_config_settings_and_unknown_argument():
     ("xsum.temperature", 0.0, r"config\.xsum\.temperature"),
     ("xsum.path", "/nonexistent/xsum.jsonl", r"config\.xsum\.path"),
     ("humaneval.max_new_tokens", 1000, r"config\.humaneval\.max_new_tokens=1000 .*max_seq_len"),
+    ("prompt_format", "markdown", r"config\.prompt_format must be one of \('raw', 'chat'\)"),
+    ("prompt_format", "chat", r"config\.prompt_format='chat' needs a tokenizer with a chat"),
+    ("tokenizer", "", r"config\.tokenizer must be a tokenizer path \(''.* holds no tokenizer"),
 ])
 def test_bad_config_fails_before_models_load(pair_dir, monkeypatch, field, value, match):
   def no_load(*args, **kwargs):
@@ -116,11 +136,31 @@ def test_missing_model_names_the_field(pair_dir):
     grid.check_config(_config(pair_dir, draft_dir="/nonexistent/draft"))
 
 
+def test_auto_must_be_a_bool(pair_dir):
+  config = _config(pair_dir)
+  with config.ignore_type():
+    config.auto = "yes"
+  with pytest.raises(ValueError, match=r"config\.auto must be True or False"):
+    grid.check_config(config)
+
+
+def test_a_draft_for_another_tokenizer_is_refused_before_loading(pair_dir, tmp_path, monkeypatch):
+  """Named from config.json alone: no model is loaded, nothing compiles."""
+  other = tmp_path / "draft"
+  other.mkdir()
+  meta = json.loads((pair_dir / "draft" / "config.json").read_text())
+  (other / "config.json").write_text(json.dumps({**meta, "tokenizer_id": "another"}))
+  monkeypatch.setattr(model_io, "load_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+  with pytest.raises(ValueError, match=r"^config\.draft_dir: made for another tokenizer"):
+    reproduce.run(_config(pair_dir, draft_dir=str(other)), str(tmp_path / "wd"),
+                  str(tmp_path / "res"))
+
+
 # ------------------------------------------------------------------ grid
 
 
 def test_plan_has_paper_rows_batched_rows_and_sweep(pair_dir):
-  c = reproduce_config.get_config()
+  c = reproduce_config.get_config("toy")
   keys = [cell.key for cell in grid.plan_cells(c)]
   assert keys[:4] == ["humaneval-greedy-autoregressive-K0-B1-n1",
                       "humaneval-greedy-speculative-K4-B1-n1",
@@ -134,6 +174,15 @@ def test_plan_has_paper_rows_batched_rows_and_sweep(pair_dir):
   assert len(keys) == len(set(keys))
   c.tasks = ("humaneval",)
   assert not any(cell.task == "xsum" for cell in grid.plan_cells(c))
+  assert not any("Kauto" in cell.key for cell in grid.plan_cells(c))
+  # The real pair's default: an auto cell beside every K cell, batch 1 and 8, no sweep.
+  keys = [cell.key for cell in grid.plan_cells(reproduce_config.get_config())]
+  assert keys[:3] == ["humaneval-greedy-autoregressive-K0-B1-n1",
+                      "humaneval-greedy-speculative-K4-B1-n1",
+                      "humaneval-greedy-speculative-Kauto-B1-n1"]
+  assert {"xsum-nucleus-speculative-Kauto-B8-n1", "humaneval-nucleus-speculative-K4-B8-n1"
+          } <= set(keys)
+  assert len(keys) == 2 * 2 * 2 * 3 + 1  # tasks x samplings x batches x methods + canonical
 
 
 def test_t_quantile_matches_tables():
@@ -240,6 +289,11 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
     assert paper_number in md
   assert "| HumanEval | greedy | AR | 1 |" in md
   assert f"| {docsum.LABEL} | nucleus | SpS | 1 | 2 |" in md and "| XSum |" not in md
+  # runlocal has auto K cells: their own method row, speedup against the same AR row.
+  assert "| HumanEval | greedy | SpS auto | 1 | auto (" in md
+  assert f"| {docsum.LABEL} | nucleus | SpS auto | 1 | auto (" in md
+  auto_rows = [r for r in first["rows"] if r["K"] == "auto"]
+  assert len(auto_rows) == 4 and all(r["speedup"] is not None for r in auto_rows)
   assert "ROUGE-2 0.114 (paper: XSum, another dataset)" in md
   with open(os.path.join(results_dir, "docsum.json")) as f:
     info = json.load(f)
@@ -248,7 +302,7 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
   assert f"jax {jax.__version__}" in md and "backend cpu" in md
   assert first["canonical_loglik"]["mean_loglik_per_token"] < 0
   greedy = [c for p in first["parity"] if p["sampling"] == "greedy" for c in p["checks"]]
-  assert greedy and all(c["passed"] for c in greedy)
+  assert len(greedy) == 4 and all(c["passed"] for c in greedy)  # K = 2 and auto, both tasks
   # The summarization cells get the same checks: greedy identity and calibration.
   checked = {(p["task"], p["sampling"], c["check"].split(":")[0]) for p in first["parity"]
              for c in p["checks"]}
@@ -257,7 +311,7 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
   # Every sampled cell, AR included, is calibrated against the target. |z| < 5 fails
   # falsely with probability 6e-7 per cell (the report's own bound is Bonferroni 95%).
   calibration = [c for p in first["parity"] for c in p["checks"] if "z" in c]
-  assert len(calibration) == 4 and all(abs(c["z"]) < 5 for c in calibration), calibration
+  assert len(calibration) == 6 and all(abs(c["z"]) < 5 for c in calibration), calibration
   with open(os.path.join(results_dir, "table1.json")) as f:
     stored = json.load(f)
   assert stored["machines"]["M1"]["jax_version"] == jax.__version__
@@ -292,8 +346,9 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
   failed = [(p["cell"], c["check"]) for p in fourth["parity"] for c in p["checks"]
             if not c["passed"]]
   assert ("humaneval-greedy-speculative-K2-B1-n1", "greedy outputs identical") in failed
+  assert ("humaneval-greedy-speculative-Kauto-B1-n1", "greedy outputs identical") in failed
   assert f"{fourth['parity_failures']} parity check(s) FAILED" in fourth["markdown"]
-  assert fourth["parity_failures"] == third["parity_failures"] + 1
+  assert fourth["parity_failures"] == third["parity_failures"] + 2
 
 
 def test_report_renders_batched_rows_and_sweep(pair_dir):
@@ -305,7 +360,8 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
   for cell in grid.plan_cells(config):
     if cell.kind != "generate":
       continue
-    ms = 10.0 if cell.method == "autoregressive" else 10.0 / (1 + cell.num_draft / 4)
+    k = 3 if cell.num_draft == grid.AUTO else cell.num_draft  # auto: drafted 3 per call
+    ms = 10.0 / (1 + k / 4)
     records[cell.key] = {
         "items": [{"problem": p, "sample": s, "score": float(p == 0), "tokens": [1, 2, 3],
                    "calibration": {"u": 0.1 * (-1) ** s, "variance": 1.0, "tokens": 3,
@@ -313,7 +369,7 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
                   for p in range(2) for s in range(cell.num_samples)],
         "timing": {"ms_per_token": ms, "compiled_calls": 0},
         "stats": {"acceptance_rate": 0.5 if cell.num_draft else None, "tokens_per_call": 2.0,
-                  "new_tokens": 3 * 2 * cell.num_samples},
+                  "new_tokens": 3 * 2 * cell.num_samples, "drafted": 4 * k, "target_calls": 4},
         "machine": machine}
   cells = grid.plan_cells(config)
   rows, parity, machines = report.build_rows(cells, records, config)
@@ -321,12 +377,15 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
   sweep = {r["K"]: r["speedup"] for r in rows if r["role"] == "sweep" and r["sampling"] == "greedy"}
   assert sweep == {1: pytest.approx(1.25), 3: pytest.approx(1.75)}
   batched = [r for r in rows if r["batch_size"] == 2 and r["method"] == "speculative"]
-  assert len(batched) == 2 and all(r["paper_value"] is None for r in batched)
+  assert len(batched) == 4 and all(r["paper_value"] is None for r in batched)  # K = 2, auto
+  auto = [r for r in rows if r["K"] == grid.AUTO]
+  assert len(auto) == 4 and all(r["speedup"] == pytest.approx(1.75) for r in auto)
+  assert all(r["paper_value"] is None and r["draft_per_call"] == 3 for r in auto)
   assert all(c["passed"] for p in parity for c in p["checks"])
-  # Calibration of 6 sampled cells (AR at B=1, 2; SpS K=2 at B=1, 2; sweep K=1, 3) and
-  # the quality check of the 4 SpS ones: 10 checks, each at 1 - 0.05 / 10.
-  assert "99.5% t interval" in parity[-1]["checks"][1]["detail"]
-  assert "abs(z) <= 2.81 (99.5%)" in parity[-1]["checks"][0]["detail"]
+  # Calibration of 8 sampled cells (AR, SpS K=2 and SpS auto at B=1, 2; sweep K=1, 3) and
+  # the quality check of the 6 SpS ones: 14 checks, each at 1 - 0.05 / 14.
+  assert "99.64% t interval" in parity[-1]["checks"][1]["detail"]
+  assert "abs(z) <= 2.91 (99.64%)" in parity[-1]["checks"][0]["detail"]
   assert sum(p["method"] == "autoregressive" for p in parity) == 2
   results = {"config": config.to_dict(), "rows": rows, "parity": parity, "machines": machines,
              "command": "x", "finished": "now", "elapsed_s": 1.0, "computed": [], "reused": [],
@@ -337,6 +396,8 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
   md = report.format_markdown(results)
   assert "| HumanEval | nucleus | SpS | 2 | 2 |" in md           # batched row
   assert "## K sweep" in md and "| HumanEval | greedy | 3 |" in md
+  assert "| HumanEval | greedy | auto (3.0) |" in md              # auto closes each sweep
+  assert "| HumanEval | nucleus | SpS auto | 2 | auto (3.0) | 5.71 | 1.75x ✓ |" in md
   assert "| XSum | greedy | SpS | 1 | 4 | not run |" in md     # paper rows stay visible
   assert "M1**: Test CPU, 2 cores" in md
 

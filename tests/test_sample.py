@@ -5,13 +5,16 @@ devices of tests/conftest.py in this process (a 2 x 4 mesh)."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from specsample import sample_file
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
+from specsample.models import feature_draft as fd
 from specsample.models import io as model_io
+from specsample.models.lm import params_fingerprint
 from specsample.tokenizer import Tokenizer
 from script_helpers import MESH_FLAGS, REPO, TOKENIZER, load_module, run_main, save_tiny_pair
 
@@ -145,3 +148,25 @@ def test_sample_on_a_mesh_matches_one_device(saved_pair, tmp_path):
                            eos_id=tokenizer.eos_id)
   assert [r["tokens"] for r in rows] == reference.tokens
   assert [r["target_calls"] for r in rows] == reference.stats["target_calls"].tolist()
+
+
+def test_sample_with_a_feature_draft(saved_pair, tmp_path):
+  """A feature-draft folder as draft_dir (models.io.load_draft); on a mesh it is refused
+  before anything loads, naming draft_dir."""
+  target = model_io.load_lm(saved_pair[0])
+  draft_cfg = fd.config_for(target.config, head_size=64)
+  folder = fd.save(str(tmp_path / "feature"), draft_cfg,
+                   fd.init_params(draft_cfg, jax.random.key(3), target.params), np.arange(64),
+                   extra={"target": params_fingerprint(target)})
+  path = tmp_path / "prompts.txt"
+  path.write_text("def add(a, b):\nimport os\n")
+  out = tmp_path / "out.jsonl"
+  flags = [f"--config={REPO}/configs/sample.py:runlocal", f"--config.input={path}",
+           f"--config.output={out}", f"--config.target_dir={saved_pair[0]}",
+           f"--config.draft_dir={folder}", f"--config.tokenizer={TOKENIZER}",
+           "--config.num_draft=2"]
+  with pytest.raises(ValueError, match=r"draft_dir: .* is a feature draft, which runs on one"):
+    run_main("sample", flags + ["--config.mesh.data=2"])
+  run_main("sample", flags)
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert len(rows) == 2 and all(r["drafted"] == 2 * r["target_calls"] > 0 for r in rows)

@@ -18,12 +18,10 @@ a pure function of (seed, setting, i).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -31,20 +29,13 @@ from specsample import corpus as corpus_lib
 from specsample import paths
 from specsample import utils
 from specsample.decoding import LM, Sampling, generate
+from specsample.models.lm import params_fingerprint  # the target's identity (re-exported)
 from specsample.tokenizer import Tokenizer
 
 # Sampling settings of the distillation set: greedy plus two temperatures, as
 # in Goel et al., who sample the target at several temperatures.
 SETTINGS = {"greedy": Sampling(temperature=0.0), "t0.6": Sampling(temperature=0.6),
             "t1.0": Sampling(temperature=1.0)}
-
-
-def params_fingerprint(model: LM) -> str:
-  """sha256 of a model's config and parameter bytes: the identity of a target."""
-  h = hashlib.sha256(repr(model.config).encode())
-  for leaf in jax.tree_util.tree_leaves(jax.device_get(model.params)):
-    h.update(np.ascontiguousarray(leaf).tobytes())
-  return h.hexdigest()[:16]
 
 
 def check_settings(config) -> None:

@@ -44,6 +44,7 @@ from specsample.decoding import LM
 from specsample.decoding import common
 from specsample.decoding.sampling import Sampling, sample
 from specsample.eval.tasks import docsum, xsum
+from specsample.eval.tasks.chat import CHAT_INSTRUCTION, chat
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.tokenizer import Tokenizer
@@ -52,7 +53,6 @@ KINDS = ("code", "docsum", "docsum_chat")
 SETTINGS = {"greedy": Sampling(temperature=0.0),
             "nucleus": Sampling(temperature=0.8, top_p=0.95)}
 CHUNK = 64  # prefill tokens per forward: bounds the [B, CHUNK, V] logits
-CHAT_INSTRUCTION = "Summarize what this Python code does in one sentence.\n\n"
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "new_tokens", "k"))
@@ -116,16 +116,6 @@ def code_prompts(files: Sequence[corpus_lib.SourceFile], tokenizer, num: int, mi
   prompts = data_lib.sample_prompts(files, tokenizer, num, min_tokens, max_tokens, seed)
   bos = getattr(tokenizer, "add_bos_token", True)
   return [p if bos or p[:1] != [tokenizer.bos_id] else p[1:] for p in prompts]
-
-
-def chat(tokenizer, user: str) -> str:
-  """One user turn in the tokenizer's chat template, ready for the assistant's reply."""
-  import jinja2  # pylint: disable=g-import-not-at-top  (only for chat prompts)
-  template = getattr(tokenizer, "chat_template", None)
-  if not template:
-    raise ValueError("chat prompts need a tokenizer with a chat template (GGUF or tokenizer_config.json)")
-  return jinja2.Environment().from_string(template).render(
-      messages=[{"role": "user", "content": user}], add_generation_prompt=True)
 
 
 def summary_prompts(items: Sequence[dict], tokenizer, num: int, max_tokens: int, as_chat: bool,

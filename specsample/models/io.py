@@ -32,10 +32,11 @@ import orbax.checkpoint as ocp
 from specsample import paths
 from specsample import sharding as sh
 from specsample import utils
+from specsample.models import feature_draft as fd
 from specsample.models import gguf
 from specsample.models import hf
 from specsample.models import transformer as tr
-from specsample.models.lm import LM
+from specsample.models.lm import LM, params_fingerprint
 
 
 class ModelLoadError(RuntimeError):
@@ -112,11 +113,13 @@ def check_model_dir(directory: str, field: str) -> None:
     raise FileNotFoundError(
         f"config.{field}: no model at {directory} ({path} is missing); export a pair with "
         f"scripts/export_pair.py or point --config.{field} at an io.save_lm folder")
+  if fd.is_feature_draft(directory) and not paths.isfile(os.path.join(directory, "params.npz")):
+    raise FileNotFoundError(f"config.{field}: the feature draft at {directory} has no params.npz")
 
 
 def load_config(directory: str) -> tuple[tr.TransformerConfig, dict]:
   """(config, meta) of a model folder, a Hugging Face folder (models/hf.py) or a
-  GGUF file (models/gguf.py)."""
+  GGUF file (models/gguf.py). A feature draft is no model: load_draft_config."""
   if gguf.is_gguf(directory):
     return gguf.load_config(directory)
   if hf.is_hf_dir(directory):
@@ -125,7 +128,20 @@ def load_config(directory: str) -> tuple[tr.TransformerConfig, dict]:
   if not paths.exists(path):
     raise FileNotFoundError(f"no model at {directory}: {path} is missing")
   meta = json.loads(paths.read_text(path))
+  if meta.get("kind") == fd.KIND:
+    raise ValueError(f"{directory} is a feature draft (models/feature_draft.py), not a model: "
+                     "load it with io.load_draft")
   return tr.TransformerConfig(**meta["config"]).validate(), meta
+
+
+def load_draft_config(directory: str) -> tuple[tr.TransformerConfig, dict]:
+  """(config, meta) of a draft without its params: a model's config, or a feature
+  draft's block (its vocab_size, d_model and max_seq_len are what checks need;
+  meta["kind"] == feature_draft.KIND tells them apart)."""
+  if fd.is_feature_draft(directory):
+    meta = json.loads(paths.read_text(os.path.join(directory, "config.json")))
+    return tr.TransformerConfig(**meta["block"]).validate(), meta
+  return load_config(directory)
 
 
 def restore_params(directory: str, config: tr.TransformerConfig, store_dtype: str,
@@ -181,3 +197,41 @@ def load_sharded_lm(directory: str, mesh, rules: sh.Rules = sh.TENSOR_PARALLEL,
   params = restore_params(directory, config, meta["store_dtype"],
                           sh.param_shardings(config, mesh, rules), meta.get("params_dir", "params"))
   return LM(config=config, params=params, tokenizer_id=meta.get("tokenizer_id"))
+
+
+def check_draft(draft: LM | fd.FeatureDraft, target: LM, field: str = "draft_dir",
+                identity: bool = True) -> None:
+  """ValueError, one line naming config.<field>, for a draft made for another tokenizer,
+  target shape or (a feature draft that names it, when `identity`) another target:
+  its meta's "target" is the params_fingerprint of the target it was trained on.
+  Pass identity=False for a target loaded with config overrides (another fingerprint)."""
+  where = f"config.{field}"
+  if draft.tokenizer_id and target.tokenizer_id and draft.tokenizer_id != target.tokenizer_id:
+    raise ValueError(f"{where}: the draft was trained for another tokenizer (tokenizer_id "
+                     f"{draft.tokenizer_id[:16]}) than the target's ({target.tokenizer_id[:16]})")
+  if isinstance(draft, fd.FeatureDraft):
+    try:
+      draft.config.validate(target.config)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from e
+    made_for = draft.meta.get("target")
+    if identity and made_for and made_for != params_fingerprint(target):
+      raise ValueError(f"{where}: the feature draft was trained on another target (fingerprint "
+                       f"{made_for}) than this one ({params_fingerprint(target)})")
+  elif draft.config.vocab_size != target.config.vocab_size:
+    raise ValueError(f"{where}: draft vocab_size={draft.config.vocab_size} != the target's "
+                     f"{target.config.vocab_size}")
+
+
+def load_draft(directory: str, target: LM | None = None, field: str = "draft_dir",
+               identity: bool = True, **config_overrides) -> LM | fd.FeatureDraft:
+  """The draft in `directory`: a FeatureDraft for a feature-draft folder, else load_lm's
+  LM (config_overrides apply to it). With `target`, check_draft refuses a draft made
+  for another tokenizer or target, naming config.<field>."""
+  if fd.is_feature_draft(directory):
+    draft = fd.load(directory)
+  else:
+    draft = load_lm(directory, **config_overrides)
+  if target is not None:
+    check_draft(draft, target, field, identity)
+  return draft

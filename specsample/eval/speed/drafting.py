@@ -30,7 +30,6 @@ from specsample.decoding.lookup import PromptLookup
 from specsample.eval.speed import timing
 from specsample.eval.tasks import docsum, xsum
 from specsample.eval.tasks.humaneval import load_problems
-from specsample.models import feature_draft as fd
 from specsample.models import io as model_io
 from specsample.tokenizer import Tokenizer
 
@@ -90,10 +89,7 @@ def run(config, command: str = "") -> dict:
   """Measures every (task, batch, sampling) cell; writes <output_dir>/drafting.{json,md}."""
   target = model_io.load_lm(config.target_dir)
   tokenizer = Tokenizer.load(config.tokenizer or config.target_dir)
-  draft = None
-  if config.draft_dir:
-    draft = (fd.load(config.draft_dir) if fd.is_feature_draft(config.draft_dir)
-             else model_io.load_lm(config.draft_dir))
+  draft = model_io.load_draft(config.draft_dir, target) if config.draft_dir else None
   kinds = methods(config, draft)
   cells, start = [], time.time()
   grid = [(t, b, s) for t in config.tasks for b in config.batch_sizes for s in config.samplings]

@@ -1,9 +1,12 @@
 """Computing one Table 1 cell: generate, time and score one method on one task's items.
 
-HumanEval: prompt = BOS + the problem's prompt; the decoded continuation is
-truncated at humaneval.STOP_SEQUENCES and executed in worker subprocesses;
-pass@k is the unbiased estimator. XSum: xsum.build_prompt's 1-shot prompt,
-summary cut at the first newline, ROUGE-2 F per article; with no config.xsum.path
+HumanEval: prompt = [BOS +] the problem's prompt (raw), or the chat template with
+the assistant turn prefilled with it (chat.humaneval_prompt); the decoded
+continuation is truncated at grid.code_stops and executed in worker
+subprocesses; pass@k is the unbiased estimator. XSum: xsum.build_prompt's 1-shot
+prompt (raw) or chat.summary_prompt's 1-shot chat turns, summary cut at the
+first newline, ROUGE-2 F per article; BOS only where the tokenizer adds one
+(add_bos_token; a sentencepiece tokenizer always); with no config.xsum.path
 the articles are the docstring-summarization stand-in (docsum.py), built once
 under <workdir>/docsum and read by the same xsum.load_xsum. Every sampled token
 is also scored against the target's exact sampling distribution
@@ -25,7 +28,7 @@ from tqdm import tqdm
 from specsample.eval.speed import timing
 from specsample.eval.table1 import grid, store
 from specsample.eval.table1.grid import Cell
-from specsample.eval.tasks import docsum, humaneval, scoring, xsum
+from specsample.eval.tasks import chat, docsum, humaneval, scoring, xsum
 from specsample.tokenizer import Tokenizer
 from specsample.utils import round_up
 
@@ -42,30 +45,42 @@ class TaskData:
   dataset_info: dict | None = None              # the stand-in's size, hash and filters
 
 
+def summary_text(config, tokenizer, document: str, stand_in: bool) -> str:
+  """One summarization prompt: the raw 1-shot text or its chat form (configs/reproduce.py)."""
+  if config.prompt_format == "raw":
+    return xsum.build_prompt(document, max_doc_chars=config.xsum.max_doc_chars)
+  return chat.summary_prompt(tokenizer, document, code=stand_in,
+                             max_doc_chars=config.xsum.max_doc_chars,
+                             shot=chat.CODE_SHOT if stand_in else xsum.DEFAULT_SHOT)
+
+
 def load_tasks(config, tokenizer: Tokenizer, workdir: str) -> dict[str, TaskData]:
-  """Loads and tokenizes every enabled task (BOS + prompt).
+  """Loads and tokenizes every enabled task ([BOS +] prompt, in config.prompt_format).
 
   XSum with config.xsum.path '' is the docstring-summarization stand-in, built
   (once) under <workdir>/docsum and then loaded like any local XSum copy.
   """
   tasks = {}
+  is_chat = config.prompt_format == "chat"
   for task in grid.enabled_tasks(config):
     info = None  # the stand-in's info when XSum runs on it
     if task == "humaneval":
       items = humaneval.load_problems(limit=config.humaneval.num_problems)
-      texts = [p["prompt"] for p in items]
+      texts = [chat.humaneval_prompt(tokenizer, p["prompt"]) if is_chat else p["prompt"]
+               for p in items]
       data_fp = store.sha([[p["task_id"], p["prompt"], p["test"], p["canonical_solution"]]
                       for p in items])
+      if is_chat:  # (raw keeps the fingerprint its records were stored under)
+        data_fp = store.sha([data_fp, texts])
     else:
       info = (None if config.xsum.path else
               docsum.ensure_dataset(os.path.join(workdir, "docsum"), tokenizer,
                                     split=config.xsum.split))
       items = xsum.load_xsum(info["path"] if info else config.xsum.path, config.xsum.split,
                              limit=config.xsum.num_items)
-      texts = [xsum.build_prompt(it["document"], max_doc_chars=config.xsum.max_doc_chars)
-               for it in items]
+      texts = [summary_text(config, tokenizer, it["document"], info is not None) for it in items]
       data_fp = store.sha([texts, [it["summary"] for it in items]])
-    ids = tokenizer.encode_batch(texts, add_bos=True)
+    ids = tokenizer.encode_batch(texts, add_bos=getattr(tokenizer, "add_bos_token", True))
     tasks[task] = TaskData(task, items, ids, data_fp, title=(
         "HumanEval" if task == "humaneval" else docsum.LABEL if info else "XSum"),
         dataset_info=info)
@@ -76,7 +91,7 @@ def load_tasks(config, tokenizer: Tokenizer, workdir: str) -> dict[str, TaskData
 
 def check_fits(config, tasks: dict[str, TaskData], target_cfg, draft_cfg) -> None:
   """Raises naming the fields if a prompt + generation would not fit a model's cache."""
-  max_k = max([config.num_draft, *config.k_sweep])
+  max_k = grid.largest_k(config)
   for name, task in tasks.items():
     c = config[name]
     longest = int(np.argmax([len(p) for p in task.prompt_ids]))
@@ -107,7 +122,8 @@ def _score_humaneval(config, task: TaskData, cell: Cell, items: list[dict]) -> N
   used = [i for i, comp in enumerate(completions) if comp]
   scored = humaneval.score_completions(
       [task.items[i] for i in used], [completions[i] for i in used],
-      ks=sorted(set(c.pass_ks) | {cell.num_samples}), timeout_s=c.timeout_s, workers=c.workers)
+      ks=sorted(set(c.pass_ks) | {cell.num_samples}), stops=grid.code_stops(config.prompt_format),
+      timeout_s=c.timeout_s, workers=c.workers)
   outcomes = {i: iter(p["samples"]) for i, p in zip(used, scored["problems"])}
   for it in items:
     sample = next(outcomes[it["problem"]])
@@ -119,7 +135,7 @@ def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, toke
   """Generates, times and scores one cell; returns its record (without fingerprint)."""
   c = config[cell.task]
   sampling = grid.sampling_for(config, cell.task, cell.sampling)
-  kwargs = dict(draft=models["draft"], method=cell.method, num_draft=max(cell.num_draft, 1),
+  kwargs = dict(draft=models["draft"], method=cell.method, num_draft=cell.num_draft or 1,
                 sampling=sampling, max_new_tokens=c.max_new_tokens, eos_id=tokenizer.eos_id,
                 pad_to=c.pad_to)
   order = [(p, s) for p in range(len(task.items)) for s in range(cell.num_samples)]

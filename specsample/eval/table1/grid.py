@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from specsample.decoding import api
+from specsample.decoding import api, calibrate
 from specsample.decoding.sampling import Sampling
+from specsample.eval.tasks import chat, humaneval
+from specsample.models import feature_draft as fd
+from specsample.models import gguf
 from specsample.models import io as model_io
 from specsample.utils import is_int, is_positive_int
 
 TASKS = ("humaneval", "xsum")
 SAMPLINGS = ("greedy", "nucleus")
 METHODS = api.METHODS
+PROMPT_FORMATS = ("raw", "chat")
+AUTO = "auto"  # Cell.num_draft of the cells where the loop picks K (num_draft="auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +29,7 @@ class Cell:
     task: 'humaneval' or 'xsum'.
     sampling: 'greedy' or 'nucleus' ('' for canonical).
     method: 'autoregressive' or 'speculative' ('' for canonical).
-    num_draft: K for speculative, 0 otherwise.
+    num_draft: K for speculative, AUTO where the loop picks K, 0 otherwise.
     batch_size: prompts per generate call.
     num_samples: samples per problem / article (1 for greedy).
     role: 'main' (K = config.num_draft, every batch size) or 'sweep' (batch 1).
@@ -33,14 +38,14 @@ class Cell:
   task: str
   sampling: str = ""
   method: str = ""
-  num_draft: int = 0
+  num_draft: int | str = 0
   batch_size: int = 1
   num_samples: int = 1
   role: str = "main"
 
   @property
   def key(self) -> str:
-    """File-name-safe identifier, e.g. humaneval-nucleus-speculative-K4-B1-n4."""
+    """File-name-safe identifier, e.g. humaneval-nucleus-speculative-K4-B1-n4 (Kauto: auto K)."""
     if self.kind == "canonical":
       return f"{self.task}-canonical-loglik"
     return (f"{self.task}-{self.sampling}-{self.method}-K{self.num_draft}-B{self.batch_size}"
@@ -60,13 +65,15 @@ def plan_cells(config) -> list[Cell]:
   """
   main, batched, sweep = [], [], []
   unique = lambda values: list(dict.fromkeys(values))  # repeated entries run once
+  variants = [("autoregressive", 0), ("speculative", config.num_draft)]
+  if config.auto:
+    variants.append(("speculative", AUTO))
   for task in unique(enabled_tasks(config)):
     task_cfg = config[task]
     for sampling in unique(config.samplings):
       n = 1 if sampling == "greedy" else task_cfg.num_samples
       for batch in unique(config.batch_sizes):
-        for method in METHODS:
-          k = config.num_draft if method == "speculative" else 0
+        for method, k in variants:
           (main if batch == 1 else batched).append(
               Cell("generate", task, sampling, method, k, batch, n, "main"))
       if task in config.sweep_tasks:
@@ -76,6 +83,17 @@ def plan_cells(config) -> list[Cell]:
             sweep.append(Cell("generate", task, sampling, "speculative", k, 1, n_sweep, "sweep"))
   canonical = [Cell("canonical", "humaneval")] if "humaneval" in config.tasks else []
   return main + canonical + batched + sweep
+
+
+def code_stops(prompt_format: str) -> tuple[str, ...]:
+  """Where a HumanEval completion is cut: the stop sequences, and in chat the closing fence."""
+  return chat.CODE_STOPS if prompt_format == "chat" else humaneval.STOP_SEQUENCES
+
+
+def largest_k(config) -> int:
+  """The largest K any cell can run (sizes the caches): auto's set reaches 8."""
+  return max([config.num_draft, *config.k_sweep]
+             + ([calibrate.max_draft(AUTO)] if config.auto else []))
 
 
 def sampling_for(config, task: str, sampling: str) -> Sampling:
@@ -110,6 +128,11 @@ def check_config(config) -> None:
         config.batch_sizes)
   if not 0 < config.confidence < 1:
     bad("confidence", "in (0, 1)", config.confidence)
+  if not isinstance(config.auto, bool):
+    bad("auto", "True or False (a num_draft='auto' cell beside every K cell)", config.auto)
+  if config.prompt_format not in PROMPT_FORMATS:
+    bad("prompt_format", f"one of {PROMPT_FORMATS} ('chat': the tokenizer's chat template)",
+        config.prompt_format)
   for task, limit in (("humaneval", 164), ("xsum", None)):
     c = config[task]
     count = "num_problems" if task == "humaneval" else "num_items"
@@ -135,5 +158,18 @@ def check_config(config) -> None:
         config.xsum.path)
   for field in ("target_dir", "draft_dir"):
     model_io.check_model_dir(config[field], field)
-  if not os.path.exists(config.tokenizer):
+  if fd.is_feature_draft(config.target_dir):
+    bad("target_dir", "a model (a feature draft is a draft: config.draft_dir)", config.target_dir)
+  if not config.tokenizer:  # the target's own: a GGUF file's, or a folder's tokenizer file
+    if not (gguf.is_gguf(config.target_dir) or any(
+        os.path.isfile(os.path.join(config.target_dir, name))
+        for name in ("tokenizer.json", "tokenizer.model"))):
+      bad("tokenizer", f"a tokenizer path ('' = the target's, but {config.target_dir} holds "
+          "no tokenizer.json or tokenizer.model)", config.tokenizer)
+  elif not os.path.exists(config.tokenizer):
     raise FileNotFoundError(f"config.tokenizer: {config.tokenizer} does not exist")
+
+
+def tokenizer_path(config) -> str:
+  """config.tokenizer, or ('') the target's own tokenizer."""
+  return config.tokenizer or config.target_dir

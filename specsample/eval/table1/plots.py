@@ -1,4 +1,5 @@
-"""Table 1 plots: speedup and acceptance against K (batch 1), ms/token per method."""
+"""Table 1 plots: speedup and acceptance against K (batch 1; num_draft="auto" as a dashed
+level beside each curve), ms/token per method."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from specsample import paths as paths_lib  # noqa: E402
-from specsample.eval.table1 import report  # noqa: E402
+from specsample.eval.table1 import grid, report  # noqa: E402
 
 
 def write_plots(rows: Sequence[dict], machines: dict, results_dir: str) -> list[str]:
@@ -20,17 +21,25 @@ def write_plots(rows: Sequence[dict], machines: dict, results_dir: str) -> list[
   machine_note = "; ".join(f"{m}: {report.describe_machine(i)}" for m, i in machines.items())
   paths = []
   curves: dict[tuple, list[dict]] = {}
+  autos: dict[tuple, dict] = {}  # the auto row of a curve: a level, not a point at some K
   for r in rows:
     if r["method"] == "speculative" and r["batch_size"] == 1:
-      curves.setdefault((r["task"], r["sampling"]), []).append(r)
+      if r["K"] == grid.AUTO:
+        autos[(r["task"], r["sampling"])] = r
+      else:
+        curves.setdefault((r["task"], r["sampling"]), []).append(r)
   for name, fields in (("speedup_vs_k", ("speedup",)),
                        ("acceptance_vs_k", ("acceptance_rate", "tokens_per_call"))):
     fig, axes = plt.subplots(1, len(fields), figsize=(6 * len(fields), 4.2), squeeze=False)
     for ax, field in zip(axes[0], fields):
       for (task, sampling), group in sorted(curves.items()):
         group = sorted(group, key=lambda r: r["K"])
-        ax.plot([r["K"] for r in group], [r[field] for r in group], "o-",
-                label=f"{group[0].get('dataset', report.TASK_TITLES[task])} {sampling}")
+        label = f"{group[0].get('dataset', report.TASK_TITLES[task])} {sampling}"
+        ax.plot([r["K"] for r in group], [r[field] for r in group], "o-", label=label)
+        auto = autos.get((task, sampling))
+        if auto and auto[field] is not None:
+          ax.axhline(auto[field], color=ax.lines[-1].get_color(), lw=1, ls=":",
+                     label=f"{label}, auto K (mean {auto['draft_per_call']:.1f})")
         paper = report.PAPER_TABLE1.get((task, sampling, "speculative"))
         if field == "speedup" and paper:
           ax.plot([report.PAPER_K], [paper[3]], "*", ms=12, color=ax.lines[-1].get_color(),
@@ -53,11 +62,14 @@ def write_plots(rows: Sequence[dict], machines: dict, results_dir: str) -> list[
 
   main = [r for r in rows if r["role"] == "main"]
   groups = sorted({(r["task"], r["sampling"], r["batch_size"]) for r in main})
+  methods = list(dict.fromkeys(report.method_title(r) for r in sorted(main, key=report.row_order)))
+  width = 0.8 / max(len(methods), 1)
   fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.2))
-  for offset, method in ((-0.2, "autoregressive"), (0.2, "speculative")):
+  for i, method in enumerate(methods):
     values = [next((r["ms_per_token"] for r in main if (r["task"], r["sampling"], r["batch_size"])
-                    == g and r["method"] == method), np.nan) for g in groups]
-    ax.bar(np.arange(len(groups)) + offset, values, 0.4, label=report.METHOD_TITLES[method])
+                    == g and report.method_title(r) == method), np.nan) for g in groups]
+    ax.bar(np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width, values, width,
+           label=method)
   ax.set_xticks(np.arange(len(groups)))
   titles = {r["task"]: r.get("dataset", report.TASK_TITLES[r["task"]]) for r in main}
   ax.set_xticklabels([f"{textwrap.fill(titles[t], 18)}\n{s}, B={b}" for t, s, b in groups],

@@ -9,7 +9,6 @@ import math
 import os
 from typing import Sequence
 
-from specsample.eval.tasks import humaneval
 from specsample.eval.tasks import parity as parity_lib
 from specsample.eval.table1 import grid
 from specsample.eval.table1.grid import Cell
@@ -88,6 +87,7 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config,
     if cell.kind != "generate" or cell.key not in records:
       continue
     rec = records[cell.key]
+    auto = cell.num_draft == grid.AUTO
     q = parity_lib.quality(cell.task, rec, config.confidence, config.humaneval.pass_ks)
     ref_cell, ref = ar_ref(cell) if cell.method == "speculative" else (None, None)
     ms = rec["timing"]["ms_per_token"]
@@ -108,16 +108,20 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config,
                      "K": cell.num_draft, "batch_size": cell.batch_size, "checks": checks})
     checks = checks or None
     paper = PAPER_TABLE1.get((cell.task, cell.sampling, cell.method))
-    at_paper_setting = cell.batch_size == PAPER_BATCH and cell.role == "main"
+    at_paper_setting = cell.batch_size == PAPER_BATCH and cell.role == "main" and not auto
+    stats = rec["stats"]
     rows.append({
         "key": cell.key, "task": cell.task, "dataset": titles[cell.task],
         "sampling": cell.sampling, "method": cell.method,
         "K": cell.num_draft or None, "batch_size": cell.batch_size, "role": cell.role,
         "num_samples": cell.num_samples, "num_sequences": len(rec["items"]),
         "ms_per_token": ms, "speedup": speedup,
-        "acceptance_rate": rec["stats"]["acceptance_rate"],
-        "tokens_per_call": rec["stats"]["tokens_per_call"],
-        "mean_new_tokens": rec["stats"]["new_tokens"] / max(len(rec["items"]), 1),
+        "acceptance_rate": stats["acceptance_rate"],
+        "tokens_per_call": stats["tokens_per_call"],
+        # The mean K drafted per target call: what "auto" picked (K itself for a fixed K).
+        "draft_per_call": (stats["drafted"] / max(stats["target_calls"], 1)
+                           if cell.method == "speculative" else None),
+        "mean_new_tokens": stats["new_tokens"] / max(len(rec["items"]), 1),
         "metric": q["metric"], "metric_value": q["value"],
         # One problem has no interval (stats gives +-inf): stored as None, valid JSON.
         "metric_ci_low": q["ci"][0] if math.isfinite(q["ci"][0]) else None,
@@ -137,15 +141,41 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config,
 
 TASK_TITLES = {"humaneval": "HumanEval", "xsum": "XSum"}
 METHOD_TITLES = {"autoregressive": "AR", "speculative": "SpS"}
+PROMPT_FORMATS = {
+    "raw": "raw (the paper's: HumanEval prompts as they are; summarization 1-shot "
+           "\"Article: ... One-sentence summary:\")",
+    "chat": "chat (the target's chat template: HumanEval with the assistant turn prefilled with "
+            "\"```python\" + the problem's prompt, the completion cut at the stop sequences and "
+            "\"```\"; summarization 1-shot, the shot a previous user / assistant exchange, the "
+            "summary the reply's first line)"}
 CSV_FIELDS = ("task", "dataset", "sampling", "method", "K", "batch_size", "role", "num_samples",
               "num_sequences", "ms_per_token", "speedup", "acceptance_rate", "tokens_per_call",
-              "mean_new_tokens", "metric", "metric_value", "metric_ci_low", "metric_ci_high",
-              "pass_at_k", "parity_passed", "paper_metric", "paper_value", "paper_ms_per_token",
-              "paper_speedup", "machine", "machine_description", "load_average_at_start")
+              "draft_per_call", "mean_new_tokens", "metric", "metric_value", "metric_ci_low",
+              "metric_ci_high", "pass_at_k", "parity_passed", "paper_metric", "paper_value",
+              "paper_ms_per_token", "paper_speedup", "machine", "machine_description",
+              "load_average_at_start")
 
 
 def _fmt(x, spec: str = ".2f", suffix: str = "") -> str:
   return "—" if x is None else f"{x:{spec}}{suffix}"
+
+
+def method_title(row: dict) -> str:
+  """AR, SpS (a fixed K) or SpS auto (num_draft="auto"): each its own row."""
+  return METHOD_TITLES[row["method"]] + (" auto" if row["K"] == grid.AUTO else "")
+
+
+def _fmt_k(row: dict) -> str:
+  """K, or for auto the mean K it drafted per target call."""
+  if row["K"] == grid.AUTO:
+    return f"auto ({row['draft_per_call']:.1f})"
+  return _fmt(row["K"], "d")
+
+
+def row_order(row: dict) -> tuple:
+  """Batch, then AR, SpS at K, SpS auto; a sweep's K in order, auto last."""
+  auto = row["K"] == grid.AUTO
+  return (row["batch_size"], row["method"], auto, 0 if auto else row["K"] or 0)
 
 
 def _fmt_quality(row: dict) -> str:
@@ -192,15 +222,20 @@ def _parity_mark(row: dict) -> str:
 
 def _header(results: dict) -> list[str]:
   """Command, setting, models, the paper and the machine legend."""
-  cfg, rows = results["config"], results["rows"]
+  cfg, rows, models = results["config"], results["rows"], results["models"]
+  fmt = cfg.get("prompt_format", "raw")
+  name = models.get("target_name", os.path.basename(os.path.normpath(cfg["target_dir"])))
+  draft_kind = models.get("draft_kind", "draft model")
   lines = [
-      "# Table 1 reproduction: speculative vs autoregressive sampling", "",
+      f"# Table 1 reproduction: speculative vs autoregressive sampling — {name} with a "
+      f"{draft_kind}, {fmt} prompts", "",
       f"Command: `{results['command']}`  ",
       f"Setting `{cfg['setting']}`, run finished {results['finished']} "
       f"({results['elapsed_s']:.0f} s this invocation; {len(results['computed'])} cells computed, "
       f"{len(results['reused'])} reused from `{results['workdir']}`).  ",
-      f"Target `{cfg['target_dir']}` ({results['models']['target']}), draft "
-      f"`{cfg['draft_dir']}` ({results['models']['draft']}).  ",
+      f"Target `{cfg['target_dir']}` ({models['target']}), {draft_kind} "
+      f"`{cfg['draft_dir']}` ({models['draft']}).  ",
+      f"Prompts: {PROMPT_FORMATS[fmt]}.  ",
       f"Paper: {PAPER_CITATION}.", "", "Machines (every number below names the one it was "
       "measured on; speed numbers are only comparable within one machine):", ""]
   for mid, info in results["machines"].items():
@@ -221,14 +256,17 @@ def _main_table(results: dict) -> list[str]:
       f"HumanEval: first {he['num_problems']} problems, greedy 1 sample and nucleus (temperature "
       f"{he['temperature']}, top-p {he['top_p']}) {he['num_samples']} samples per problem, at "
       f"most {he['max_new_tokens']} new tokens, stop at EOS, truncated at "
-      f"{list(humaneval.STOP_SEQUENCES)} (the same for both methods), executed with a "
+      f"{list(grid.code_stops(cfg.get('prompt_format', 'raw')))} (the same for every method), "
+      f"executed with a "
       f"{he['timeout_s']} s limit. Summarization: " + (
           f"XSum `{xs['path']}` ({xs['split']}, {xs['num_items']} articles at most), 1-shot, nucleus "
           f"(temperature {xs['temperature']}, top-p {xs['top_p']}), at most "
           f"{xs['max_new_tokens']} new tokens." if xs["path"] else _standin_text(results)),
       f"Quality: mean over problems/articles with a {cfg['confidence']:.0%} confidence interval; "
       "pass@k unbiased. Paper columns (its batch 1, K = 4, 70B/4B pair on TPU v4) stand beside "
-      "our batch-1 rows at our K.", "",
+      "our batch-1 rows at our K. SpS auto: num_draft=\"auto\", K picked by the loop at every "
+      "iteration (0-8; its K column is the mean drafted per target call), its speedup against "
+      "the same AR row.", "",
       "| task | sampling | method | batch | K | ms/token | speedup | acceptance | tokens/call "
       "| quality (ours) | paper quality | paper ms/token | paper speedup | machine |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -237,12 +275,11 @@ def _main_table(results: dict) -> list[str]:
   for task in grid.TASKS:
     for sampling in grid.SAMPLINGS:
       group = [r for r in main if r["task"] == task and r["sampling"] == sampling]
-      for r in sorted(group, key=lambda r: (r["batch_size"], r["method"])):
+      for r in sorted(group, key=row_order):
         shown.add((task, sampling, r["method"]))
         lines.append(
-            f"| {r.get('dataset', TASK_TITLES[task])} | {sampling} | "
-            f"{METHOD_TITLES[r['method']]} | "
-            f"{r['batch_size']} | {_fmt(r['K'], 'd')} | {r['ms_per_token']:.2f} | "
+            f"| {r.get('dataset', TASK_TITLES[task])} | {sampling} | {method_title(r)} | "
+            f"{r['batch_size']} | {_fmt_k(r)} | {r['ms_per_token']:.2f} | "
             f"{_fmt(r['speedup'], '.2f', 'x')}{_parity_mark(r)} | "
             f"{_fmt(r['acceptance_rate'], '.3f')} | {r['tokens_per_call']:.2f} | "
             f"{_fmt_quality(r)} | "
@@ -282,7 +319,7 @@ def _parity_section(results: dict) -> list[str]:
   for p in results["parity"]:
     for c in p["checks"]:
       lines.append(f"| {p.get('dataset', TASK_TITLES[p['task']])} | {p['sampling']} | "
-                   f"{METHOD_TITLES[p['method']]} | {p['batch_size']} | {p['K'] or '—'} | "
+                   f"{method_title(p)} | {p['batch_size']} | {p['K'] or '—'} | "
                    f"{c['check']} | {c['detail']} | {'✓' if c['passed'] else '✗ FAILED'} |")
   verdict = ("all parity checks passed" if results["parity_ok"] else
              f"{results['parity_failures']} parity check(s) FAILED")
@@ -300,9 +337,9 @@ def _sweep_section(rows: Sequence[dict]) -> list[str]:
     lines += ["", "## K sweep (batch 1; speedup against the batch-1 AR row above)", "",
               "| task | sampling | K | sequences | ms/token | speedup | acceptance | tokens/call | "
               "quality | machine |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(sweep, key=lambda r: (r["task"], r["sampling"], r["K"])):
-      lines.append(f"| {r.get('dataset', TASK_TITLES[r['task']])} | {r['sampling']} | {r['K']} | "
-                   f"{r['num_sequences']} | {r['ms_per_token']:.2f} | "
+    for r in sorted(sweep, key=lambda r: (r["task"], r["sampling"], row_order(r))):
+      lines.append(f"| {r.get('dataset', TASK_TITLES[r['task']])} | {r['sampling']} | "
+                   f"{_fmt_k(r)} | {r['num_sequences']} | {r['ms_per_token']:.2f} | "
                    f"{_fmt(r['speedup'], '.2f', 'x')}{_parity_mark(r)} "
                    f"| {_fmt(r['acceptance_rate'], '.3f')} | {r['tokens_per_call']:.2f} | "
                    f"{_fmt_quality(r)} | {r['machine']} |")

@@ -3,7 +3,10 @@ of the grid, then writes the report (scripts/reproduce.py; configs/reproduce.py 
 
 The grid (grid.py) is {autoregressive, speculative} x {greedy, nucleus} x
 {HumanEval, XSum} at batch 1 and K = config.num_draft (the
-paper's setting), the same at every extra batch size, and a K sweep at batch 1.
+paper's setting), with config.auto a speculative cell at num_draft="auto" beside
+each, the same at every extra batch size, and a K sweep at batch 1. The draft is
+a draft model or a feature draft (models.io.load_draft); prompts are raw or in
+the target's chat template (config.prompt_format, cells.py).
 ms/token = summed wall time of the generate calls / summed mean new tokens per
 row (per-row latency), timed after a warm-up on the same shapes. speedup = AR
 ms/token / SpS ms/token at the same task, sampling and batch size. Quality is
@@ -31,15 +34,40 @@ from specsample import paths as paths_lib
 from specsample.eval.table1 import cells as cells_lib
 from specsample.eval.table1 import grid, plots, report, store
 from specsample.eval.speed.timing import machine_info
+from specsample.models import feature_draft as fd
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.tokenizer import Tokenizer
 from specsample.utils import write_atomic
 
 
-def _model_summary(cfg: tr.TransformerConfig) -> str:
+def _model_summary(cfg: tr.TransformerConfig, meta: dict | None = None) -> str:
+  """Layers, width and parameters; a feature draft's own (its head reuses the target's)."""
+  if (meta or {}).get("kind") == fd.KIND:
+    draft_cfg = fd.FeatureDraftConfig(cfg, meta["head_size"])
+    shapes = jax.eval_shape(lambda: fd.init_params(draft_cfg, jax.random.key(0)))
+    params = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
+    return (f"feature draft: 1 block on the target's features, d_model {cfg.d_model}, head "
+            f"over {meta['head_size']} frequent tokens, {params / 1e6:.2f}M params")
   params = tr.count_params(tr.param_shapes(cfg))
   return f"{cfg.num_layers} layers, d_model {cfg.d_model}, {params / 1e6:.2f}M params"
+
+
+def _check_models(config, tokenizer: Tokenizer) -> tuple[tuple, tuple]:
+  """(target, draft) (config, meta) from config.json alone, each checked against the
+  tokenizer: a model made for another vocabulary or tokenizer is named, unloaded."""
+  target = model_io.load_config(config.target_dir)
+  draft = model_io.load_draft_config(config.draft_dir)
+  source = grid.tokenizer_path(config)
+  for name, (cfg, meta) in (("target_dir", target), ("draft_dir", draft)):
+    if cfg.vocab_size != tokenizer.vocab_size:
+      raise ValueError(f"config.{name}: model vocab_size {cfg.vocab_size} != tokenizer "
+                       f"({source}) vocab {tokenizer.vocab_size}")
+    made_for = meta.get("tokenizer_id")
+    if made_for and made_for != tokenizer.fingerprint:
+      raise ValueError(f"config.{name}: made for another tokenizer ({made_for[:16]}) than "
+                       f"{source} ({tokenizer.fingerprint[:16]})")
+  return target, draft
 
 
 def _compute_record(cell, fingerprint: str, config, tasks: dict, models: dict,
@@ -84,13 +112,11 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
   grid.check_config(config)
   start()
   t_start = time.perf_counter()
-  tokenizer = Tokenizer.load(config.tokenizer)
-  target_cfg, _ = model_io.load_config(config.target_dir)
-  draft_cfg, _ = model_io.load_config(config.draft_dir)
-  for name, cfg in (("target_dir", target_cfg), ("draft_dir", draft_cfg)):
-    if cfg.vocab_size != tokenizer.vocab_size:
-      raise ValueError(f"config.{name}: model vocab_size {cfg.vocab_size} != tokenizer "
-                       f"({config.tokenizer}) vocab {tokenizer.vocab_size}")
+  tokenizer = Tokenizer.load(grid.tokenizer_path(config))
+  if config.prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+    raise ValueError(f"config.prompt_format='chat' needs a tokenizer with a chat template; "
+                     f"{grid.tokenizer_path(config)} has none (use 'raw')")
+  (target_cfg, target_meta), (draft_cfg, draft_meta) = _check_models(config, tokenizer)
   tasks = cells_lib.load_tasks(config, tokenizer, workdir)
   cells_lib.check_fits(config, tasks, target_cfg, draft_cfg)
   fps = {"target": store.dir_fingerprint(config.target_dir),
@@ -111,8 +137,8 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
 
   models: dict = {}
   if todo:
-    models = {"target": model_io.load_lm(config.target_dir),
-              "draft": model_io.load_lm(config.draft_dir)}
+    target = model_io.load_lm(config.target_dir)
+    models = {"target": target, "draft": model_io.load_draft(config.draft_dir, target)}
   bar = tqdm(todo, desc="table 1 cells", unit="cell", disable=not progress)
   for cell, fp in bar:
     bar.set_postfix_str(cell.key)
@@ -147,7 +173,12 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
       "config": config.to_dict(), "paper": {"citation": report.PAPER_CITATION, "table1": [
           {"task": t, "sampling": s, "method": m, "metric": v[0], "value": v[1],
            "ms_per_token": v[2], "speedup": v[3]} for (t, s, m), v in report.PAPER_TABLE1.items()]},
-      "models": {"target": _model_summary(target_cfg), "draft": _model_summary(draft_cfg),
+      "models": {"target": _model_summary(target_cfg),
+                 "draft": _model_summary(draft_cfg, draft_meta),
+                 "target_name": os.path.basename(os.path.normpath(config.target_dir)),
+                 "target_source": target_meta.get("source"),
+                 "draft_kind": ("feature draft" if draft_meta.get("kind") == fd.KIND
+                                else "draft model"),
                  "fingerprints": fps},
       "datasets": datasets, "machines": machines, "rows": rows, "parity": parity,
       "parity_ok": failures == 0,

@@ -15,7 +15,6 @@ import os
 from typing import Any
 
 from specsample import paths
-from specsample.eval.tasks import humaneval
 from specsample.eval.table1 import grid
 from specsample.eval.table1.grid import Cell
 from specsample.utils import write_atomic
@@ -90,6 +89,6 @@ def cell_fingerprint(cell: Cell, config, tasks: dict, model_fps: dict) -> str:
     if cell.method == "speculative":
       spec["draft"] = model_fps["draft"]
     if cell.task == "humaneval":
-      spec.update(stops=humaneval.STOP_SEQUENCES, pass_ks=tuple(c.pass_ks),
+      spec.update(stops=grid.code_stops(config.prompt_format), pass_ks=tuple(c.pass_ks),
                   timeout_s=c.timeout_s)
   return sha(spec)

@@ -45,8 +45,8 @@ def _draft(which, tiny_pair, feature_draft):
     return feature_draft, {}
   if which == "feature_auto":
     return feature_draft, {"num_draft": "auto", "iteration_costs": AUTO_COSTS}
-  if which == "combined":
-    return tiny_pair[1], {"lookup": PromptLookup(max_ngram=2, min_ngram=1)}
+  if which == "combined":  # every copy
+    return tiny_pair[1], {"lookup": PromptLookup(max_ngram=2, min_ngram=1, min_draft_prob=0.0)}
   if which == "combined_gated":  # copies used only where the model gives them >= 0.15
     return tiny_pair[1], {"lookup": PromptLookup(max_ngram=2, min_ngram=1, min_draft_prob=0.15)}
   return PromptLookup(max_ngram=2, min_ngram=1), {}

@@ -41,5 +41,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args["runlocal"]:
     c.tasks, c.batch_sizes, c.samplings = ("humaneval",), (2,), ("greedy",)
     c.num_prompts, c.max_new_tokens, c.passes, c.num_draft = 2, 8, 1, 2
+    c.min_draft_probs = (0.0,)           # greedy only: a gate would change nothing
     c.output_dir = "workdirs/drafting_runlocal"
   return c

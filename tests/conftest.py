@@ -4,11 +4,25 @@ XLA_FLAGS must be set before jax is imported anywhere, hence at module top.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# One XLA compilation cache per test run, shared by the worker processes and the
+# scripts they start: many files compile the same decode loops on the same tiny
+# pairs, and XLA compilation is most of the suite's time. The controller (or a
+# `-n 0` run) makes the folder and removes it at the end; nothing persists
+# between runs, so every run compiles everything at least once.
+_OWN_CACHE = None
+if "PYTEST_XDIST_WORKER" not in os.environ and "SPECSAMPLE_TEST_JAX_CACHE" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="specsample-jax-cache-")
+  os.environ["SPECSAMPLE_TEST_JAX_CACHE"] = _OWN_CACHE
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["SPECSAMPLE_TEST_JAX_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -18,6 +32,11 @@ from specsample.models import io as model_io  # noqa: E402
 from specsample.models import transformer as tr  # noqa: E402
 from specsample.models.presets import get_preset  # noqa: E402
 from specsample.tokenizer import Tokenizer  # noqa: E402
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_xdist_auto_num_workers(config):

@@ -45,8 +45,7 @@ def _model_summary(cfg: tr.TransformerConfig, meta: dict | None = None) -> str:
   """Layers, width and parameters; a feature draft's own (its head reuses the target's)."""
   if (meta or {}).get("kind") == fd.KIND:
     draft_cfg = fd.FeatureDraftConfig(cfg, meta["head_size"])
-    shapes = jax.eval_shape(lambda: fd.init_params(draft_cfg, jax.random.key(0)))
-    params = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
+    params = tr.count_params(jax.eval_shape(lambda: fd.init_params(draft_cfg, jax.random.key(0))))
     return (f"feature draft: 1 block on the target's features, d_model {cfg.d_model}, head "
             f"over {meta['head_size']} frequent tokens, {params / 1e6:.2f}M params")
   params = tr.count_params(tr.param_shapes(cfg))

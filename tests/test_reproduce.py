@@ -107,6 +107,15 @@ def test_auto_must_be_a_bool(pair_dir):
     grid.check_config(config)
 
 
+@pytest.mark.parametrize("choices", [(0,), (1, 1), (-1, 2), ("a",)])
+def test_auto_choices_must_be_a_k_set(pair_dir, choices):
+  config = _config(pair_dir)
+  with config.ignore_type():
+    config.auto_choices = choices
+  with pytest.raises(ValueError, match=r"config\.auto_choices must be \(\) .* distinct ints"):
+    grid.check_config(config)
+
+
 def test_a_draft_for_another_tokenizer_is_refused_before_loading(pair_dir, tmp_path, monkeypatch):
   """Named from config.json alone: no model is loaded, nothing compiles."""
   other = tmp_path / "draft"
@@ -182,6 +191,7 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
   # runlocal has auto K cells: their own method row, speedup against the same AR row.
   assert "| HumanEval | greedy | SpS auto | 1 | auto (" in md
   assert f"| {docsum.LABEL} | nucleus | SpS auto | 1 | auto (" in md
+  assert "iteration (K in {0, 1, 2};" in md  # runlocal's auto_choices, named in the report
   auto_rows = [r for r in first["rows"] if r["K"] == "auto"]
   assert len(auto_rows) == 4 and all(r["speedup"] is not None for r in auto_rows)
   assert "ROUGE-2 0.114 (paper: XSum, another dataset)" in md

@@ -135,7 +135,8 @@ def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, toke
   """Generates, times and scores one cell; returns its record (without fingerprint)."""
   c = config[cell.task]
   sampling = grid.sampling_for(config, cell.task, cell.sampling)
-  kwargs = dict(draft=models["draft"], method=cell.method, num_draft=cell.num_draft or 1,
+  num_draft = grid.auto_num_draft(config) if cell.num_draft == grid.AUTO else cell.num_draft or 1
+  kwargs = dict(draft=models["draft"], method=cell.method, num_draft=num_draft,
                 sampling=sampling, max_new_tokens=c.max_new_tokens, eos_id=tokenizer.eos_id,
                 pad_to=c.pad_to)
   order = [(p, s) for p in range(len(task.items)) for s in range(cell.num_samples)]

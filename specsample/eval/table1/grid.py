@@ -90,10 +90,15 @@ def code_stops(prompt_format: str) -> tuple[str, ...]:
   return chat.CODE_STOPS if prompt_format == "chat" else humaneval.STOP_SEQUENCES
 
 
+def auto_num_draft(config):
+  """What an auto cell passes as num_draft: "auto" (K in 0..8), or config.auto_choices."""
+  return tuple(config.auto_choices) or AUTO
+
+
 def largest_k(config) -> int:
-  """The largest K any cell can run (sizes the caches): auto's set reaches 8."""
+  """The largest K any cell can run (sizes the caches): auto's set reaches 8 by default."""
   return max([config.num_draft, *config.k_sweep]
-             + ([calibrate.max_draft(AUTO)] if config.auto else []))
+             + ([calibrate.max_draft(auto_num_draft(config))] if config.auto else []))
 
 
 def sampling_for(config, task: str, sampling: str) -> Sampling:
@@ -130,6 +135,10 @@ def check_config(config) -> None:
     bad("confidence", "in (0, 1)", config.confidence)
   if not isinstance(config.auto, bool):
     bad("auto", "True or False (a num_draft='auto' cell beside every K cell)", config.auto)
+  choices = config.auto_choices
+  if not (choices == () or (_int_seq(choices) and min(choices) >= 0 and max(choices) >= 1
+                            and len(set(choices)) == len(choices))):
+    bad("auto_choices", "() (auto over K = 0..8) or distinct ints >= 0 with one >= 1", choices)
   if config.prompt_format not in PROMPT_FORMATS:
     bad("prompt_format", f"one of {PROMPT_FORMATS} ('chat': the tokenizer's chat template)",
         config.prompt_format)

@@ -200,6 +200,12 @@ def _paper_quality(row: dict) -> str:
   return text
 
 
+def _auto_set(cfg: dict) -> str:
+  """The K set of the auto cells, as the config (a dict here) chose it."""
+  choices = cfg.get("auto_choices") or ()
+  return "K in {" + ", ".join(map(str, choices)) + "}" if choices else "0-8"
+
+
 def _standin_text(results: dict) -> str:
   """The main table's note on the docstring-summarization stand-in (size, hash, source)."""
   xs = results["config"]["xsum"]
@@ -265,8 +271,8 @@ def _main_table(results: dict) -> list[str]:
       f"Quality: mean over problems/articles with a {cfg['confidence']:.0%} confidence interval; "
       "pass@k unbiased. Paper columns (its batch 1, K = 4, 70B/4B pair on TPU v4) stand beside "
       "our batch-1 rows at our K. SpS auto: num_draft=\"auto\", K picked by the loop at every "
-      "iteration (0-8; its K column is the mean drafted per target call), its speedup against "
-      "the same AR row.", "",
+      f"iteration ({_auto_set(cfg)}; its K column is the mean drafted per target call), its "
+      "speedup against the same AR row.", "",
       "| task | sampling | method | batch | K | ms/token | speedup | acceptance | tokens/call "
       "| quality (ours) | paper quality | paper ms/token | paper speedup | machine |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -88,6 +88,8 @@ def cell_fingerprint(cell: Cell, config, tasks: dict, model_fps: dict) -> str:
     spec.update(sampling=sampling, max_new_tokens=c.max_new_tokens, pad_to=c.pad_to, seed=config.seed)
     if cell.method == "speculative":
       spec["draft"] = model_fps["draft"]
+    if cell.num_draft == grid.AUTO and config.auto_choices:  # absent: the default set, as before
+      spec["auto_choices"] = tuple(config.auto_choices)
     if cell.task == "humaneval":
       spec.update(stops=grid.code_stops(config.prompt_format), pass_ks=tuple(c.pass_ks),
                   timeout_s=c.timeout_s)

@@ -245,8 +245,10 @@ class Attention(nn.Module):
     logits_BKRTS = jnp.where(mask_BTS[:, None, None], logits_BKRTS, -1e30)
     probs_BKRTS = jax.nn.softmax(logits_BKRTS, axis=-1).astype(dtype)
     out_BTKRH = jnp.einsum("BKRTS,BSKH->BTKRH", probs_BKRTS, values_BSKH.astype(dtype))
-    out_BTNH = out_BTKRH.reshape(q_BTNH.shape)  # [B, T, N, H]
-    return jnp.einsum("BTNH,NHD->BTD", out_BTNH, w_o.astype(dtype)), new_cache
+    # One contraction over N * H: written as "BTNH,NHD->BTD", XLA:CPU transposed
+    # w_o to its attention output's layout every call, a D x D copy per layer.
+    out_BTE = out_BTKRH.reshape(*q_BTNH.shape[:2], N * H)
+    return jnp.einsum("BTE,ED->BTD", out_BTE, w_o.reshape(N * H, D).astype(dtype)), new_cache
 
 
 class Mlp(nn.Module):

@@ -21,7 +21,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer = ""                         # '' = the target's own (its folder or GGUF)
   c.data_dir = "workdirs/record/smollm2"   # shards + manifest.json
   c.corpus_root = ""                       # '' = the standard library (configs/train.py's corpus)
-  c.kinds = ("code", "docsum", "docsum_chat")  # prompt kinds, rotating by shard (alignment/record.py)
+  c.kinds = ("code", "docsum", "docsum_chat")  # prompt kinds, rotating by shard (alignment/record.py);
+                                           # also "code_chat" (Table 1's HumanEval chat turns). The
+                                           # kinds are in the manifest: another set needs a new data_dir
   c.seed = 0                               # prompts and sampling keys: shard i is a function of (seed, i)
   c.num_shards = 600                       # shards to record (kinds and settings rotate by shard)
   c.batch_size = 32                        # prompts per shard (one generate call)

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import write_tiny_setup
+from specsample import corpus as corpus_lib
 from specsample.alignment import record
+from specsample.eval.tasks import chat
+from specsample.tokenizer import Tokenizer
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 
@@ -106,3 +109,20 @@ def test_feature_draft_training_resumes_exactly_and_exports(recorded, tmp_path):
   exported = fd.load(feature_train.export(f, str(tmp_path / "straight")))
   jax.tree_util.tree_map(np.testing.assert_array_equal, exported.params, straight.params)
   assert exported.tokenizer_id == model_io.load_lm(c.target_dir).tokenizer_id
+
+
+def test_code_chat_prompts_are_table1_humaneval_turns_of_training_code(recorded):
+  """The code_chat kind: training-split prefixes in Table 1's chat format, within the budget."""
+  _, root = recorded
+  tok = Tokenizer.load(os.path.join(REPO, "tests", "fixtures", "gguf", "smollm2_tokenizer.gguf"))
+  files = corpus_lib.build_corpus(root=str(root / "corpus")).train
+  prompts = record.code_chat_prompts(files, tok, 3, 8, 160, (0, 5))
+  assert len(prompts) == 3 and all(len(p) <= 160 for p in prompts)
+  assert prompts == record.code_chat_prompts(files, tok, 3, 8, 160, (0, 5))  # a function of the seed
+  for ids in prompts:
+    # decode drops the template's special tokens (<|im_start|> ...): split on what is left.
+    head, prefix = tok.decode(ids).split(f"\nassistant\n{chat.FENCE}python\n")
+    assert f"{chat.HUMANEVAL_INSTRUCTION}{chat.FENCE}python\n{prefix}{chat.FENCE}" in head
+    assert tok.encode(chat.humaneval_prompt(tok, prefix), add_bos=tok.add_bos_token) == ids
+  with pytest.raises(ValueError, match="config.max_prompt_tokens=40 leaves no room"):
+    record.code_chat_prompts(files, tok, 1, 8, 40, (0,))

@@ -17,7 +17,8 @@ token of the row); the rest is padding.
 
 Shard i's prompts are a pure function of (seed, i): kind kinds[i % len(kinds)] (code
 prefixes of training-split files, docstring summaries of training-split
-definitions as a 1-shot prompt, or the same as a chat turn) and sampling
+definitions as a 1-shot prompt, or the same as a chat turn, or code prefixes in
+Table 1's HumanEval chat format, "code_chat") and sampling
 setting SETTINGS[(i // len(kinds)) % 2]. A shard is written whole (temporary name,
 then rename) and a manifest fingerprints the target, tokenizer and settings,
 so a killed job resumes at the first missing shard and another target's set
@@ -44,12 +45,12 @@ from specsample.decoding import LM
 from specsample.decoding import common
 from specsample.decoding.sampling import Sampling, sample
 from specsample.eval.tasks import docsum, xsum
-from specsample.eval.tasks.chat import CHAT_INSTRUCTION, chat
+from specsample.eval.tasks.chat import CHAT_INSTRUCTION, chat, humaneval_prompt
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
 from specsample.tokenizer import Tokenizer
 
-KINDS = ("code", "docsum", "docsum_chat")
+KINDS = ("code", "docsum", "docsum_chat", "code_chat")
 SETTINGS = {"greedy": Sampling(temperature=0.0),
             "nucleus": Sampling(temperature=0.8, top_p=0.95)}
 CHUNK = 64  # prefill tokens per forward: bounds the [B, CHUNK, V] logits
@@ -118,6 +119,28 @@ def code_prompts(files: Sequence[corpus_lib.SourceFile], tokenizer, num: int, mi
   return [p if bos or p[:1] != [tokenizer.bos_id] else p[1:] for p in prompts]
 
 
+def code_chat_prompts(files: Sequence[corpus_lib.SourceFile], tokenizer, num: int,
+                      min_tokens: int, max_tokens: int, seed: Sequence[int]) -> list[list[int]]:
+  """Code prefixes in Table 1's HumanEval chat format (chat.humaneval_prompt: the prefix
+  in the user turn and again after the assistant's opening fence), at most max_tokens
+  each. The format holds the prefix twice, so prefixes get about half the budget."""
+  half = max(min_tokens, (max_tokens - 64) // 2)
+  add_bos = getattr(tokenizer, "add_bos_token", True)
+  out, attempt = [], 0
+  while len(out) < num:
+    for prefix in code_prompts(files, tokenizer, num, min_tokens, half, (*seed, attempt)):
+      body = prefix[1:] if prefix[:1] == [tokenizer.bos_id] else prefix
+      text = humaneval_prompt(tokenizer, tokenizer.decode(body))
+      ids = tokenizer.encode(text, add_bos=add_bos)
+      if len(ids) <= max_tokens and len(out) < num:
+        out.append(ids)
+    attempt += 1
+    if attempt > 100:
+      raise ValueError(f"config.max_prompt_tokens={max_tokens} leaves no room for code_chat "
+                       "prompts (chat template + the prefix twice); raise it")
+  return out
+
+
 def summary_prompts(items: Sequence[dict], tokenizer, num: int, max_tokens: int, as_chat: bool,
                     seed: Sequence[int]) -> list[list[int]]:
   """Docstring-summary prompts from training-split items: 1-shot (the XSum path's
@@ -173,9 +196,10 @@ def build(config, target: LM, tokenizer, data_dir: str,
     kinds = tuple(config.kinds)
     kind, setting = kinds[index % len(kinds)], list(SETTINGS)[(index // len(kinds)) % len(SETTINGS)]
     seed = (config.seed, index)
-    if kind == "code":
-      prompts = code_prompts(train_files, tokenizer, config.batch_size, config.min_prompt_tokens,
-                             config.max_prompt_tokens, seed)
+    if kind in ("code", "code_chat"):
+      make = code_prompts if kind == "code" else code_chat_prompts
+      prompts = make(train_files, tokenizer, config.batch_size, config.min_prompt_tokens,
+                     config.max_prompt_tokens, seed)
     else:
       if items is None:
         items, _ = docsum.build_items(train_files, lambda text: len(tokenizer.encode(text)),

@@ -18,6 +18,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.target_dir = "smollm2-135m-instruct"    # the target the shards were recorded from
   c.data_dir = "workdirs/record/smollm2"   # recorded shards (configs/record.py)
+  c.extra_data_dirs = ()                   # more recorded sets of the same target (e.g. other
+                                           # kinds: a set's kinds are fixed by its manifest)
   c.init_from = ""                         # a feature draft folder to start from ('' = the
                                            # target's last block); read at the first start only
   c.seed = 0                               # init noise, batch order, feature noise

@@ -32,6 +32,8 @@ def main(argv):
     print(_REPORT.value)
     return
   cli.resolve_paths(config, ("target_dir", "data_dir"))
+  if isinstance(config.extra_data_dirs, (tuple, list)):  # else check_config names the field
+    config.extra_data_dirs = tuple(cli.resolve_path(d) for d in config.extra_data_dirs)
   feature_train.check_config(config)
   cli.start_jax(False)
   print((feature_train.export if _EXPORT.value else feature_train.run)(config, _WORKDIR.value))

@@ -111,6 +111,37 @@ def test_feature_draft_training_resumes_exactly_and_exports(recorded, tmp_path):
   assert exported.tokenizer_id == model_io.load_lm(c.target_dir).tokenizer_id
 
 
+def test_feature_training_reads_every_recorded_set_of_its_target(recorded, tmp_path):
+  """extra_data_dirs: each set's shards join the run, each with its own held-out split;
+  a set recorded from another target, or a bad field, is named before anything loads."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from specsample.alignment import data as data_lib  # pylint: disable=g-import-not-at-top
+  from specsample.alignment import feature_train  # pylint: disable=g-import-not-at-top
+  c, _ = recorded
+  fingerprint = data_lib.params_fingerprint(model_io.load_lm(c.target_dir))
+  other = str(tmp_path / "other")
+  shutil.copytree(c.data_dir, other)
+  f = _feature_config(c, tmp_path)
+  f.val_every = 2
+  _, train_one, val_one = feature_train.run_shards(f, fingerprint)
+  f.extra_data_dirs = (other,)
+  manifest, train, val = feature_train.run_shards(f, fingerprint)
+  assert manifest["target"] == fingerprint and train_one and val_one
+  assert train == train_one + [p.replace(c.data_dir, other) for p in train_one]
+  assert val == val_one + [p.replace(c.data_dir, other) for p in val_one]
+  with open(os.path.join(other, "manifest.json")) as fh:
+    made = json.load(fh)
+  made["target"] = "0" * 16
+  with open(os.path.join(other, "manifest.json"), "w") as fh:
+    json.dump(made, fh)
+  with pytest.raises(ValueError, match=f"{other} was recorded from another target"):
+    feature_train.run_shards(f, fingerprint)
+  with f.ignore_type():
+    f.extra_data_dirs = "not a tuple"
+  with pytest.raises(ValueError, match="config.extra_data_dirs must be a tuple"):
+    feature_train.check_config(f)
+
+
 def test_code_chat_prompts_are_table1_humaneval_turns_of_training_code(recorded):
   """The code_chat kind: training-split prefixes in Table 1's chat format, within the budget."""
   _, root = recorded

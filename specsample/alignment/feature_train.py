@@ -14,7 +14,8 @@ is (norm(f_t), x_{t+1}) -> the target at t + 1:
 Inputs see Gaussian noise of `feature_noise` times the feature RMS, so the draft
 learns to read imperfect features (its own, at deeper draft steps).
 
-The shards present at a run's first start are its data (<workdir>/shards.json);
+The shards present at a run's first start are its data (<workdir>/shards.json),
+from config.data_dir and any config.extra_data_dirs (recorded sets of the same target);
 shards whose index is a multiple of `val_every` are held out: the metrics on
 them (top-1 agreement with the target, and sum over head tokens of min(p, q),
 a lower bound on the acceptance rate at temperature 1) are what the
@@ -48,6 +49,28 @@ def shard_files(data_dir: str, val_every: int) -> tuple[list[str], list[str]]:
   files = sorted(glob.glob(os.path.join(data_dir, "shard-*.npz")))
   index = lambda f: int(re.search(r"shard-(\d+)", f).group(1))
   return ([f for f in files if index(f) % val_every], [f for f in files if index(f) % val_every == 0])
+
+
+def data_dirs(config) -> tuple[str, ...]:
+  """The recorded sets a run reads: config.data_dir, then config.extra_data_dirs."""
+  return (config.data_dir, *config.extra_data_dirs)
+
+
+def run_shards(config, target_fingerprint: str) -> tuple[dict, list[str], list[str]]:
+  """(data_dir's manifest, training shards, held-out shards) over every recorded set.
+
+  Each set holds out its own shards by `val_every`; a set recorded from another
+  target is refused, naming it.
+  """
+  manifest, train_files, val_files = None, [], []
+  for directory in data_dirs(config):
+    made = json.loads(paths.read_text(os.path.join(directory, "manifest.json")))
+    if made["target"] != target_fingerprint:
+      raise ValueError(f"{directory} was recorded from another target than {config.target_dir}")
+    manifest = manifest or made
+    train, val = shard_files(directory, config.val_every)
+    train_files, val_files = train_files + train, val_files + val
+  return manifest, train_files, val_files
 
 
 def load_rows(files: list[str]) -> list[dict[str, np.ndarray]]:
@@ -183,6 +206,10 @@ def check_config(config) -> None:
   if not utils.is_positive_int(config.unroll) or config.unroll > config.seq_len:
     raise ValueError(f"config.unroll must be an int in [1, seq_len={config.seq_len}], "
                      f"got {config.unroll!r}")
+  extra = config.extra_data_dirs
+  if not isinstance(extra, (tuple, list)) or not all(isinstance(d, str) and d for d in extra):
+    raise ValueError(f"config.extra_data_dirs must be a tuple of recorded-set folders (() for "
+                     f"none), got {extra!r}")
   if not isinstance(config.step_decay, (int, float)) or not 0 < config.step_decay <= 1:
     raise ValueError(f"config.step_decay must be a number in (0, 1], got {config.step_decay!r}")
 
@@ -194,17 +221,13 @@ def _setup(config, workdir: str, load_train: bool = True):
   head_ids.npy), so a resumed run, or an export, sees the same data and head.
   """
   target = model_io.load_lm(config.target_dir)
-  manifest = json.loads(paths.read_text(os.path.join(config.data_dir, "manifest.json")))
-  if manifest["target"] != data_lib.params_fingerprint(target):
-    raise ValueError(f"{config.data_dir} was recorded from another target than {config.target_dir}")
+  manifest, train_files, val_files = run_shards(config, data_lib.params_fingerprint(target))
   # The recording job may still be adding shards: the list is the first start's.
   listing = os.path.join(workdir, "shards.json")
   if paths.exists(listing):
     train_files, val_files = json.loads(paths.read_text(listing))
-  else:
-    train_files, val_files = shard_files(config.data_dir, config.val_every)
   if not train_files or not val_files:
-    raise ValueError(f"{config.data_dir}: need training and held-out shards (every "
+    raise ValueError(f"{', '.join(data_dirs(config))}: need training and held-out shards (every "
                      f"{config.val_every}th is held out), found {len(train_files)} / {len(val_files)}")
   paths.write_atomic({listing: json.dumps([train_files, val_files])})
   head_path = os.path.join(workdir, "head_ids.npy")
@@ -228,7 +251,7 @@ def _setup(config, workdir: str, load_train: bool = True):
 def _save(config, workdir, target, manifest, draft_cfg, params, head_ids, train_rows, last) -> str:
   return fd.save(os.path.join(workdir, "model"), draft_cfg, params, head_ids,
                  tokenizer_id=target.tokenizer_id,
-                 extra={"target": manifest["target"], "data": config.data_dir,
+                 extra={"target": manifest["target"], "data": ", ".join(data_dirs(config)),
                         "recorded_positions": int(sum(len(r["tokens"]) for r in train_rows)),
                         "last_metrics": last})
 

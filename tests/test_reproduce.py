@@ -11,6 +11,7 @@ fabricated records, which need no compilation.
 import importlib.util
 import json
 import os
+import re
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -300,3 +301,22 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
   assert "| HumanEval | nucleus | SpS auto | 2 | auto (3.0) | 5.71 | 1.75x ✓ |" in md
   assert "| XSum | greedy | SpS | 1 | 4 | not run |" in md     # paper rows stay visible
   assert "M1**: Test CPU, 2 cores" in md
+  assert "Code: `unknown` timed every row." in md  # fabricated records carry no version
+
+  # A stored AR row timed by other code (a rerun reused it): its SpS rows' speedups are flagged.
+  ar = next(c for c in cells if c.kind == "generate" and c.method == "autoregressive"
+            and c.batch_size == 2 and c.sampling == "nucleus")
+  records[ar.key] = {**records[ar.key], "code": "0123456789ab"}
+  rows, parity, _ = report.build_rows(cells, records, config)
+  flagged = {r["key"] for r in rows if r["speedup_across_code_versions"]}
+  assert flagged == {c.key for c in cells if c.kind == "generate" and c.method == "speculative"
+                     and c.batch_size == 2 and c.sampling == "nucleus"} and len(flagged) == 2
+  md = report.format_markdown({**results, "rows": rows, "parity": parity})
+  assert "| HumanEval | nucleus | SpS auto | 2 | auto (3.0) | 5.71 | 1.75x ✓ † |" in md
+  assert "rows were timed at 2 versions (`0123456789ab`, `unknown`;" in md
+
+
+def test_code_version_names_the_commit_or_unknown(tmp_path):
+  from specsample.eval.speed import timing  # pylint: disable=g-import-not-at-top
+  assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?", timing.code_version())  # this checkout
+  assert timing.code_version(str(tmp_path)) == "unknown"                  # not a git checkout

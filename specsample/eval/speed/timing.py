@@ -14,6 +14,7 @@ import functools
 import math
 import os
 import platform
+import subprocess
 import time
 from typing import Any, Callable, Sequence
 
@@ -275,3 +276,20 @@ def machine_info() -> dict:
   info["label"] = (f"{model or info['processor']}, {usable} cores, jax {jax.__version__} "
                    f"{info['jax_backend']}")
   return info
+
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def code_version(repo: str = _REPO) -> str:
+  """The commit of the checkout that ran ("-dirty" with uncommitted changes to tracked
+  files), or "unknown" outside a git checkout. Speeds timed at two versions of the code
+  are not one comparison: a stored record can outlive the code that timed it."""
+  git = lambda *args: subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
+                                     timeout=30, check=True).stdout.strip()
+  try:
+    head = git("rev-parse", "--short=12", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  return head + ("-dirty" if dirty else "")

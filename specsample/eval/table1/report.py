@@ -95,6 +95,9 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config,
     same_machine = ref and machine_identity(ref["machine"]) == machine_identity(rec["machine"])
     speedup = (1.0 if cell.method == "autoregressive" else
                ref["timing"]["ms_per_token"] / ms if same_machine else None)
+    # A rerun reuses stored AR rows whose fingerprint (data, models, settings) still
+    # matches, whatever code timed them: such a speedup is flagged, not hidden.
+    other_code = bool(ref) and ref.get("code", "unknown") != rec.get("code", "unknown")
     checks = []
     if sampled(cell):
       checks.append(parity_lib.check_calibration(rec, per_check))
@@ -115,7 +118,8 @@ def build_rows(cells: Sequence[Cell], records: dict[str, dict], config,
         "sampling": cell.sampling, "method": cell.method,
         "K": cell.num_draft or None, "batch_size": cell.batch_size, "role": cell.role,
         "num_samples": cell.num_samples, "num_sequences": len(rec["items"]),
-        "ms_per_token": ms, "speedup": speedup,
+        "ms_per_token": ms, "speedup": speedup, "code": rec.get("code", "unknown"),
+        "speedup_across_code_versions": other_code,
         "acceptance_rate": stats["acceptance_rate"],
         "tokens_per_call": stats["tokens_per_call"],
         # The mean K drafted per target call: what "auto" picked (K itself for a fixed K).
@@ -152,7 +156,7 @@ CSV_FIELDS = ("task", "dataset", "sampling", "method", "K", "batch_size", "role"
               "num_sequences", "ms_per_token", "speedup", "acceptance_rate", "tokens_per_call",
               "draft_per_call", "mean_new_tokens", "metric", "metric_value", "metric_ci_low",
               "metric_ci_high", "pass_at_k", "parity_passed", "paper_metric", "paper_value",
-              "paper_ms_per_token", "paper_speedup", "machine", "machine_description",
+              "paper_ms_per_token", "paper_speedup", "machine", "machine_description", "code",
               "load_average_at_start")
 
 
@@ -223,7 +227,19 @@ def _standin_text(results: dict) -> str:
 
 
 def _parity_mark(row: dict) -> str:
-  return {None: "", True: " ✓", False: " ✗ parity"}[row["parity_passed"]]
+  mark = {None: "", True: " ✓", False: " ✗ parity"}[row["parity_passed"]]
+  return mark + (" †" if row.get("speedup_across_code_versions") else "")
+
+
+def _code_note(rows: Sequence[dict]) -> list[str]:
+  """The code versions that timed the rows, and what † means, when they differ."""
+  versions = sorted({r.get("code", "unknown") for r in rows})
+  if len(versions) < 2:
+    return [f"Code: `{versions[0]}` timed every row."] if versions else []
+  return [f"Code: rows were timed at {len(versions)} versions ({', '.join(f'`{v}`' for v in versions)}; "
+          "each row's is in table1.csv). † marks a speedup whose AR row was timed at another "
+          "version than its SpS row (a stored row reused by a rerun): it includes any change in "
+          "speed between the two."]
 
 
 def _header(results: dict) -> list[str]:
@@ -354,8 +370,8 @@ def _sweep_section(rows: Sequence[dict]) -> list[str]:
 
 def format_markdown(results: dict) -> str:
   """results/table1.md: machine legend, the Table 1 grid beside the paper, parity, sweep."""
-  lines = (_header(results) + _main_table(results) + _parity_section(results)
-           + _sweep_section(results["rows"]))
+  lines = (_header(results) + _main_table(results) + [""] + _code_note(results["rows"])
+           + _parity_section(results) + _sweep_section(results["rows"]))
   lines += ["", "Definitions: ms/token = wall time of the generate calls / mean new tokens per row "
             "(per-row latency at batch > 1), timed after a warm-up on the same shapes. speedup = "
             "AR ms/token / SpS ms/token at the same task, sampling and batch. acceptance = "

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from specsample import paths as paths_lib
 from specsample.eval.table1 import cells as cells_lib
 from specsample.eval.table1 import grid, plots, report, store
-from specsample.eval.speed.timing import machine_info
+from specsample.eval.speed.timing import code_version, machine_info
 from specsample.models import feature_draft as fd
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
@@ -82,6 +82,7 @@ def _compute_record(cell, fingerprint: str, config, tasks: dict, models: dict,
                                            progress)
   return {"schema": store.SCHEMA_VERSION, "key": cell.key, "fingerprint": fingerprint,
           "cell": dataclasses.asdict(cell), "started": started, "machine": machine,
+          "code": code_version(),
           "elapsed_s": time.perf_counter() - t0, **body, "complete": True}
 
 

@@ -135,10 +135,12 @@ def check_config(config) -> None:
     bad("confidence", "in (0, 1)", config.confidence)
   if not isinstance(config.auto, bool):
     bad("auto", "True or False (a num_draft='auto' cell beside every K cell)", config.auto)
-  choices = config.auto_choices
-  if not (choices == () or (_int_seq(choices) and min(choices) >= 0 and max(choices) >= 1
-                            and len(set(choices)) == len(choices))):
-    bad("auto_choices", "() (auto over K = 0..8) or distinct ints >= 0 with one >= 1", choices)
+  if config.auto_choices != ():
+    try:  # the K-set rule of generate's num_draft, worded for this field
+      calibrate.draft_choices(tuple(config.auto_choices) if _int_seq(config.auto_choices) else None)
+    except ValueError:
+      bad("auto_choices", "() (auto over K = 0..8) or distinct ints >= 0 with one >= 1",
+          config.auto_choices)
   if config.prompt_format not in PROMPT_FORMATS:
     bad("prompt_format", f"one of {PROMPT_FORMATS} ('chat': the tokenizer's chat template)",
         config.prompt_format)

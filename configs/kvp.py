@@ -8,9 +8,15 @@ The two auxiliary models of results/kvp.md (run one after the other or together)
 The result, <workdir>/model, is a KVP folder: load it with
 specsample.decoding.kv_prediction.load_kvp(folder, target).
 
+The real pair's predictor (SmolLM2-135M-Instruct, fetched on first use; the auxiliary is
+the target's first 4 layers, frozen; the predictor starts from its least-squares fit):
+
+  python scripts/train_kvp.py --config=configs/kvp.py:pair=smollm2 --workdir=workdirs/kvp/smollm2
+
 Arguments after the colon (comma separated):
   aux=<kind>   draft (default): the embedded draft assets/pair/draft, also usable as the
                speculative draft; pruned: a copy of the target keeping keep_layers
+  pair=<name>  toy (default): the embedded pair; smollm2: the real pair (aux=pruned)
   runlocal     a few tiny steps, for smoke tests
 """
 
@@ -21,14 +27,23 @@ from specsample import config_common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_common.parse_arg(arg, "configs/kvp.py", switches=("runlocal",),
-                                 options={"aux": "draft"})
+                                 options={"aux": "draft", "pair": "toy"})
+  if args["pair"] not in ("toy", "smollm2"):
+    raise ValueError(f"configs/kvp.py: pair must be toy or smollm2, got {args['pair']!r}")
   c = ml_collections.ConfigDict()
   c.target_dir = "assets/pair/target"      # the frozen target (models.io folder)
   c.aux = args["aux"]                      # draft | pruned (training.kvp_train.AUX_KINDS)
   c.aux_dir = "assets/pair/draft"          # aux=draft: the auxiliary model's starting point
   c.keep_layers = (0, 3)                   # aux=pruned: target layers kept (2 of 6)
   c.layer_map = ()                         # target layer i -> aux layer; () = floor(i * L_aux / L_target)
-  c.tokenizer = "assets/tokenizer/tokenizer.model"  # both models' tokenizer
+  c.tokenizer = "assets/tokenizer/tokenizer.model"  # both models' tokenizer; '' = the target folder's
+  c.train_aux = True                       # False: the auxiliary is frozen, only the predictor learns
+  c.init = "random"                        # predictor start: random | lstsq (training/kvp_fit.py;
+                                           # its layer map replaces layer_map)
+  c.fit = ml_collections.ConfigDict()      # init="lstsq": the least-squares fit
+  c.fit.num_windows = 16                   # corpus training windows (one forward of each model each)
+  c.fit.window = 1024                      # tokens per window
+  c.fit.ridge = 1e-2                       # ridge, relative to the mean input second moment
   c.seed = 0                               # predictor init, batch order, prompt splits
 
   c.data = ml_collections.ConfigDict()
@@ -58,8 +73,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.b2 = 0.95
   c.optim.grad_clip = 1.0
 
+  if args["pair"] == "smollm2":
+    c.target_dir, c.tokenizer = "smollm2-135m-instruct", ""
+    c.aux, c.keep_layers = "pruned", (0, 1, 2, 3)
+    c.train_aux, c.init = False, "lstsq"
+    c.data.min_prompt, c.data.max_prompt, c.data.continuation = 64, 512, 32
+    # Only the target's CE: the frozen 4-layer auxiliary has no CE worth keeping, and a
+    # better L2 fit of the cache does not give a better target (the closing note's numbers).
+    c.weights.aux_ce, c.weights.l1 = 0.0, 0.0
+    c.num_steps, c.batch_size, c.optim.warmup_steps = 300, 4, 20
   if args["runlocal"]:
     c.data.min_prompt, c.data.max_prompt, c.data.continuation = 4, 16, 8
     c.num_steps, c.batch_size = 6, 2
     c.log_every, c.checkpoint_every, c.optim.warmup_steps = 2, 2, 1
+    c.fit.num_windows, c.fit.window = 4, 32
   return c

@@ -1,14 +1,21 @@
-r"""KV Prediction measured (results/kvp.{json,md}, results/kvp_pareto.png; README "KV Prediction").
+r"""KV Prediction measured (<out_dir>/kvp.{json,md}, kvp_pareto.png; README "KV Prediction").
 
-After training both auxiliary models (configs/kvp.py), quality first (no timing, low priority),
-then the timings alone on the machine under the shared lock:
+The real pair (results/kvp.*): SmolLM2-135M-Instruct with the shipped predictor
+assets/smollm2/kvp (configs/kvp.py:pair=smollm2) and, for SpS, the shipped feature draft.
+Quality first (no timing), then the timings alone on the machine:
+
+  python scripts/eval_kvp.py --config=configs/kvp_eval.py:pair=smollm2,phases=quality
+  python scripts/eval_kvp.py --config=configs/kvp_eval.py:pair=smollm2,phases=timing
+
+The embedded pair (results/toy/kvp.*), after training both auxiliary models (configs/kvp.py):
 
   nice -n 19 python scripts/eval_kvp.py --config=configs/kvp_eval.py:phases=quality
   flock /tmp/timing.lock python scripts/eval_kvp.py --config=configs/kvp_eval.py:phases=timing
 
-Each phase updates results/kvp.json and rewrites the report from it.
+Each phase updates <out_dir>/kvp.json and rewrites the report from it.
 
 Arguments after the colon (comma separated):
+  pair=<name>    toy (default) or smollm2
   phases=<a+b>   quality, timing (TTFT and latency), latency, or quality+timing (default)
   runlocal       tiny lengths and repeats, for smoke tests
 """
@@ -20,18 +27,21 @@ from specsample import config_common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_common.parse_arg(arg, "configs/kvp_eval.py", switches=("runlocal",),
-                                 options={"phases": "quality+timing"})
+                                 options={"phases": "quality+timing", "pair": "toy"})
+  if args["pair"] not in ("toy", "smollm2"):
+    raise ValueError(f"configs/kvp_eval.py: pair must be toy or smollm2, got {args['pair']!r}")
   c = ml_collections.ConfigDict()
   c.target_dir = "assets/pair/target"      # the target the predictors were trained for
   c.kvp_dirs = ml_collections.ConfigDict({  # name -> KVP folder (scripts/train_kvp.py's <workdir>/model)
       "draft": "workdirs/kvp/draft/model",
       "pruned": "workdirs/kvp/pruned/model"})
-  c.tokenizer = "assets/tokenizer/tokenizer.model"
+  c.pair_name = "the embedded pair"        # the report's title
+  c.tokenizer = "assets/tokenizer/tokenizer.model"  # '' = the target folder's
   c.cache_dir = ".cache/tokens"            # tokenized corpus cache
   c.corpus_root = ""                       # '' = the standard library corpus
   c.max_seq_len = 2048                     # load-time override: a 1024-token prompt + 128 new tokens
   c.phases = tuple(args["phases"].split("+"))  # quality, timing (TTFT + latency), latency
-  c.out_dir = "results"                    # kvp.json, kvp.md, kvp_pareto.png
+  c.out_dir = "results/toy"                # kvp.json, kvp.md, kvp_pareto.png
 
   c.ttft_prompt_lens = (256, 512, 1024)    # TTFT prompt lengths
   c.warmup = 2                             # untimed calls per TTFT measurement (the first compiles)
@@ -42,14 +52,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.quality.prompt_len = 192               # within the predictors' training range [16, 192]
   c.quality.continuation = 64              # prompt + continuation = the target's training length
   c.quality.humaneval_limit = 0            # HumanEval problems scored; 0 = all 164
+  c.quality.humaneval_prefix = 0           # > 0: validation-split code tokens before each prompt
+  c.quality.tail = 0                       # > 0: also score the target on the last `tail` prompt tokens
+  c.quality.rows = 8                       # batch rows per scoring call
 
   c.latency = ml_collections.ConfigDict()
-  c.latency.aux = "draft"                  # which KVP's auxiliary model is the speculative draft
+  c.latency.aux = "draft"                  # which KVP the +KVP settings use
+  c.latency.draft_dir = ""                 # SpS's draft; '' = that KVP's auxiliary model
   c.latency.prompt_lens = (1024,)          # prompt lengths of the total-latency runs
   c.latency.new_tokens = 128               # new tokens per run (greedy, no eos)
   c.latency.num_draft = 4                  # the paper's K
   c.latency.repeats = 3                    # timed runs after one warm-up; the median is reported
 
+  if args["pair"] == "smollm2":
+    c.pair_name = "the real pair (SmolLM2-135M-Instruct)"
+    c.target_dir, c.tokenizer, c.out_dir = "smollm2-135m-instruct", "", "results"
+    c.kvp_dirs = ml_collections.ConfigDict({"pruned4": "assets/smollm2/kvp"})
+    c.max_seq_len = 4096
+    c.ttft_prompt_lens, c.warmup, c.repeats = (512, 1024, 2048), 1, 5
+    c.quality.num_windows, c.quality.prompt_len, c.quality.continuation = 32, 1024, 64
+    c.quality.humaneval_prefix, c.quality.tail, c.quality.rows = 1024, 16, 4
+    c.latency.aux, c.latency.draft_dir = "pruned4", "assets/smollm2/feature_draft"
+    c.latency.prompt_lens, c.latency.num_draft = (1024, 2048), 3
   if args["runlocal"]:
     c.ttft_prompt_lens, c.warmup, c.repeats = (32, 64), 1, 2
     c.quality.num_windows, c.quality.prompt_len, c.quality.continuation = 4, 16, 8

@@ -69,7 +69,8 @@ def test_feature_draft_reads_the_targets_features(tiny_pair, feature_draft):
     (dict(draft=PromptLookup(max_ngram=0, min_ngram=0)), "max_ngram must be an int >= 1"),
     (dict(draft=PromptLookup(min_draft_prob=1.5)), "min_draft_prob must be a number in \\[0, 1\\]"),
     (dict(draft="lookup"), "draft must be an LM, a FeatureDraft, a PromptLookup or 'prompt_lookup'"),
-    (dict(draft="prompt_lookup", mesh=object()), "drafts run on one device with a full prefill"),
+    (dict(draft="prompt_lookup", mesh=object()), "drafts run on one device: pass mesh=None"),
+    (dict(draft="prompt_lookup", prefill="kv_prediction"), "prompt lookup runs with a full prefill"),
 ])
 def test_bad_lookup_settings_are_named(tiny_pair, kwargs, message):
   target, _ = tiny_pair

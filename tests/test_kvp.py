@@ -2,12 +2,14 @@
 predicted cache, training, and bad input.
 
 The one statistical test (sampled speculative + KVP against the exact joint of
-the KVP-conditioned target) asserts p > ALPHA = 1e-4 on two prompts, so a
-correct sampler fails it with probability at most 2e-4 (union bound); its
+the KVP-conditioned target, with the auxiliary and with a feature draft as the
+draft) asserts p > ALPHA = 1e-4 on two prompts per draft, so a correct sampler
+fails it with probability at most 4e-4 (union bound); its
 power check asserts that the same samples REJECT the target's exact
 (full-prefill) joint, which the predicted cache changes.
 """
 
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -16,6 +18,7 @@ import shutil
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -24,8 +27,9 @@ from specsample.decoding import kv_prediction as kvpd
 from specsample.models import io as model_io
 from specsample.models import kv_predictor as kp
 from specsample.models import transformer as tr
-from specsample.training import kvp_train
+from specsample.training import kvp_fit, kvp_train
 from conftest import TOKENIZER, write_tiny_setup
+from draft_kinds import AUTO_COSTS, AUTO_SET, PROMPTS, make_feature_draft
 from test_decoding import ALPHA, GREEDY_PROMPTS, chi2_pvalue
 
 _spec = importlib.util.spec_from_file_location("kvp_config", "configs/kvp.py")
@@ -113,6 +117,25 @@ def test_identity_predictor_with_the_target_as_auxiliary_reproduces_its_cache(ti
           == generate(target, GREEDY_PROMPTS, **GREEDY_AR).tokens)
 
 
+def test_tail_features_are_the_targets_own_at_the_last_prompt_positions(tiny_pair):
+  """With an exact predicted cache, a feature draft's prompt features equal a full
+  prefill's at positions max(0, P-1-T) .. P-2 and are zero elsewhere, per row."""
+  target, _ = tiny_pair
+  T = kvpd.FEATURE_TAIL
+  P = T + 6
+  prompts_BP = jnp.array([list(range(1, P + 1)), [9, 8, 7] + [0] * (P - 3)]) % 16
+  prompt_len = jnp.array([P, 3])
+  tokens = common.init_buffer(prompts_BP, P + 8)
+  cache, hidden = jax.jit(common.prefill, static_argnums=(0, 4, 5))(
+      target.config, target.params, tokens, prompt_len, P, True)
+  tail = jax.jit(kvpd.tail_features, static_argnums=(0, 5))(
+      target.config, target.params, cache, tokens, prompt_len, P)
+  for b, n in enumerate([P, 3]):
+    lo = max(0, n - 1 - T)
+    np.testing.assert_allclose(tail[b, lo:n - 1], hidden[b, lo:n - 1], rtol=1e-4, atol=1e-5)
+    assert not np.any(tail[b, :lo]) and not np.any(tail[b, n - 1:])
+
+
 # ---------------------------------------------------------------- lossless decoding
 
 def test_greedy_speculative_kvp_equals_autoregressive_kvp(tiny_kvp):
@@ -130,6 +153,22 @@ def test_greedy_speculative_kvp_equals_autoregressive_kvp(tiny_kvp):
   assert len({len(t) for t in ar.tokens}) > 1  # rows stop at different times (eos)
   # The predicted cache matters: the full prefill gives other tokens here.
   assert generate(target, GREEDY_PROMPTS, **GREEDY_AR).tokens != ar.tokens
+
+
+def test_greedy_feature_draft_after_a_predicted_prompt_equals_autoregressive_kvp(tiny_kvp):
+  """A feature draft reads the target's features, which a predicted prompt lacks
+  (kv_prediction.tail_features); with fixed K and with auto, on rows shorter and
+  longer than the feature tail."""
+  target, kvp = tiny_kvp
+  prompts = PROMPTS + [[(3 * i) % 16 for i in range(kvpd.FEATURE_TAIL + 9)]]
+  greedy = dict(sampling=Sampling(temperature=0), max_new_tokens=24, eos_id=14,
+                prefill="kv_prediction", kvp=kvp)
+  ar = generate(target, prompts, method="autoregressive", **greedy)
+  feature = make_feature_draft(target)
+  for extra in ({"num_draft": 3}, {"num_draft": AUTO_SET, "iteration_costs": AUTO_COSTS}):
+    sps = generate(target, prompts, method="speculative", draft=feature, **extra, **greedy)
+    assert sps.tokens == ar.tokens, extra
+    assert sps.stats["accepted"].sum() > 0
 
 
 def _joint(probs_CNV: np.ndarray, conts_CN: np.ndarray) -> np.ndarray:
@@ -165,13 +204,16 @@ def full_joint(target: LM, prompt: list[int], n: int = 3) -> np.ndarray:
   return _joint(np.asarray(probs), conts)
 
 
-def test_sampled_speculative_kvp_follows_the_kvp_conditioned_target(tiny_kvp):
+@pytest.mark.parametrize("draft_kind", ["aux", "feature"])
+def test_sampled_speculative_kvp_follows_the_kvp_conditioned_target(tiny_kvp, draft_kind):
   target, kvp = tiny_kvp
   V = target.config.vocab_size
   prompts, rows = [[1, 2, 3], [7, 5, 2, 2]], 4000
   batch = [prompts[i % 2] for i in range(2 * rows)]
-  out = generate(target, batch, method="speculative", num_draft=2, sampling=Sampling(temperature=1.0),
-                 max_new_tokens=3, seed=13, prefill="kv_prediction", kvp=kvp)
+  draft = make_feature_draft(target) if draft_kind == "feature" else None
+  out = generate(target, batch, method="speculative", draft=draft, num_draft=2,
+                 sampling=Sampling(temperature=1.0), max_new_tokens=3, seed=13,
+                 prefill="kv_prediction", kvp=kvp)
   for j, prompt in enumerate(prompts):
     seqs = np.array([out.tokens[i] for i in range(j, len(batch), 2)])
     counts = np.bincount(seqs @ (V ** np.arange(2, -1, -1)), minlength=V ** 3)
@@ -255,12 +297,57 @@ def test_training_lowers_the_loss_resumes_exactly_and_exports_a_kvp(tiny_setup, 
   batch = kvp_train.SplitBatches(np.concatenate([np.arange(4096)] * 2), c).batch_at(0)
   loss = jax.jit(lambda aux_params, pred: kvp_train.kvp_loss(
       config, c.weights.to_dict(), c.data.continuation, {"aux": aux_params, "predictor": pred},
-      target.params, batch)[0])
+      {"target": target.params}, batch)[0])
   before = loss(aux.params, kp.init_params(config, jax.random.key(c.seed)))
   assert float(loss(a.aux.params, a.params)) < float(before)
   # The auxiliary model is an ordinary model folder (usable as draft=).
   chex.assert_trees_all_equal(model_io.load_lm(str(tmp_path / "full" / "model" / "aux")).params,
                               a.aux.params)
+
+
+def test_training_from_the_least_squares_fit_with_a_frozen_auxiliary(tiny_setup, tmp_path):
+  """configs/kvp.py:pair=smollm2's recipe on the tiny pair: a pruned auxiliary, frozen;
+  the predictor starts from its fit (exported alone as fit_model/) and only the target's
+  CE trains it."""
+  c = _config(tiny_setup, aux="pruned", keep_layers=(0,), init="lstsq", train_aux=False,
+              **{"weights.aux_ce": 0.0, "weights.l1": 0.0})
+  kvp_train.run(c, str(tmp_path))
+  target = model_io.load_lm(c.target_dir)
+  fitted = kvpd.load_kvp(str(tmp_path / "fit_model"), target)
+  trained = kvpd.load_kvp(str(tmp_path / "model"), target)
+  assert fitted.layer_map == trained.layer_map and fitted.layer_map[0] == 0
+  w = np.asarray(fitted.params["layer_0_k"])
+  np.testing.assert_array_equal(w.reshape(w.shape[0], -1), np.eye(w.shape[0]))  # exact copy
+  chex.assert_trees_all_equal(trained.aux.params, fitted.aux.params)  # frozen
+  config = kvpd.kvp_config(target, trained)
+  batch = kvp_train.SplitBatches(np.concatenate([np.arange(4096)] * 2), c).batch_at(0)
+  loss = jax.jit(lambda pred: kvp_train.kvp_loss(
+      config, c.weights.to_dict(), c.data.continuation, {"predictor": pred},
+      {"target": target.params, "aux": fitted.aux.params}, batch))
+  total, parts = loss(trained.params)
+  assert float(total) == float(parts["target_ce"]) > 0
+  assert float(parts["aux_ce"]) == float(parts["l1"]) == 0.0  # weight 0: not computed
+  moved = [k for k in trained.params if not np.array_equal(trained.params[k], fitted.params[k])]
+  assert len(moved) == len(trained.params)  # every map learned (test_training_lowers_the_loss...
+  # checks that training lowers the loss)
+
+
+def test_least_squares_fit_of_the_target_from_itself_recovers_its_cache(tiny_pair):
+  """The target as its own auxiliary: the fit must choose layer i for target layer i and
+  predict the cache (moments, solve, layer choice and parameter layout all have to be right)."""
+  target, _ = tiny_pair
+  config = kp.KVPConfig(target.config, target.config).validate()
+  tokens = np.random.default_rng(0).integers(0, 16, 4096)
+  fit = ml_collections.ConfigDict({"num_windows": 8, "window": 32, "ridge": 1e-6})
+  layer_map, params, unexplained = kvp_fit.fit(config, target, target, tokens, fit, exact={})
+  assert layer_map == (0, 1)
+  assert max(unexplained["k"] + unexplained["v"]) < 1e-3
+  prompts_BP = jnp.asarray(tokens[None, :24].astype(np.int32))
+  real = common.prefill(target.config, target.params, common.init_buffer(prompts_BP, 32),
+                        jnp.array([24]), 24)
+  pred = kp.predict_cache(dataclasses.replace(config, layer_map=layer_map), params, real)
+  for a, b in zip(pred.k + pred.v, real.k + real.v):
+    np.testing.assert_allclose(a[:, :23], b[:, :23], atol=2e-3, rtol=1e-2)
 
 
 def test_a_predictor_for_another_target_or_auxiliary_is_refused(tiny_setup, tmp_path):
@@ -285,11 +372,16 @@ def test_a_predictor_for_another_target_or_auxiliary_is_refused(tiny_setup, tmp_
     ("weights.l1", -1.0, "config.weights.l1 must be a number >= 0"),
     ("keep_layers", (1, 0), "kvp.keep_layers must be increasing"),
     ("layer_map", (0, 0, 0), "kvp.layer_map must have one entry per target layer"),
+    ("init", "zeros", "config.init must be one of"),
+    ("fit.ridge", 0.0, "config.fit.ridge must be a number > 0"),
+    ("fit.window", 65, "config.fit.window = 65 exceeds the target's max_seq_len=64"),
 ])
 def test_bad_training_config_fields_are_named(tiny_setup, tmp_path, field, value, message):
   c = _config(tiny_setup, **{field: value})
   if field in ("keep_layers",):
     c.aux = "pruned"
+  if field.startswith("fit."):
+    c.init = "lstsq"
   with pytest.raises(ValueError, match=message):
     kvp_train.check_config(c)
     kvp_train.load_models(c)

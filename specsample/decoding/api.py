@@ -272,7 +272,9 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
       target's exact distribution.
     kvp: the auxiliary model and predictor (kv_prediction.load_kvp), for
       prefill='kv_prediction'. With method='speculative' and draft=None (or
-      draft=kvp.aux) the auxiliary is the draft and its prompt cache is reused.
+      draft=kvp.aux) the auxiliary is the draft and its prompt cache is reused;
+      a feature draft gets the target's features of the prompt's last
+      positions (kv_prediction.tail_features). Prompt lookup needs prefill='full'.
     lookup: with a draft model, combine it with prompt lookup (drafts.WithLookup):
       a row proposes the tokens its lookup copies and the model's where it has
       none; it costs what the model draft costs; any num_draft, one device.
@@ -291,9 +293,10 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
                        "and draft=LM(...) (for lookup alone, draft='prompt_lookup')")
     lookup.validate()
   if method == "speculative" and (lookup is not None or (draft is not None and not isinstance(draft, LM))):
-    if mesh is not None or prefill != "full":
-      raise ValueError("lookup and feature drafts run on one device with a full prefill: pass "
-                       "mesh=None and prefill='full'")
+    if mesh is not None:
+      raise ValueError("lookup and feature drafts run on one device: pass mesh=None")
+    if prefill != "full" and not isinstance(draft, fd.FeatureDraft):
+      raise ValueError("prompt lookup runs with a full prefill: pass prefill='full'")
   kvp_spec = kv_prediction.check(target, draft, method, prefill, kvp)
   if kvp_spec is not None:
     if mesh is not None:

@@ -15,6 +15,14 @@ reads the target's cache.
 When the auxiliary model is also the speculative draft (draft=None, or
 draft=kvp.aux), its prompt cache IS the draft's cache: no second prefill.
 
+A feature draft (models/feature_draft.py) reads the target's features, which a
+predicted prompt does not have. The target computes them for the last
+FEATURE_TAIL positions before the last prompt token, against the predicted
+cache and without writing to it (`tail_features`: one FEATURE_TAIL-token
+forward); earlier prompt pairs get a zero feature, so the draft sees only their
+tokens. The target's cache, and so what the output follows, is the same as
+without a draft.
+
 A KVP folder (written by training/kvp_train.py):
   aux/        the auxiliary model, an ordinary models.io folder (usable as draft=)
   predictor/  orbax params of models.kv_predictor.KVPredictor
@@ -39,12 +47,15 @@ import orbax.checkpoint as ocp
 from specsample import paths
 from specsample import sharding as sh
 from specsample.decoding import common
+from specsample.models import feature_draft as fd
 from specsample.models import io as model_io
 from specsample.models import kv_predictor as kvp_lib
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
 
 PREFILLS = ("full", "kv_prediction")
+# Prompt positions whose target features a feature draft gets after a predicted prompt.
+FEATURE_TAIL = 16
 # Config fields that do not change what a model computes on a valid prompt.
 _RUNTIME_FIELDS = ("max_seq_len", "dtype", "param_dtype")
 
@@ -68,6 +79,7 @@ class KVPSpec:
   """Static part of a KVP prefill: a jit static argument of the decode loop."""
   config: kvp_lib.KVPConfig
   aux_is_draft: bool  # the auxiliary's prompt cache becomes the draft cache
+  feature_draft: bool = False  # the draft reads target features: `tail_features` makes them
 
 
 def fingerprint(model: LM) -> str:
@@ -119,9 +131,11 @@ def check(target: LM, draft: LM | None, method: str, prefill: str, kvp: KVP | No
   if want != got:
     raise ValueError("kvp.params do not fit this target / auxiliary pair (another layer map "
                      "or other kv shapes): load the predictor made for them")
-  aux_is_draft = method == "speculative" and (draft is None or draft is aux or (
+  speculative = method == "speculative"
+  feature = speculative and isinstance(draft, fd.FeatureDraft)
+  aux_is_draft = speculative and not feature and (draft is None or draft is aux or (
       draft.config == aux.config and draft.params is aux.params))
-  return KVPSpec(config=config, aux_is_draft=aux_is_draft)
+  return KVPSpec(config=config, aux_is_draft=aux_is_draft, feature_draft=feature)
 
 
 def prefill(spec: KVPSpec, aux_params, predictor_params, prompts_BP: jax.Array,
@@ -137,6 +151,26 @@ def prefill(spec: KVPSpec, aux_params, predictor_params, prompts_BP: jax.Array,
   aux_cache = common.prefill(spec.config.aux, aux_params, tokens_BL, prompt_len_B,
                              prompts_BP.shape[1])
   return kvp_lib.predict_cache(spec.config, predictor_params, aux_cache), aux_cache
+
+
+def tail_features(config: tr.TransformerConfig, target_params, target_cache: tr.KVCache,
+                  tokens_BL: jax.Array, prompt_len_B: jax.Array, width: int) -> jax.Array:
+  """[B, width, D] target features for a feature draft's prefill after a predicted prompt.
+
+  Positions max(0, P-1-T) .. P-2 of each row (T = FEATURE_TAIL, P its prompt
+  length) hold the target's features there, computed against the predicted
+  cache (`target_cache`, which is not changed); every other position is zero.
+  """
+  T = min(FEATURE_TAIL, width)
+  start_B = jnp.maximum(prompt_len_B - 1 - T, 0)
+  block_BT = common.read_rows(tokens_BL, start_B, T)
+  _, _, hidden_BTD = tr.forward_with_hidden(config, target_params, block_BT,
+                                            target_cache.with_lengths(start_B))
+  keep_BT = start_B[:, None] + jnp.arange(T) <= prompt_len_B[:, None] - 2
+  hidden_BTD = jnp.where(keep_BT[..., None], hidden_BTD, 0)
+  zeros_XD = jnp.zeros((width + T, hidden_BTD.shape[-1]), hidden_BTD.dtype)
+  place = lambda h_TD, s: jax.lax.dynamic_update_slice_in_dim(zeros_XD, h_TD, s, 0)[:width]
+  return jax.vmap(place)(hidden_BTD, start_B)
 
 
 def first_token_logits(spec: KVPSpec, target_params, aux_params, predictor_params,

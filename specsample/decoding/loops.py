@@ -55,13 +55,20 @@ def _keys(spec: common.DecodeSpec, key_data):
   return key, None
 
 
-def _prompt_caches(spec: common.DecodeSpec, kvp, kvp_params, prompts_BP, prompt_len_B):
-  """(target cache, draft cache) from KV Prediction, or (None, None): a full prefill."""
+def _prompt_caches(spec: common.DecodeSpec, kvp, kvp_params, target_params, prompts_BP,
+                   prompt_len_B):
+  """(target cache, draft cache, target features for a feature draft) from KV Prediction,
+  or (None, None, None): a full prefill."""
   if kvp is None:
-    return None, None
+    return None, None, None
   target_cache, aux_cache = kv_prediction.prefill(
       kvp, kvp_params["aux"], kvp_params["predictor"], prompts_BP, prompt_len_B, spec.buffer_len)
-  return target_cache, aux_cache if kvp.aux_is_draft else None
+  hidden_BPD = None
+  if kvp.feature_draft:
+    hidden_BPD = kv_prediction.tail_features(
+        kvp.config.target, target_params, target_cache,
+        common.init_buffer(prompts_BP, spec.buffer_len), prompt_len_B, prompts_BP.shape[1])
+  return target_cache, aux_cache if kvp.aux_is_draft else None, hidden_BPD
 
 
 @functools.lru_cache(maxsize=128)
@@ -97,11 +104,13 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
           max_iterations, kvp_params=None):
     TRACE_COUNT[method] += 1
     key, row_keys = _keys(spec, key_data)
-    target_cache, draft_cache = _prompt_caches(spec, kvp, kvp_params, prompts_BP, prompt_len_B)
+    target_cache, draft_cache, hidden_BPD = _prompt_caches(spec, kvp, kvp_params, target_params,
+                                                           prompts_BP, prompt_len_B)
     if method == "speculative":
       s = speculative.speculative_loop(
           target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP, prompt_len_B,
-          key, cost_C, force_index, max_iterations, parts, target_cache, draft_cache, row_keys)
+          key, cost_C, force_index, max_iterations, parts, target_cache, draft_cache, row_keys,
+          hidden_BPD)
       return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
               (s.target_cache, s.draft_state))
     s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
@@ -150,10 +159,11 @@ def make_auto_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerCo
   """
   def init(target_params, draft_params, prompts_BP, prompt_len_B, key_data, kvp_params=None):
     key, row_keys = _keys(spec, key_data)
-    target_cache, draft_cache = _prompt_caches(spec, kvp, kvp_params, prompts_BP, prompt_len_B)
+    target_cache, draft_cache, hidden_BPD = _prompt_caches(spec, kvp, kvp_params, target_params,
+                                                           prompts_BP, prompt_len_B)
     return speculative.init_state(target_cfg, draft_cfg, spec, target_params, draft_params,
                                   prompts_BP, prompt_len_B, key, target_cache, draft_cache,
-                                  row_keys)
+                                  row_keys, hidden_BPD)
 
   def advance(target_params, draft_params, state, prompt_len_B, cost_C, force_index,
               max_iterations):

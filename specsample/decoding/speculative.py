@@ -244,15 +244,16 @@ def make_target_step(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
 def init_state(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
                spec: common.DecodeSpec, target_params, draft_params, prompts_BP: jax.Array,
                prompt_len_B: jax.Array, key: jax.Array, target_cache: tr.KVCache | None = None,
-               draft_cache: tr.KVCache | None = None, row_keys: jax.Array | None = None
-               ) -> SpecState:
+               draft_cache: tr.KVCache | None = None, row_keys: jax.Array | None = None,
+               target_hidden: jax.Array | None = None) -> SpecState:
   """The state before the first iteration: the target cache and the draft's state
-  prefilled, unless given (draft_cache: a draft model's only)."""
+  prefilled, unless given (draft_cache: a draft model's only; target_hidden: the
+  features a feature draft's prefill reads when target_cache is given)."""
   B, P = prompts_BP.shape
   tokens_BL = common.init_buffer(prompts_BP, spec.buffer_len)
   zeros_B = jnp.zeros((B,), jnp.int32)
   prior_accept, prior_trials = ALPHA_PRIOR
-  hidden_BPD = None
+  hidden_BPD = target_hidden
   if target_cache is None:
     target_cache, hidden_BPD = common.prefill(target_cfg, target_params, tokens_BL, prompt_len_B, P,
                                               return_hidden=True)
@@ -333,16 +334,19 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
                      max_iterations: jax.Array | int = 2**31 - 1, parts=Parts,
                      target_cache: tr.KVCache | None = None,
                      draft_cache: tr.KVCache | None = None,
-                     row_keys: jax.Array | None = None) -> SpecState:
+                     row_keys: jax.Array | None = None,
+                     target_hidden: jax.Array | None = None) -> SpecState:
   """Generates until every row is done: `init_state`, then `run_loop` (see both).
 
   prompts_BP: [B, P] right-padded prompts; key: PRNG key; target_cache,
   draft_cache: precomputed prompt caches in the loop's convention (length - 1
   valid positions, [B, spec.buffer_len]), e.g. from KV Prediction
   (decoding/kv_prediction.py), None runs a full prefill; row_keys: [B] per-row
-  PRNG keys, for coupling='gumbel' only. Returns the final SpecState.
+  PRNG keys, for coupling='gumbel' only; target_hidden: a feature draft's
+  prompt features when target_cache is given (kv_prediction.tail_features).
+  Returns the final SpecState.
   """
   state = init_state(target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP,
-                     prompt_len_B, key, target_cache, draft_cache, row_keys)
+                     prompt_len_B, key, target_cache, draft_cache, row_keys, target_hidden)
   return run_loop(target_cfg, draft_cfg, spec, target_params, draft_params, state, prompt_len_B,
                   cost_C, force_index, max_iterations, parts)[0]

@@ -13,8 +13,16 @@ uniformly in [min_prompt, max_prompt] from (seed, step). The loss is
 with every weight 1 by default (the paper's setting, without its 1e-4
 z-loss). The L1 term compares post-rotary caches at every position of the
 window: the predictor is per position, so continuation positions are extra
-examples of the same map. Everything needed to resume lives in `workdir`:
+examples of the same map. A term of weight 0 is not computed (l1 = 0 saves
+the target's pass over the whole window).
 
+config.train_aux = False freezes the auxiliary (only the predictor learns).
+config.init = "lstsq" starts the predictor from the least-squares fit of
+training/kvp_fit.py instead of random weights, and takes the fit's layer map.
+Everything needed to resume lives in `workdir`:
+
+  workdir/fit.npz              init="lstsq": the fitted predictor and its layer map
+  workdir/fit_model/           init="lstsq": the fit alone as a KVP folder (for comparison)
   workdir/checkpoints/<step>/  orbax: aux + predictor params, optimizer state, step
   workdir/metrics.jsonl        one JSON object per logged step
   workdir/config.json          the resolved config
@@ -26,6 +34,7 @@ killed run resumed from its last checkpoint ends with identical parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -45,17 +54,30 @@ from specsample.models import transformer as tr
 from specsample.models.lm import LM
 from specsample.tokenizer import Tokenizer
 from specsample.training import data as corpus_data
+from specsample.training import kvp_fit
 from specsample.training import losses
 from specsample.training import loop as loop_lib
 from specsample.training import train as train_lib
 
 AUX_KINDS = ("draft", "pruned")
+INITS = ("random", "lstsq")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field. Cheap: nothing is loaded."""
   if config.aux not in AUX_KINDS:
     raise ValueError(f"config.aux must be one of {AUX_KINDS}, got {config.aux!r}")
+  if config.init not in INITS:
+    raise ValueError(f"config.init must be one of {INITS}, got {config.init!r}")
+  if not isinstance(config.train_aux, bool):
+    raise ValueError(f"config.train_aux must be True or False, got {config.train_aux!r}")
+  if config.init == "lstsq":
+    for name in ("num_windows", "window"):
+      if not utils.is_positive_int(config.fit[name]):
+        raise ValueError(f"config.fit.{name} must be an int >= 1, got {config.fit[name]!r}")
+    ridge = config.fit.ridge
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge > 0:
+      raise ValueError(f"config.fit.ridge must be a number > 0, got {ridge!r}")
   for name in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
     if not utils.is_positive_int(config[name]):
       raise ValueError(f"config.{name} must be an int >= 1, got {config[name]!r}")
@@ -76,7 +98,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def load_models(config) -> tuple[LM, LM, kvp_lib.KVPConfig, Tokenizer]:
   """(target, initial auxiliary, predictor config, tokenizer), all checked before compiling."""
-  tokenizer = Tokenizer.load(config.tokenizer)
+  tokenizer_path = config.tokenizer or config.target_dir  # '' = the target folder's
+  tokenizer = Tokenizer.load(tokenizer_path)
   target = model_io.load_lm(config.target_dir)
   if config.aux == "draft":
     aux = model_io.load_lm(config.aux_dir)
@@ -85,14 +108,18 @@ def load_models(config) -> tuple[LM, LM, kvp_lib.KVPConfig, Tokenizer]:
                                                tuple(config.keep_layers))
     aux = LM(aux_cfg, aux_params, target.tokenizer_id)
   for name, m in (("target", target), ("aux", aux)):
-    tokenizer.check_model(name, m, config.tokenizer, " model")
+    tokenizer.check_model(name, m, tokenizer_path, " model")
   kvp_cfg = kvp_lib.KVPConfig(target=target.config, aux=aux.config,
                               layer_map=tuple(config.layer_map)).validate()
-  window = config.data.max_prompt + config.data.continuation
-  for name, m in (("target", target), ("aux", aux)):
-    if window > m.config.max_seq_len:
-      raise ValueError(f"config.data.max_prompt + continuation = {window} exceeds the {name}'s "
-                       f"max_seq_len={m.config.max_seq_len}")
+  windows = [("config.data.max_prompt + continuation",
+              config.data.max_prompt + config.data.continuation)]
+  if config.init == "lstsq":
+    windows.append(("config.fit.window", config.fit.window))
+  for field, window in windows:
+    for name, m in (("target", target), ("aux", aux)):
+      if window > m.config.max_seq_len:
+        raise ValueError(f"{field} = {window} exceeds the {name}'s "
+                         f"max_seq_len={m.config.max_seq_len}")
   return target, aux, kvp_cfg, tokenizer
 
 
@@ -114,23 +141,28 @@ class SplitBatches:
 
 
 def kvp_loss(kvp_cfg: kvp_lib.KVPConfig, weights: dict, continuation: int, trainable,
-             target_params, batch) -> tuple[jax.Array, dict]:
-  """The weighted three-term loss (module docstring) and its parts.
+             frozen, batch) -> tuple[jax.Array, dict]:
+  """The weighted three-term loss (module docstring) and its parts; a weight-0 term is 0.
 
   Args:
-    trainable: {'aux': params, 'predictor': params}.
+    trainable: {'predictor': params}, and 'aux': params unless the auxiliary is frozen.
+    frozen: {'target': params}, and 'aux': params when the auxiliary is frozen.
     batch: inputs, targets [B, W] int32 and split [B] (prompt lengths P).
   """
   aux_cfg, target_cfg = kvp_cfg.aux, kvp_cfg.target
+  target_params, aux_params = frozen["target"], trainable.get("aux", frozen.get("aux"))
   inputs_BW, targets_BW, split_B = batch["inputs"], batch["targets"], batch["split"]
   B, W = inputs_BW.shape
-  aux_logits_BWV, aux_cache = tr.forward(aux_cfg, trainable["aux"], inputs_BW,
+  zero = jnp.zeros((), jnp.float32)
+  aux_logits_BWV, aux_cache = tr.forward(aux_cfg, aux_params, inputs_BW,
                                          tr.init_cache(aux_cfg, B, W))
-  aux_ce, _ = losses.cross_entropy(aux_logits_BWV, targets_BW)
-  _, real = tr.forward(target_cfg, target_params, inputs_BW, tr.init_cache(target_cfg, B, W))
-  real = jax.lax.stop_gradient(real)
+  aux_ce = losses.cross_entropy(aux_logits_BWV, targets_BW)[0] if weights["aux_ce"] else zero
   pred = kvp_lib.predict_cache(kvp_cfg, trainable["predictor"], aux_cache)
-  l1 = sum(jnp.abs(p - r).mean() for p, r in zip(pred.k + pred.v, real.k + real.v))
+  l1 = zero
+  if weights["l1"]:
+    _, real = tr.forward(target_cfg, target_params, inputs_BW, tr.init_cache(target_cfg, B, W))
+    real = jax.lax.stop_gradient(real)
+    l1 = sum(jnp.abs(p - r).mean() for p, r in zip(pred.k + pred.v, real.k + real.v))
   # The target runs tokens P-1 .. P+C-2 of each row against predicted 0..P-2.
   start_B = split_B - 1
   block_BC = common.read_rows(inputs_BW, start_B, continuation)
@@ -144,7 +176,7 @@ def kvp_loss(kvp_cfg: kvp_lib.KVPConfig, weights: dict, continuation: int, train
 @functools.lru_cache(maxsize=8)
 def make_step(kvp_cfg: kvp_lib.KVPConfig, weights_json: str, continuation: int, optim_json: str,
               num_steps: int):
-  """(optimizer, jitted (state, target_params, batch) -> (state, metrics)); cached, so a
+  """(optimizer, jitted (state, frozen params, batch) -> (state, metrics)); cached, so a
   resumed run in the same process reuses the compiled step."""
   optimizer = train_lib.make_optimizer(ml_collections.ConfigDict(
       {"optim": json.loads(optim_json), "num_steps": num_steps}))
@@ -161,24 +193,40 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   corpus = corpus_lib.build_corpus(root=config.data.corpus_root or None)
   streams = corpus_data.tokenize_corpus(corpus, tokenizer, config.data.cache_dir)
   batches = SplitBatches(streams["train"], config)
+  if config.init == "lstsq":
+    exact = ({t: j for j, t in enumerate(config.keep_layers)} if config.aux == "pruned" else {})
+    layer_map, predictor = kvp_fit.fit_once(os.path.join(workdir, "fit.npz"), kvp_cfg, target,
+                                            aux, streams["train"], config.fit, exact)
+    kvp_cfg = dataclasses.replace(kvp_cfg, layer_map=layer_map)
+    if not paths.isfile(os.path.join(workdir, "fit_model", "kvp.json")):  # the fit alone, to compare
+      kvp_decode.save_kvp(os.path.join(workdir, "fit_model"), target, aux, predictor, layer_map,
+                          extra={"aux_kind": config.aux, "steps": 0, "init": "lstsq",
+                                 "target_dir": config.target_dir})
+  else:
+    predictor = kvp_lib.init_params(kvp_cfg, jax.random.key(config.seed))
 
   optimizer, step_fn = make_step(kvp_cfg, config.weights.to_json(sort_keys=True),
                                  config.data.continuation, config.optim.to_json(sort_keys=True),
                                  config.num_steps)
-  params = {"aux": aux.params,
-            "predictor": kvp_lib.init_params(kvp_cfg, jax.random.key(config.seed))}
+  params = {"predictor": predictor}
+  frozen = {"target": target.params}
+  if config.train_aux:
+    params["aux"] = aux.params
+  else:
+    frozen["aux"] = aux.params
   # Committed to one device like the step's outputs, so step 2 reuses step 1's compile.
   state = jax.device_put(train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                               opt_state=optimizer.init(params)),
                          jax.local_devices()[0])
   state, last = loop_lib.run_steps(
-      state, lambda state, step: step_fn(state, target.params, batches.batch_at(step)), config,
+      state, lambda state, step: step_fn(state, frozen, batches.batch_at(step)), config,
       workdir, desc=f"kvp {config.aux}", postfix={"loss": "loss", "tce": "target_ce", "l1": "l1"})
   if int(state.step) == config.num_steps:
-    trained_aux = LM(aux.config, state.params["aux"], tokenizer.fingerprint)
+    trained_aux = LM(aux.config, state.params.get("aux", aux.params), tokenizer.fingerprint)
     out = kvp_decode.save_kvp(
         os.path.join(workdir, "model"), target, trained_aux, state.params["predictor"],
         kvp_cfg.layer_map, extra={"aux_kind": config.aux, "steps": config.num_steps,
+                                  "init": config.init, "train_aux": config.train_aux,
                                   "target_dir": config.target_dir})
     paths.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
   return last

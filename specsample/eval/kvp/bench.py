@@ -92,26 +92,46 @@ def measure_ttft(config, target, kvps: dict, prompt_ids: np.ndarray) -> list[dic
   return rows
 
 
+def _tail(prompts, n: int):
+  return [p[-n:] for p in prompts]
+
+
 def measure_quality(config, target, kvps: dict, val_stream: np.ndarray, tokenizer) -> dict:
-  """Mean log-likelihood per token on validation windows and HumanEval canonical solutions."""
-  P, C, n = config.quality.prompt_len, config.quality.continuation, config.quality.num_windows
+  """Mean log-likelihood per token on validation windows and HumanEval canonical solutions.
+
+  With config.quality.humaneval_prefix = N > 0 each HumanEval prompt follows N tokens
+  of validation-split code (a different stretch per problem): the long-prompt variant.
+  With config.quality.tail > 0 the target seeing only the last `tail` prompt tokens
+  is scored too: the baseline a prefill that costs nothing must beat.
+  """
+  q = config.quality
+  P, C, n = q.prompt_len, q.continuation, q.num_windows
   stride = len(val_stream) // n
   windows = [val_stream[i * stride:i * stride + P + C].tolist() for i in range(n)]
-  problems = humaneval.load_problems(config.quality.humaneval_limit or None)
+  problems = humaneval.load_problems(q.humaneval_limit or None)
+  he_prompts = tokenizer.encode_batch([p["prompt"] for p in problems], add_bos=True)
+  prefix = q.get("humaneval_prefix", 0)
+  if prefix:
+    step = (len(val_stream) - prefix) // len(problems)
+    he_prompts = [val_stream[i * step:i * step + prefix].tolist() + p
+                  for i, p in enumerate(he_prompts)]
   tasks = {
       "validation": ([w[:P] for w in windows], [w[P:] for w in windows]),
-      "humaneval": (tokenizer.encode_batch([p["prompt"] for p in problems], add_bos=True),
-                    tokenizer.encode_batch([p["canonical_solution"] for p in problems])),
+      "humaneval": (he_prompts, tokenizer.encode_batch([p["canonical_solution"] for p in problems])),
   }
+  rows = q.get("rows", 8)
   out = {}
   for task, (prompts, conts) in tasks.items():
+    score = lambda scorer, prompts_, **kw: quality.mean_loglik(
+        quality.continuation_logprobs(scorer, target, prompts_, conts, rows=rows, **kw))
     row = {"items": len(prompts), "tokens": sum(len(c) for c in conts),
-           "exact": quality.mean_loglik(quality.continuation_logprobs("exact", target, prompts, conts))}
+           "prompt_tokens": sum(len(p) for p in prompts) / len(prompts),
+           "exact": score("exact", prompts)}
+    if q.get("tail", 0):
+      row["tail"] = score("exact", _tail(prompts, q.tail))
     for name, kvp in kvps.items():
-      row[f"kvp_{name}"] = quality.mean_loglik(
-          quality.continuation_logprobs("kvp", target, prompts, conts, kvp=kvp))
-      row[f"aux_{name}"] = quality.mean_loglik(
-          quality.continuation_logprobs("aux", target, prompts, conts, aux=kvp.aux))
+      row[f"kvp_{name}"] = score("kvp", prompts, kvp=kvp)
+      row[f"aux_{name}"] = score("aux", prompts, aux=kvp.aux)
       row[f"gap_closed_{name}"] = quality.gap_closed(row["exact"], row[f"kvp_{name}"],
                                                      row[f"aux_{name}"])
     out[task] = row
@@ -120,12 +140,15 @@ def measure_quality(config, target, kvps: dict, val_stream: np.ndarray, tokenize
 
 
 def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> list[dict]:
-  """Total generate() wall time for prompt + max_new_tokens: SpS (+KVP), AR (+KVP)."""
+  """Total generate() wall time for prompt + max_new_tokens: SpS (+KVP), AR (+KVP).
+  The draft is config.latency.draft_dir's, or '' the KVP's auxiliary model."""
   greedy = dict(sampling=Sampling(temperature=0), max_new_tokens=config.latency.new_tokens,
                 num_draft=config.latency.num_draft)
+  draft_dir = config.latency.get("draft_dir", "")
+  draft = model_io.load_draft(draft_dir, target, "latency.draft_dir") if draft_dir else kvp.aux
   settings = {
-      "sps": dict(method="speculative", draft=kvp.aux),
-      "sps_kvp": dict(method="speculative", prefill="kv_prediction", kvp=kvp),
+      "sps": dict(method="speculative", draft=draft),
+      "sps_kvp": dict(method="speculative", draft=draft, prefill="kv_prediction", kvp=kvp),
       "ar_kvp": dict(method="autoregressive", prefill="kv_prediction", kvp=kvp),
       "ar": dict(method="autoregressive"),
   }
@@ -147,7 +170,7 @@ def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> li
 
 def run(config) -> dict:
   """Loads the target and every KVP folder, measures, writes results/kvp.{json,md} and the plot."""
-  tokenizer = Tokenizer.load(config.tokenizer)
+  tokenizer = Tokenizer.load(config.tokenizer or config.target_dir)  # '' = the target's own
   target = model_io.load_lm(config.target_dir, max_seq_len=config.max_seq_len)
   kvps = {name: kvpd.load_kvp(path, target, max_seq_len=config.max_seq_len)
           for name, path in config.kvp_dirs.items()}

@@ -28,16 +28,18 @@ def _ttft_table(rows, names) -> list[str]:
   return lines
 
 
-def _quality_table(quality, names) -> list[str]:
-  lines = ["| task | items / tokens | exact cache | " + " | ".join(
+def _quality_table(quality, names, tail: int) -> list[str]:
+  tail_head = f" target, last {tail} prompt tokens only |" if tail else ""
+  lines = ["| task | items / tokens | mean prompt tokens | exact cache |" + tail_head + " " + " | ".join(
       f"KVP ({n}) | aux {n} alone | gap closed ({n})" for n in names) + " |",
-      "|" + "---|" * (3 + 3 * len(names))]
+      "|" + "---|" * (4 + bool(tail) + 3 * len(names))]
   for task, row in quality.items():
-    cells = []
+    cells = [f"{row['tail']:.4f}"] if tail else []
     for n in names:
       cells += [f"{row[f'kvp_{n}']:.4f}", f"{row[f'aux_{n}']:.4f}",
                 f"{100 * row[f'gap_closed_{n}']:.1f}%"]
-    lines.append(f"| {task} | {row['items']} / {row['tokens']} | {row['exact']:.4f} | "
+    prompt = f"{row['prompt_tokens']:.0f}" if "prompt_tokens" in row else "?"
+    lines.append(f"| {task} | {row['items']} / {row['tokens']} | {prompt} | {row['exact']:.4f} | "
                  + " | ".join(cells) + " |")
   return lines
 
@@ -55,7 +57,7 @@ def markdown(results: dict) -> str:
   """The report: commands, TTFT / FLOPs, quality, latency, targets met or not."""
   config = results["config"]
   names = list(config["kvp_dirs"])
-  out = ["# KV Prediction (Horton et al. 2024) on the embedded pair", "",
+  out = [f"# KV Prediction (Horton et al. 2024) on {config.get('pair_name', 'the embedded pair')}", "",
          "Produced by `scripts/eval_kvp.py` (commands in configs/kvp_eval.py); auxiliary models "
          "and predictors from `scripts/train_kvp.py` (configs/kvp.py). Output under KVP follows "
          "the target conditioned on the predicted prompt cache, not the target's exact "
@@ -65,11 +67,15 @@ def markdown(results: dict) -> str:
                f"layer map {meta.get('layer_map')}")
   if "quality" in results:
     q = config["quality"]
+    prefix = q.get("humaneval_prefix", 0)
+    he = (f"each canonical solution after its prompt, preceded by {prefix} tokens of "
+          "validation-split code (a different stretch per problem)" if prefix
+          else "each canonical solution after its prompt")
     out += ["", "## Quality: the target's mean log-likelihood per token of held-out continuations",
             "", f"Validation: {q['num_windows']} windows of the corpus validation split, prompt "
-            f"{q['prompt_len']} tokens, continuation {q['continuation']}. HumanEval: each "
-            "canonical solution after its prompt. Gap closed = (KVP - aux) / (exact - aux).", ""]
-    out += _quality_table(results["quality"], names)
+            f"{q['prompt_len']} tokens, continuation {q['continuation']}. HumanEval: {he}. "
+            "Gap closed = (KVP - aux) / (exact - aux).", ""]
+    out += _quality_table(results["quality"], names, q.get("tail", 0))
   if "ttft" in results:
     m = results.get("machine_before", {})
     out += ["", "## Time to first token (batch 1, median of "
@@ -80,13 +86,16 @@ def markdown(results: dict) -> str:
     out += _ttft_table(results["ttft"], names)
   if "latency" in results:
     lat = config["latency"]
+    draft = (f"`{lat['draft_dir']}`" if lat.get("draft_dir")
+             else f"the `{lat['aux']}` auxiliary model")
     out += ["", f"## Total latency, prompt + {lat['new_tokens']} new tokens (greedy, K="
-            f"{lat['num_draft']}, batch 1, median of {lat['repeats']}; draft = the `{lat['aux']}` "
-            "auxiliary model)", ""]
+            f"{lat['num_draft']}, batch 1, median of {lat['repeats']}; draft = {draft}, "
+            f"KVP = `{lat['aux']}`)", ""]
     out += _latency_table(results["latency"])
   out += ["", "## The paper's reported gains (not comparable metrics)", "", PAPER_GAINS, "",
-          "Plot: results/kvp_pareto.png (validation quality at the 192-token prompts above "
-          "against TTFT at 512- and 1024-token prompts).", ""]
+          f"Plot: {config['out_dir']}/kvp_pareto.png (validation quality at the "
+          f"{config['quality']['prompt_len']}-token prompts above against TTFT at 512- and "
+          "1024-token prompts).", ""]
   return "\n".join(out) + "\n"
 
 

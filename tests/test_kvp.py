@@ -319,6 +319,9 @@ def test_training_from_the_least_squares_fit_with_a_frozen_auxiliary(tiny_setup,
   w = np.asarray(fitted.params["layer_0_k"])
   np.testing.assert_array_equal(w.reshape(w.shape[0], -1), np.eye(w.shape[0]))  # exact copy
   chex.assert_trees_all_equal(trained.aux.params, fitted.aux.params)  # frozen
+  # ... so not stored: load_kvp rebuilds it from the target's layers, and checks its fingerprint.
+  assert not (tmp_path / "model" / "aux").exists()
+  assert json.loads((tmp_path / "model" / "kvp.json").read_text())["aux_keep_layers"] == [0]
   config = kvpd.kvp_config(target, trained)
   batch = kvp_train.SplitBatches(np.concatenate([np.arange(4096)] * 2), c).batch_at(0)
   loss = jax.jit(lambda pred: kvp_train.kvp_loss(
@@ -364,6 +367,10 @@ def test_a_predictor_for_another_target_or_auxiliary_is_refused(tiny_setup, tmp_
     kvpd.check_aux_fingerprint(folder, LM(aux.config, jax.tree_util.tree_map(lambda x: x + 1,
                                                                              aux.params)))
   kvpd.load_kvp(folder, target, max_seq_len=128)  # a longer max_seq_len keeps the identity
+  # An auxiliary saved as "the target's own layers" must be exactly them.
+  with pytest.raises(ValueError, match=r"aux_keep_layers=\[0\]: the auxiliary is not these layers"):
+    kvpd.save_kvp(str(tmp_path / "kvp2"), target, aux, kp.init_params(config, jax.random.key(0)),
+                  config.layer_map, aux_keep_layers=(0,))
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -24,7 +24,9 @@ tokens. The target's cache, and so what the output follows, is the same as
 without a draft.
 
 A KVP folder (written by training/kvp_train.py):
-  aux/        the auxiliary model, an ordinary models.io folder (usable as draft=)
+  aux/        the auxiliary model, an ordinary models.io folder (usable as draft=);
+              absent when the auxiliary is the target's own layers, unchanged
+              (kvp.json's aux_keep_layers): load_kvp rebuilds it from the target
   predictor/  orbax params of models.kv_predictor.KVPredictor
   kvp.json    layer map, the target's and the auxiliary's fingerprints, tokenizer
 """
@@ -203,7 +205,7 @@ def predictor_shardings(config: kvp_lib.KVPConfig, mesh, rules: sh.Rules = sh.TE
 # ----------------------------------------------------------------------------- folders
 
 def save_kvp(directory: str, target: LM, aux: LM, predictor_params, layer_map, *,
-             extra: dict | None = None) -> str:
+             extra: dict | None = None, aux_keep_layers: tuple[int, ...] | None = None) -> str:
   """Writes a KVP folder (local or gs://), each write through specsample.paths.
 
   Local: a temporary sibling renamed into place. A bucket cannot rename
@@ -211,15 +213,24 @@ def save_kvp(directory: str, target: LM, aux: LM, predictor_params, layer_map, *
   the predictor goes to a fresh predictor-<id>/, and kvp.json, written last,
   names it: an interrupted save leaves the previous KVP loadable. The
   auxiliary is stored in float32 so that its fingerprint survives the round trip.
+  With aux_keep_layers, `aux` is the target's layers aux_keep_layers, unchanged
+  (kv_predictor.prune_layers): it is not stored, and load_kvp rebuilds it.
   """
   directory = paths.absolute(directory)
   meta = {"layer_map": list(layer_map), "target_fingerprint": fingerprint(target),
           "aux_fingerprint": fingerprint(aux), "tokenizer_id": target.tokenizer_id,
           **(extra or {})}
+  if aux_keep_layers is not None:
+    rebuilt = kvp_lib.prune_layers(target.config, target.params, tuple(aux_keep_layers))
+    if fingerprint(LM(*rebuilt)) != meta["aux_fingerprint"]:
+      raise ValueError(f"aux_keep_layers={list(aux_keep_layers)}: the auxiliary is not these "
+                       "layers of the target, unchanged; save it whole instead")
+    meta["aux_keep_layers"] = list(aux_keep_layers)
 
   def write(root: str, predictor_dir: str) -> None:
-    model_io.save_lm(os.path.join(root, "aux"), aux.config, aux.params,
-                     tokenizer_id=aux.tokenizer_id, store_dtype="float32")
+    if aux_keep_layers is None:
+      model_io.save_lm(os.path.join(root, "aux"), aux.config, aux.params,
+                       tokenizer_id=aux.tokenizer_id, store_dtype="float32")
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(root, predictor_dir), jax.device_get(predictor_params))
       ckptr.wait_until_finished()
@@ -264,7 +275,12 @@ def load_kvp(directory: str, target: LM, **aux_overrides) -> KVP:
   if meta["target_fingerprint"] != got:
     raise ValueError(f"KV predictor at {directory} was trained for target "
                      f"{meta['target_fingerprint']}, not this target ({got})")
-  aux = model_io.load_lm(os.path.join(directory, "aux"), **aux_overrides)
+  if "aux_keep_layers" in meta:  # the target's own layers
+    aux_cfg, aux_params = kvp_lib.prune_layers(target.config, target.params,
+                                               tuple(meta["aux_keep_layers"]))
+    aux = LM(aux_cfg.replace(**aux_overrides).validate(), aux_params, target.tokenizer_id)
+  else:
+    aux = model_io.load_lm(os.path.join(directory, "aux"), **aux_overrides)
   aux_got = fingerprint(aux)
   if meta["aux_fingerprint"] != aux_got:
     raise ValueError(f"KV predictor at {directory} was trained with auxiliary model "

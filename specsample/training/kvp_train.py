@@ -193,6 +193,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   corpus = corpus_lib.build_corpus(root=config.data.corpus_root or None)
   streams = corpus_data.tokenize_corpus(corpus, tokenizer, config.data.cache_dir)
   batches = SplitBatches(streams["train"], config)
+  # A pruned auxiliary that stays the target's own layers is rebuilt from the target on load.
+  keep = tuple(config.keep_layers) if config.aux == "pruned" and not config.train_aux else None
   if config.init == "lstsq":
     exact = ({t: j for j, t in enumerate(config.keep_layers)} if config.aux == "pruned" else {})
     layer_map, predictor = kvp_fit.fit_once(os.path.join(workdir, "fit.npz"), kvp_cfg, target,
@@ -201,7 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not paths.isfile(os.path.join(workdir, "fit_model", "kvp.json")):  # the fit alone, to compare
       kvp_decode.save_kvp(os.path.join(workdir, "fit_model"), target, aux, predictor, layer_map,
                           extra={"aux_kind": config.aux, "steps": 0, "init": "lstsq",
-                                 "target_dir": config.target_dir})
+                                 "target_dir": config.target_dir}, aux_keep_layers=keep)
   else:
     predictor = kvp_lib.init_params(kvp_cfg, jax.random.key(config.seed))
 
@@ -227,6 +229,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(workdir, "model"), target, trained_aux, state.params["predictor"],
         kvp_cfg.layer_map, extra={"aux_kind": config.aux, "steps": config.num_steps,
                                   "init": config.init, "train_aux": config.train_aux,
-                                  "target_dir": config.target_dir})
+                                  "target_dir": config.target_dir}, aux_keep_layers=keep)
     paths.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
   return last

@@ -81,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Only the target's CE: the frozen 4-layer auxiliary has no CE worth keeping, and a
     # better L2 fit of the cache does not give a better target (the closing note's numbers).
     c.weights.aux_ce, c.weights.l1 = 0.0, 0.0
-    c.num_steps, c.batch_size, c.optim.warmup_steps = 300, 4, 20
+    c.num_steps, c.batch_size, c.optim.warmup_steps = 900, 4, 20  # assets/smollm2/README.md
   if args["runlocal"]:
     c.data.min_prompt, c.data.max_prompt, c.data.continuation = 4, 16, 8
     c.num_steps, c.batch_size = 6, 2

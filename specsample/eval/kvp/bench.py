@@ -180,14 +180,23 @@ def run(config) -> dict:
   prompt_ids = np.asarray(val[:max(max(config.ttft_prompt_lens), max(config.latency.prompt_lens))])
   new = {"config": config.to_dict(),
          "training": {name: kvpd.read_meta(path) for name, path in config.kvp_dirs.items()}}
+  # Saved after every phase: a later phase that fails does not lose a finished one.
   if "quality" in config.phases:
     new["quality"] = measure_quality(config, target, kvps, val, tokenizer)
+    results = _save(config, new)
   if "timing" in config.phases:
     new["machine_before"] = timing.machine_info()
     new["ttft"] = measure_ttft(config, target, kvps, prompt_ids)
+    results = _save(config, new)
   if "timing" in config.phases or "latency" in config.phases:
     new["latency"] = measure_latency(config, target, kvps[config.latency.aux], prompt_ids)
     new["machine_after" if "timing" in config.phases else "machine_latency"] = timing.machine_info()
+    results = _save(config, new)
+  return results
+
+
+def _save(config, new: dict) -> dict:
+  """Merges `new` into <out_dir>/kvp.json and rewrites the report and plot from it."""
   # Phases run separately (timing under a lock, quality niced) update one file:
   # read it only now, so a phase that finished meanwhile is kept.
   json_path = os.path.join(config.out_dir, "kvp.json")

@@ -128,8 +128,8 @@ def test_tail_features_are_the_targets_own_at_the_last_prompt_positions(tiny_pai
   tokens = common.init_buffer(prompts_BP, P + 8)
   cache, hidden = jax.jit(common.prefill, static_argnums=(0, 4, 5))(
       target.config, target.params, tokens, prompt_len, P, True)
-  tail = jax.jit(kvpd.tail_features, static_argnums=(0, 5))(
-      target.config, target.params, cache, tokens, prompt_len, P)
+  tail = jax.jit(kvpd.tail_features, static_argnums=0)(
+      target.config, target.params, cache, prompts_BP, prompt_len)
   for b, n in enumerate([P, 3]):
     lo = max(0, n - 1 - T)
     np.testing.assert_allclose(tail[b, lo:n - 1], hidden[b, lo:n - 1], rtol=1e-4, atol=1e-5)

@@ -156,16 +156,18 @@ def prefill(spec: KVPSpec, aux_params, predictor_params, prompts_BP: jax.Array,
 
 
 def tail_features(config: tr.TransformerConfig, target_params, target_cache: tr.KVCache,
-                  tokens_BL: jax.Array, prompt_len_B: jax.Array, width: int) -> jax.Array:
-  """[B, width, D] target features for a feature draft's prefill after a predicted prompt.
+                  prompts_BP: jax.Array, prompt_len_B: jax.Array) -> jax.Array:
+  """[B, P, D] target features for a feature draft's prefill after a predicted prompt
+  (prompts_BP: the right-padded prompts, P wide).
 
-  Positions max(0, P-1-T) .. P-2 of each row (T = FEATURE_TAIL, P its prompt
+  Positions max(0, P_b-1-T) .. P_b-2 of row b (T = FEATURE_TAIL, P_b its prompt
   length) hold the target's features there, computed against the predicted
   cache (`target_cache`, which is not changed); every other position is zero.
   """
+  width = prompts_BP.shape[1]
   T = min(FEATURE_TAIL, width)
-  start_B = jnp.maximum(prompt_len_B - 1 - T, 0)
-  block_BT = common.read_rows(tokens_BL, start_B, T)
+  start_B = jnp.maximum(prompt_len_B - 1 - T, 0)  # start + T <= width: the block is prompt
+  block_BT = common.read_rows(prompts_BP.astype(jnp.int32), start_B, T)
   _, _, hidden_BTD = tr.forward_with_hidden(config, target_params, block_BT,
                                             target_cache.with_lengths(start_B))
   keep_BT = start_B[:, None] + jnp.arange(T) <= prompt_len_B[:, None] - 2

@@ -65,9 +65,8 @@ def _prompt_caches(spec: common.DecodeSpec, kvp, kvp_params, target_params, prom
       kvp, kvp_params["aux"], kvp_params["predictor"], prompts_BP, prompt_len_B, spec.buffer_len)
   hidden_BPD = None
   if kvp.feature_draft:
-    hidden_BPD = kv_prediction.tail_features(
-        kvp.config.target, target_params, target_cache,
-        common.init_buffer(prompts_BP, spec.buffer_len), prompt_len_B, prompts_BP.shape[1])
+    hidden_BPD = kv_prediction.tail_features(kvp.config.target, target_params, target_cache,
+                                             prompts_BP, prompt_len_B)
   return target_cache, aux_cache if kvp.aux_is_draft else None, hidden_BPD
 
 

@@ -152,6 +152,13 @@ def rope(x_BSKH: jax.Array, config: tr.TransformerConfig, sign: int = 1) -> jax.
   return tr._rope(x_BSKH, sign * positions_BS, tr.rope_frequencies(config))
 
 
+def pre_rotary(cache: tr.KVCache, config: tr.TransformerConfig
+               ) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+  """(keys, values) of every layer of `config`'s cache in float32, keys with rotary undone."""
+  return (tuple(rope(k.astype(jnp.float32), config, -1) for k in cache.k),
+          tuple(v.astype(jnp.float32) for v in cache.v))
+
+
 def predict_cache(config: KVPConfig, params, aux_cache: tr.KVCache) -> tr.KVCache:
   """The target's predicted cache from an auxiliary cache of the same [B, S].
 
@@ -161,8 +168,7 @@ def predict_cache(config: KVPConfig, params, aux_cache: tr.KVCache) -> tr.KVCach
   Returns:
     KVCache with the target's layers, post-rotary keys, dtype target.dtype.
   """
-  aux_k = tuple(rope(k.astype(jnp.float32), config.aux, -1) for k in aux_cache.k)
-  aux_v = tuple(v.astype(jnp.float32) for v in aux_cache.v)
+  aux_k, aux_v = pre_rotary(aux_cache, config.aux)
   keys, values = KVPredictor(config).apply({"params": params}, aux_k, aux_v)
   dtype = jnp.dtype(config.target.dtype)
   keys = tuple(rope(k, config.target).astype(dtype) for k in keys)

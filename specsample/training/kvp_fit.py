@@ -34,15 +34,9 @@ from specsample.models import transformer as tr
 from specsample.models.lm import LM
 
 
-def _pre_rotary(cache: tr.KVCache, config: tr.TransformerConfig, kind: str) -> jax.Array:
-  """[L, N, K*H] float32 pre-rotary keys or values of every layer, positions flattened."""
-  rows = []
-  for x in getattr(cache, kind):
-    x = x.astype(jnp.float32)
-    if kind == "k":
-      x = kvp_lib.rope(x, config, -1)
-    rows.append(x.reshape(-1, x.shape[2] * x.shape[3]))
-  return jnp.stack(rows)
+def _flat_layers(xs: tuple[jax.Array, ...]) -> jax.Array:
+  """Per-layer [B, S, K, H] -> [L, B*S, K*H]."""
+  return jnp.stack([x.reshape(-1, x.shape[2] * x.shape[3]) for x in xs])
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -50,16 +44,18 @@ def window_moments(config: kvp_lib.KVPConfig, target_params, aux_params, tokens_
   """Moments of one batch of windows, for keys and values: {kind: (G, C, yy, y)}.
 
   G [L_aux, I+1, I+1], C [L_aux, L_target, I+1, O], yy [L_target] (sum of
-  squares), y [L_target, O] (sums), all float32 sums over the B * W positions.
+  squares), y [L_target, O] (sums), all float32 sums over the B * W positions,
+  of pre-rotary keys (kv_predictor.pre_rotary) and values.
   """
   B, W = tokens_BW.shape
   _, aux = tr.forward(config.aux, aux_params, tokens_BW, tr.init_cache(config.aux, B, W))
   _, tgt = tr.forward(config.target, target_params, tokens_BW, tr.init_cache(config.target, B, W))
+  aux_kv, tgt_kv = kvp_lib.pre_rotary(aux, config.aux), kvp_lib.pre_rotary(tgt, config.target)
   out = {}
-  for kind in ("k", "v"):
-    x_LNI = _pre_rotary(aux, config.aux, kind)
+  for i, kind in enumerate(("k", "v")):
+    x_LNI = _flat_layers(aux_kv[i])
     x_LNI = jnp.concatenate([x_LNI, jnp.ones(x_LNI.shape[:2] + (1,), jnp.float32)], axis=-1)
-    y_TNO = _pre_rotary(tgt, config.target, kind)
+    y_TNO = _flat_layers(tgt_kv[i])
     out[kind] = (jnp.einsum("jni,jnk->jik", x_LNI, x_LNI),
                  jnp.einsum("jni,tno->jtio", x_LNI, y_TNO),
                  jnp.sum(y_TNO * y_TNO, axis=(1, 2)), jnp.sum(y_TNO, axis=1))

@@ -38,8 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.layer_map = ()                         # target layer i -> aux layer; () = floor(i * L_aux / L_target)
   c.tokenizer = "assets/tokenizer/tokenizer.model"  # both models' tokenizer; '' = the target folder's
   c.train_aux = True                       # False: the auxiliary is frozen, only the predictor learns
-  c.init = "random"                        # predictor start: random | lstsq (training/kvp_fit.py;
-                                           # its layer map replaces layer_map)
+  c.init = "random"                        # predictor start: random | lstsq (training/kvp_fit.py)
+                                           # | kvp (init_dir); lstsq and kvp replace layer_map
+  c.init_dir = ""                          # init="kvp": the KVP folder to start from
+  c.exact_tail = 0                         # prompt positions before the last that the target
+                                           # runs itself (decoding/kv_prediction.py); 0 = paper
   c.fit = ml_collections.ConfigDict()      # init="lstsq": the least-squares fit
   c.fit.num_windows = 16                   # corpus training windows (one forward of each model each)
   c.fit.window = 1024                      # tokens per window

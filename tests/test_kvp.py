@@ -3,8 +3,9 @@ predicted cache, training, and bad input.
 
 The one statistical test (sampled speculative + KVP against the exact joint of
 the KVP-conditioned target, with the auxiliary and with a feature draft as the
-draft) asserts p > ALPHA = 1e-4 on two prompts per draft, so a correct sampler
-fails it with probability at most 4e-4 (union bound); its
+draft, and a feature draft with an exact tail) asserts p > ALPHA = 1e-4 on two
+prompts per case, so a correct sampler fails it with probability at most 6e-4
+(union bound); its
 power check asserts that the same samples REJECT the target's exact
 (full-prefill) joint, which the predicted cache changes.
 """
@@ -117,23 +118,75 @@ def test_identity_predictor_with_the_target_as_auxiliary_reproduces_its_cache(ti
           == generate(target, GREEDY_PROMPTS, **GREEDY_AR).tokens)
 
 
-def test_tail_features_are_the_targets_own_at_the_last_prompt_positions(tiny_pair):
-  """With an exact predicted cache, a feature draft's prompt features equal a full
-  prefill's at positions max(0, P-1-T) .. P-2 and are zero elsewhere, per row."""
+@pytest.mark.parametrize("exact_tail", [0, 5])
+def test_prompt_features_are_the_targets_own_at_the_tail(tiny_pair, exact_tail):
+  """With an exact predicted cache (the target as its own auxiliary), a feature draft's
+  prompt features equal a full prefill's at positions max(0, P-1-T) .. P-2 and are zero
+  elsewhere, per row; T is the exact tail, or FEATURE_TAIL without one."""
   target, _ = tiny_pair
-  T = kvpd.FEATURE_TAIL
-  P = T + 6
+  config = kp.KVPConfig(target.config, target.config).validate()
+  spec = kvpd.KVPSpec(config, False, feature_draft=True, exact_tail=exact_tail)
+  T = exact_tail or kvpd.FEATURE_TAIL
+  P = kvpd.FEATURE_TAIL + 6
   prompts_BP = jnp.array([list(range(1, P + 1)), [9, 8, 7] + [0] * (P - 3)]) % 16
   prompt_len = jnp.array([P, 3])
   tokens = common.init_buffer(prompts_BP, P + 8)
   cache, hidden = jax.jit(common.prefill, static_argnums=(0, 4, 5))(
       target.config, target.params, tokens, prompt_len, P, True)
-  tail = jax.jit(kvpd.tail_features, static_argnums=0)(
-      target.config, target.params, cache, prompts_BP, prompt_len)
+  _, _, tail = jax.jit(kvpd.prefill, static_argnums=(0, 6))(
+      spec, target.params, target.params, kp.identity_params(config), prompts_BP, prompt_len,
+      P + 8)
   for b, n in enumerate([P, 3]):
     lo = max(0, n - 1 - T)
     np.testing.assert_allclose(tail[b, lo:n - 1], hidden[b, lo:n - 1], rtol=1e-4, atol=1e-5)
     assert not np.any(tail[b, :lo]) and not np.any(tail[b, n - 1:])
+
+
+def _greedy_with_exact_tail(target: LM, kvp: kvpd.KVP, prompt: list[int], n: int) -> list[int]:
+  """Greedy tokens of the target whose cache holds the PREDICTED keys and values of
+  positions 0..P-2-T and its own from P-1-T on: each step reruns the whole tail and
+  everything generated against the predicted part (no incremental cache)."""
+  P, T = len(prompt), kvp.exact_tail
+  start = max(P - 1 - T, 0)
+  aux_cache = common.prefill(kvp.aux.config, kvp.aux.params,
+                             common.init_buffer(jnp.array([prompt]), P + n), jnp.array([P]), P)
+  pred = kp.predict_cache(kvpd.kvp_config(target, kvp), kvp.params, aux_cache)
+  out = []
+  for _ in range(n):
+    block = jnp.array([prompt[start:] + out])
+    logits, _ = tr.forward(target.config, target.params, block,
+                           pred.with_lengths(jnp.array([start])))
+    out.append(int(jnp.argmax(logits[0, -1])))
+  return out
+
+
+def test_an_exact_tail_is_the_targets_own_cache_over_the_last_prompt_positions(tiny_kvp):
+  """KVP.exact_tail = T: greedy AR + KVP equals a from-scratch recomputation with the
+  predicted cache kept only before position P-1-T, on rows longer and shorter than T + 1;
+  a row that fits in the tail is the full prefill's. Greedy SpS + KVP with a feature draft
+  equals AR + KVP, and the first-token path agrees with the loop."""
+  target, kvp = tiny_kvp
+  tail = dataclasses.replace(kvp, exact_tail=4)
+  prompts = [[1, 2, 3], [(3 * i + 1) % 16 for i in range(11)], [5, 9, 2, 2, 7, 1]]
+  greedy = dict(sampling=Sampling(temperature=0), max_new_tokens=6, prefill="kv_prediction")
+  ar = generate(target, prompts, method="autoregressive", kvp=tail, **greedy)
+  for prompt, tokens in zip(prompts, ar.tokens):
+    assert tokens == _greedy_with_exact_tail(target, tail, prompt, 6), prompt
+  full = generate(target, prompts[:1], method="autoregressive", max_new_tokens=6,
+                  sampling=Sampling(temperature=0))
+  assert ar.tokens[0] == full.tokens[0]  # 3 <= T + 1: nothing predicted is left
+  assert ar.tokens[1] != generate(target, prompts[1:2], method="autoregressive", kvp=kvp,
+                                  **greedy).tokens[0]  # the tail changes what a long row says
+  sps = generate(target, prompts, method="speculative", draft=make_feature_draft(target),
+                 num_draft=3, kvp=tail, **greedy)
+  assert sps.tokens == ar.tokens
+  spec = kvpd.check(target, None, "autoregressive", "kv_prediction", tail)
+  first = jax.jit(kvpd.first_token_logits, static_argnums=0)(
+      spec, target.params, tail.aux.params, tail.params, jnp.array(prompts[1:2]))
+  assert int(jnp.argmax(first[0])) == ar.tokens[1][0]
+  with pytest.raises(ValueError, match="kvp.exact_tail must be an int >= 0, got -1"):
+    generate(target, prompts, kvp=dataclasses.replace(kvp, exact_tail=-1), method="autoregressive",
+             max_new_tokens=2, prefill="kv_prediction")
 
 
 # ---------------------------------------------------------------- lossless decoding
@@ -181,12 +234,13 @@ def kvp_joint(target: LM, kvp: kvpd.KVP, prompt: list[int], n: int = 3) -> np.nd
   """P(x1..xn | predicted cache of prompt[:-1], prompt[-1]) for every continuation: [V**n]."""
   V, P = target.config.vocab_size, len(prompt)
   conts = np.array(list(itertools.product(range(V), repeat=n)), np.int32)        # [V^n, n]
-  spec = kvpd.KVPSpec(config=kvpd.kvp_config(target, kvp), aux_is_draft=False)
+  spec = kvpd.KVPSpec(config=kvpd.kvp_config(target, kvp), aux_is_draft=False,
+                      exact_tail=kvp.exact_tail)
 
   @jax.jit
   def probs(target_params, aux_params, predictor_params, block):
-    cache, _ = kvpd.prefill(spec, aux_params, predictor_params, jnp.array([prompt]),
-                            jnp.array([P]), P + n)
+    cache, _, _ = kvpd.prefill(spec, target_params, aux_params, predictor_params,
+                               jnp.array([prompt]), jnp.array([P]), P + n)
     cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, block.shape[0], axis=0), cache)
     return jax.nn.softmax(tr.forward(target.config, target_params, block, cache)[0], axis=-1)
 
@@ -204,13 +258,15 @@ def full_joint(target: LM, prompt: list[int], n: int = 3) -> np.ndarray:
   return _joint(np.asarray(probs), conts)
 
 
-@pytest.mark.parametrize("draft_kind", ["aux", "feature"])
+@pytest.mark.parametrize("draft_kind", ["aux", "feature", "feature_exact_tail"])
 def test_sampled_speculative_kvp_follows_the_kvp_conditioned_target(tiny_kvp, draft_kind):
   target, kvp = tiny_kvp
+  if draft_kind == "feature_exact_tail":  # the prompts' first 1 and 2 positions stay predicted
+    kvp = dataclasses.replace(kvp, exact_tail=1)
   V = target.config.vocab_size
   prompts, rows = [[1, 2, 3], [7, 5, 2, 2]], 4000
   batch = [prompts[i % 2] for i in range(2 * rows)]
-  draft = make_feature_draft(target) if draft_kind == "feature" else None
+  draft = make_feature_draft(target) if draft_kind.startswith("feature") else None
   out = generate(target, batch, method="speculative", draft=draft, num_draft=2,
                  sampling=Sampling(temperature=1.0), max_new_tokens=3, seed=13,
                  prefill="kv_prediction", kvp=kvp)
@@ -296,7 +352,7 @@ def test_training_lowers_the_loss_resumes_exactly_and_exports_a_kvp(tiny_setup, 
   _, aux, config, _ = kvp_train.load_models(c)
   batch = kvp_train.SplitBatches(np.concatenate([np.arange(4096)] * 2), c).batch_at(0)
   loss = jax.jit(lambda aux_params, pred: kvp_train.kvp_loss(
-      config, c.weights.to_dict(), c.data.continuation, {"aux": aux_params, "predictor": pred},
+      config, c.weights.to_dict(), c.data.continuation, 0, {"aux": aux_params, "predictor": pred},
       {"target": target.params}, batch)[0])
   before = loss(aux.params, kp.init_params(config, jax.random.key(c.seed)))
   assert float(loss(a.aux.params, a.params)) < float(before)
@@ -325,7 +381,7 @@ def test_training_from_the_least_squares_fit_with_a_frozen_auxiliary(tiny_setup,
   config = kvpd.kvp_config(target, trained)
   batch = kvp_train.SplitBatches(np.concatenate([np.arange(4096)] * 2), c).batch_at(0)
   loss = jax.jit(lambda pred: kvp_train.kvp_loss(
-      config, c.weights.to_dict(), c.data.continuation, {"predictor": pred},
+      config, c.weights.to_dict(), c.data.continuation, 0, {"predictor": pred},
       {"target": target.params, "aux": fitted.aux.params}, batch))
   total, parts = loss(trained.params)
   assert float(total) == float(parts["target_ce"]) > 0
@@ -333,6 +389,22 @@ def test_training_from_the_least_squares_fit_with_a_frozen_auxiliary(tiny_setup,
   moved = [k for k in trained.params if not np.array_equal(trained.params[k], fitted.params[k])]
   assert len(moved) == len(trained.params)  # every map learned (test_training_lowers_the_loss...
   # checks that training lowers the loss)
+  # Continued from that folder with an exact tail: its layer map and start, the tail recorded.
+  c2 = _config(tiny_setup, aux="pruned", keep_layers=(0,), init="kvp", train_aux=False,
+               init_dir=str(tmp_path / "model"), exact_tail=3,
+               **{"weights.aux_ce": 0.0, "weights.l1": 0.0})
+  kvp_train.run(c2, str(tmp_path / "tail"))
+  tailed = kvpd.load_kvp(str(tmp_path / "tail" / "model"), target)
+  assert tailed.exact_tail == 3 and tailed.layer_map == trained.layer_map
+  with_tail = jax.jit(lambda pred: kvp_train.kvp_loss(
+      config, c.weights.to_dict(), c.data.continuation, 3, {"predictor": pred},
+      {"target": target.params, "aux": fitted.aux.params}, batch)[0])
+  assert float(with_tail(trained.params)) != float(total)  # the tail changes the loss
+  # It started from the folder's predictor: 6 Adam steps of lr <= 1e-3 move each weight
+  # by at most ~6e-3, far less than the distance to a random or least-squares start.
+  for k in tailed.params:
+    step = np.abs(np.asarray(tailed.params[k]) - np.asarray(trained.params[k])).max()
+    assert 0 < step < 0.02, (k, step)
 
 
 def test_least_squares_fit_of_the_target_from_itself_recovers_its_cache(tiny_pair):
@@ -382,6 +454,8 @@ def test_a_predictor_for_another_target_or_auxiliary_is_refused(tiny_setup, tmp_
     ("init", "zeros", "config.init must be one of"),
     ("fit.ridge", 0.0, "config.fit.ridge must be a number > 0"),
     ("fit.window", 65, "config.fit.window = 65 exceeds the target's max_seq_len=64"),
+    ("exact_tail", -2, "config.exact_tail must be an int >= 0, got -2"),
+    ("init", "kvp", "config.init='kvp' needs config.init_dir"),
 ])
 def test_bad_training_config_fields_are_named(tiny_setup, tmp_path, field, value, message):
   c = _config(tiny_setup, **{field: value})

@@ -15,20 +15,28 @@ reads the target's cache.
 When the auxiliary model is also the speculative draft (draft=None, or
 draft=kvp.aux), its prompt cache IS the draft's cache: no second prefill.
 
+An exact tail (KVP.exact_tail = T > 0, an extension of the paper): the target
+itself runs the T prompt positions before the last one, against the predicted
+cache of the positions before them, and writes its own keys and values there;
+only positions 0..P-2-T stay predicted. It costs one T-token target pass
+(`run_tail`) and carries what the last tokens say exactly. The predictor is
+trained for its T (training/kvp_train.py, config.exact_tail); kvp.json records it.
+
 A feature draft (models/feature_draft.py) reads the target's features, which a
-predicted prompt does not have. The target computes them for the last
-FEATURE_TAIL positions before the last prompt token, against the predicted
-cache and without writing to it (`tail_features`: one FEATURE_TAIL-token
-forward); earlier prompt pairs get a zero feature, so the draft sees only their
-tokens. The target's cache, and so what the output follows, is the same as
-without a draft.
+predicted prompt does not have. With an exact tail, the draft gets that pass's
+features; without one, the target computes them for the last FEATURE_TAIL
+positions before the last prompt token, against the predicted cache and
+without writing to it (one FEATURE_TAIL-token forward). Earlier prompt pairs
+get a zero feature, so the draft sees only their tokens. The target's cache,
+and so what the output follows, is the same with any draft or none.
 
 A KVP folder (written by training/kvp_train.py):
   aux/        the auxiliary model, an ordinary models.io folder (usable as draft=);
               absent when the auxiliary is the target's own layers, unchanged
               (kvp.json's aux_keep_layers): load_kvp rebuilds it from the target
   predictor/  orbax params of models.kv_predictor.KVPredictor
-  kvp.json    layer map, the target's and the auxiliary's fingerprints, tokenizer
+  kvp.json    layer map, exact tail, the target's and the auxiliary's fingerprints,
+              tokenizer
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from specsample import paths
+from specsample import paths, utils
 from specsample import sharding as sh
 from specsample.decoding import common
 from specsample.models import feature_draft as fd
@@ -70,10 +78,13 @@ class KVP:
     aux: the auxiliary model (pass it as draft= to reuse its cache, or omit draft).
     params: the predictor's parameters (models.kv_predictor.KVPredictor).
     layer_map: for each target layer, the auxiliary layer it reads.
+    exact_tail: prompt positions before the last that the target runs itself
+      (module docstring); 0 is the paper's prefill.
   """
   aux: LM
   params: Any
   layer_map: tuple[int, ...]
+  exact_tail: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +92,8 @@ class KVPSpec:
   """Static part of a KVP prefill: a jit static argument of the decode loop."""
   config: kvp_lib.KVPConfig
   aux_is_draft: bool  # the auxiliary's prompt cache becomes the draft cache
-  feature_draft: bool = False  # the draft reads target features: `tail_features` makes them
+  feature_draft: bool = False  # the draft reads target features: `run_tail` makes them
+  exact_tail: int = 0  # KVP.exact_tail
 
 
 def fingerprint(model: LM) -> str:
@@ -128,6 +140,8 @@ def check(target: LM, draft: LM | None, method: str, prefill: str, kvp: KVP | No
   if aux.tokenizer_id and target.tokenizer_id and aux.tokenizer_id != target.tokenizer_id:
     raise ValueError(f"kvp auxiliary and target tokenizers differ: {aux.tokenizer_id!r} vs "
                      f"{target.tokenizer_id!r}")
+  if not utils.is_int(kvp.exact_tail) or kvp.exact_tail < 0:
+    raise ValueError(f"kvp.exact_tail must be an int >= 0, got {kvp.exact_tail!r}")
   want = _param_shapes(config)
   got = jax.tree_util.tree_map(lambda x: tuple(x.shape), kvp.params)
   if want != got:
@@ -137,39 +151,64 @@ def check(target: LM, draft: LM | None, method: str, prefill: str, kvp: KVP | No
   feature = speculative and isinstance(draft, fd.FeatureDraft)
   aux_is_draft = speculative and not feature and (draft is None or draft is aux or (
       draft.config == aux.config and draft.params is aux.params))
-  return KVPSpec(config=config, aux_is_draft=aux_is_draft, feature_draft=feature)
+  return KVPSpec(config=config, aux_is_draft=aux_is_draft, feature_draft=feature,
+                 exact_tail=int(kvp.exact_tail))
 
 
-def prefill(spec: KVPSpec, aux_params, predictor_params, prompts_BP: jax.Array,
-            prompt_len_B: jax.Array, buffer_len: int) -> tuple[tr.KVCache, tr.KVCache]:
-  """Auxiliary prefill + predicted target cache, both at `prompt_len - 1` positions.
+def prefill(spec: KVPSpec, target_params, aux_params, predictor_params, prompts_BP: jax.Array,
+            prompt_len_B: jax.Array, buffer_len: int
+            ) -> tuple[tr.KVCache, tr.KVCache, jax.Array | None]:
+  """Auxiliary prefill, predicted target cache, exact tail: all at `prompt_len - 1` positions.
 
   Returns:
-    (target cache, auxiliary cache), each [B, buffer_len] long, in the loops'
-    convention (decoding/common.py): the last prompt token is not in either,
-    so the target's first step runs it against the predicted positions 0..P-2.
+    (target cache, auxiliary cache, features): the caches [B, buffer_len] long,
+    in the loops' convention (decoding/common.py): the last prompt token is in
+    neither, so the target's first step runs it against positions 0..P-2.
+    features: [B, P, D] target features for a feature draft (zero where the
+    target did not run; module docstring), else None.
   """
   tokens_BL = common.init_buffer(prompts_BP, buffer_len)
   aux_cache = common.prefill(spec.config.aux, aux_params, tokens_BL, prompt_len_B,
                              prompts_BP.shape[1])
-  return kvp_lib.predict_cache(spec.config, predictor_params, aux_cache), aux_cache
+  target_cache = kvp_lib.predict_cache(spec.config, predictor_params, aux_cache)
+  if not (spec.exact_tail or spec.feature_draft):
+    return target_cache, aux_cache, None
+  tail = spec.exact_tail or FEATURE_TAIL
+  written, hidden_BTD, start_B = run_tail(spec.config.target, target_params, target_cache,
+                                          prompts_BP, prompt_len_B, tail)
+  if spec.exact_tail:
+    target_cache = written
+  features = (_place_features(hidden_BTD, start_B, prompt_len_B, prompts_BP.shape[1])
+              if spec.feature_draft else None)
+  return target_cache, aux_cache, features
 
 
-def tail_features(config: tr.TransformerConfig, target_params, target_cache: tr.KVCache,
-                  prompts_BP: jax.Array, prompt_len_B: jax.Array) -> jax.Array:
-  """[B, P, D] target features for a feature draft's prefill after a predicted prompt
-  (prompts_BP: the right-padded prompts, P wide).
+def run_tail(config: tr.TransformerConfig, target_params, target_cache: tr.KVCache,
+             tokens_BX: jax.Array, prompt_len_B: jax.Array, tail: int
+             ) -> tuple[tr.KVCache, jax.Array, jax.Array]:
+  """The target on prompt positions start_b .. P_b-2 against the cache before them.
 
-  Positions max(0, P_b-1-T) .. P_b-2 of row b (T = FEATURE_TAIL, P_b its prompt
-  length) hold the target's features there, computed against the predicted
-  cache (`target_cache`, which is not changed); every other position is zero.
+  start_b = max(0, P_b-1-T) with T = min(tail, X): row b's last T positions before
+  its last prompt token (all of them when the prompt is shorter). tokens_BX holds
+  each row's prompt from position 0 (a prompt buffer or a longer window).
+
+  Returns:
+    (cache, hidden [B, T, D], start [B]): the cache with the target's own keys
+    and values at start_b .. P_b-2 and lengths P_b - 1 (a short row's block
+    also wrote positions past P_b-2; they are stale), and the block's features.
   """
-  width = prompts_BP.shape[1]
-  T = min(FEATURE_TAIL, width)
-  start_B = jnp.maximum(prompt_len_B - 1 - T, 0)  # start + T <= width: the block is prompt
-  block_BT = common.read_rows(prompts_BP.astype(jnp.int32), start_B, T)
-  _, _, hidden_BTD = tr.forward_with_hidden(config, target_params, block_BT,
-                                            target_cache.with_lengths(start_B))
+  T = min(tail, tokens_BX.shape[1])
+  start_B = jnp.maximum(prompt_len_B - 1 - T, 0)  # start + T <= X: the block is in the buffer
+  block_BT = common.read_rows(tokens_BX.astype(jnp.int32), start_B, T)
+  _, cache, hidden_BTD = tr.forward_with_hidden(config, target_params, block_BT,
+                                                target_cache.with_lengths(start_B))
+  return cache.with_lengths(prompt_len_B - 1), hidden_BTD, start_B
+
+
+def _place_features(hidden_BTD: jax.Array, start_B: jax.Array, prompt_len_B: jax.Array,
+                    width: int) -> jax.Array:
+  """[B, width, D]: row b's block features at positions start_b .. P_b-2, zero elsewhere."""
+  T = hidden_BTD.shape[1]
   keep_BT = start_B[:, None] + jnp.arange(T) <= prompt_len_B[:, None] - 2
   hidden_BTD = jnp.where(keep_BT[..., None], hidden_BTD, 0)
   zeros_XD = jnp.zeros((width + T, hidden_BTD.shape[-1]), hidden_BTD.dtype)
@@ -180,7 +219,8 @@ def tail_features(config: tr.TransformerConfig, target_params, target_cache: tr.
 def first_token_logits(spec: KVPSpec, target_params, aux_params, predictor_params,
                        prompts_BP: jax.Array) -> jax.Array:
   """Time-to-first-token path for full-length [B, P] prompts: auxiliary on
-  positions 0..P-2, predictor, one target step on token P-1. Returns [B, V].
+  positions 0..P-2, predictor, one target pass on the exact tail and token P-1
+  (one token without a tail). Returns [B, V].
 
   The auxiliary never sees the last prompt token here (as in the paper); the
   cache is sized P so nothing else is computed.
@@ -189,9 +229,10 @@ def first_token_logits(spec: KVPSpec, target_params, aux_params, predictor_param
   aux_cache = tr.init_cache(spec.config.aux, B, P)
   _, aux_cache = tr.forward(spec.config.aux, aux_params, prompts_BP[:, :P - 1], aux_cache)
   target_cache = kvp_lib.predict_cache(spec.config, predictor_params, aux_cache)
-  logits_B1V, _ = tr.forward(spec.config.target, target_params, prompts_BP[:, P - 1:],
-                             target_cache)
-  return logits_B1V[:, 0]
+  start = max(P - 1 - spec.exact_tail, 0)  # the exact tail and the last token: one pass
+  logits_BTV, _ = tr.forward(spec.config.target, target_params, prompts_BP[:, start:],
+                             target_cache.with_lengths(jnp.full((B,), start, jnp.int32)))
+  return logits_BTV[:, -1]
 
 
 def predictor_shardings(config: kvp_lib.KVPConfig, mesh, rules: sh.Rules = sh.TENSOR_PARALLEL):
@@ -294,7 +335,7 @@ def load_kvp(directory: str, target: LM, **aux_overrides) -> KVP:
     params = ckptr.restore(os.path.join(paths.absolute(directory),
                                         meta.get("predictor_dir", "predictor")), abstract)
   kvp = KVP(aux=aux, params=jax.tree_util.tree_map(jnp.asarray, params),
-            layer_map=config.layer_map)
+            layer_map=config.layer_map, exact_tail=int(meta.get("exact_tail", 0)))
   check(target, None, "autoregressive", "kv_prediction", kvp)
   return kvp
 

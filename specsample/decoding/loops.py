@@ -61,12 +61,9 @@ def _prompt_caches(spec: common.DecodeSpec, kvp, kvp_params, target_params, prom
   or (None, None, None): a full prefill."""
   if kvp is None:
     return None, None, None
-  target_cache, aux_cache = kv_prediction.prefill(
-      kvp, kvp_params["aux"], kvp_params["predictor"], prompts_BP, prompt_len_B, spec.buffer_len)
-  hidden_BPD = None
-  if kvp.feature_draft:
-    hidden_BPD = kv_prediction.tail_features(kvp.config.target, target_params, target_cache,
-                                             prompts_BP, prompt_len_B)
+  target_cache, aux_cache, hidden_BPD = kv_prediction.prefill(
+      kvp, target_params, kvp_params["aux"], kvp_params["predictor"], prompts_BP, prompt_len_B,
+      spec.buffer_len)
   return target_cache, aux_cache if kvp.aux_is_draft else None, hidden_BPD
 
 

@@ -343,7 +343,7 @@ def speculative_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
   valid positions, [B, spec.buffer_len]), e.g. from KV Prediction
   (decoding/kv_prediction.py), None runs a full prefill; row_keys: [B] per-row
   PRNG keys, for coupling='gumbel' only; target_hidden: a feature draft's
-  prompt features when target_cache is given (kv_prediction.tail_features).
+  prompt features when target_cache is given (kv_prediction.prefill).
   Returns the final SpecState.
   """
   state = init_state(target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP,

@@ -6,7 +6,9 @@ max_prompt + continuation tokens split at its own prompt length P, drawn
 uniformly in [min_prompt, max_prompt] from (seed, step). The loss is
 
   w_target * CE of the target on the continuation, run from the last prompt
-             token against the PREDICTED cache of positions 0..P-2
+             token against the PREDICTED cache of positions 0..P-2 (with
+             config.exact_tail = T, the target's own at P-1-T .. P-2, computed
+             against the predicted positions before them, as in decoding)
   + w_aux  * CE of the auxiliary model on the whole window
   + w_l1   * sum over target layers of mean |K_pred - K| + mean |V_pred - V|,
 
@@ -18,7 +20,9 @@ the target's pass over the whole window).
 
 config.train_aux = False freezes the auxiliary (only the predictor learns).
 config.init = "lstsq" starts the predictor from the least-squares fit of
-training/kvp_fit.py instead of random weights, and takes the fit's layer map.
+training/kvp_fit.py instead of random weights, and takes the fit's layer map;
+config.init = "kvp" starts from the KVP folder config.init_dir (its predictor
+and layer map: a new schedule, longer prompts or an exact tail on a trained one).
 Everything needed to resume lives in `workdir`:
 
   workdir/fit.npz              init="lstsq": the fitted predictor and its layer map
@@ -60,7 +64,7 @@ from specsample.training import loop as loop_lib
 from specsample.training import train as train_lib
 
 AUX_KINDS = ("draft", "pruned")
-INITS = ("random", "lstsq")
+INITS = ("random", "lstsq", "kvp")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -71,6 +75,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.init must be one of {INITS}, got {config.init!r}")
   if not isinstance(config.train_aux, bool):
     raise ValueError(f"config.train_aux must be True or False, got {config.train_aux!r}")
+  if config.init == "kvp" and not config.get("init_dir"):
+    raise ValueError("config.init='kvp' needs config.init_dir, a KVP folder (another run's "
+                     "<workdir>/model) for this target and auxiliary")
   if config.init == "lstsq":
     for name in ("num_windows", "window"):
       if not utils.is_positive_int(config.fit[name]):
@@ -78,6 +85,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     ridge = config.fit.ridge
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge > 0:
       raise ValueError(f"config.fit.ridge must be a number > 0, got {ridge!r}")
+  if not utils.is_int(config.exact_tail) or config.exact_tail < 0:
+    raise ValueError(f"config.exact_tail must be an int >= 0, got {config.exact_tail!r}")
   for name in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
     if not utils.is_positive_int(config[name]):
       raise ValueError(f"config.{name} must be an int >= 1, got {config[name]!r}")
@@ -140,11 +149,13 @@ class SplitBatches:
     return {"inputs": batch["inputs"], "targets": batch["targets"], "split": split.astype(np.int32)}
 
 
-def kvp_loss(kvp_cfg: kvp_lib.KVPConfig, weights: dict, continuation: int, trainable,
-             frozen, batch) -> tuple[jax.Array, dict]:
+def kvp_loss(kvp_cfg: kvp_lib.KVPConfig, weights: dict, continuation: int, exact_tail: int,
+             trainable, frozen, batch) -> tuple[jax.Array, dict]:
   """The weighted three-term loss (module docstring) and its parts; a weight-0 term is 0.
 
   Args:
+    exact_tail: prompt positions before the last that the target runs itself
+      before the continuation (decoding/kv_prediction.py); 0 = the paper's.
     trainable: {'predictor': params}, and 'aux': params unless the auxiliary is frozen.
     frozen: {'target': params}, and 'aux': params when the auxiliary is frozen.
     batch: inputs, targets [B, W] int32 and split [B] (prompt lengths P).
@@ -163,7 +174,10 @@ def kvp_loss(kvp_cfg: kvp_lib.KVPConfig, weights: dict, continuation: int, train
     _, real = tr.forward(target_cfg, target_params, inputs_BW, tr.init_cache(target_cfg, B, W))
     real = jax.lax.stop_gradient(real)
     l1 = sum(jnp.abs(p - r).mean() for p, r in zip(pred.k + pred.v, real.k + real.v))
-  # The target runs tokens P-1 .. P+C-2 of each row against predicted 0..P-2.
+  if exact_tail:  # the target's own keys and values at P-1-T .. P-2, as in decoding
+    pred, _, _ = kvp_decode.run_tail(target_cfg, target_params, pred, inputs_BW, split_B,
+                                     exact_tail)
+  # The target runs tokens P-1 .. P+C-2 of each row against the prompt's cache 0..P-2.
   start_B = split_B - 1
   block_BC = common.read_rows(inputs_BW, start_B, continuation)
   labels_BC = common.read_rows(targets_BW, start_B, continuation)
@@ -174,13 +188,14 @@ def kvp_loss(kvp_cfg: kvp_lib.KVPConfig, weights: dict, continuation: int, train
 
 
 @functools.lru_cache(maxsize=8)
-def make_step(kvp_cfg: kvp_lib.KVPConfig, weights_json: str, continuation: int, optim_json: str,
-              num_steps: int):
+def make_step(kvp_cfg: kvp_lib.KVPConfig, weights_json: str, continuation: int, exact_tail: int,
+              optim_json: str, num_steps: int):
   """(optimizer, jitted (state, frozen params, batch) -> (state, metrics)); cached, so a
   resumed run in the same process reuses the compiled step."""
   optimizer = train_lib.make_optimizer(ml_collections.ConfigDict(
       {"optim": json.loads(optim_json), "num_steps": num_steps}))
-  loss_fn = functools.partial(kvp_loss, kvp_cfg, json.loads(weights_json), continuation)
+  loss_fn = functools.partial(kvp_loss, kvp_cfg, json.loads(weights_json), continuation,
+                              exact_tail)
   return optimizer, loop_lib.make_update_step(loss_fn, optimizer)
 
 
@@ -204,12 +219,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       kvp_decode.save_kvp(os.path.join(workdir, "fit_model"), target, aux, predictor, layer_map,
                           extra={"aux_kind": config.aux, "steps": 0, "init": "lstsq",
                                  "target_dir": config.target_dir}, aux_keep_layers=keep)
+  elif config.init == "kvp":  # another run's predictor and layer map (a new schedule or tail)
+    start = kvp_decode.load_kvp(config.init_dir, target, max_seq_len=aux.config.max_seq_len)
+    kvp_decode.check_aux_fingerprint(config.init_dir, aux)
+    kvp_cfg = dataclasses.replace(kvp_cfg, layer_map=start.layer_map)
+    predictor = start.params
   else:
     predictor = kvp_lib.init_params(kvp_cfg, jax.random.key(config.seed))
 
   optimizer, step_fn = make_step(kvp_cfg, config.weights.to_json(sort_keys=True),
-                                 config.data.continuation, config.optim.to_json(sort_keys=True),
-                                 config.num_steps)
+                                 config.data.continuation, config.exact_tail,
+                                 config.optim.to_json(sort_keys=True), config.num_steps)
   params = {"predictor": predictor}
   frozen = {"target": target.params}
   if config.train_aux:
@@ -229,6 +249,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(workdir, "model"), target, trained_aux, state.params["predictor"],
         kvp_cfg.layer_map, extra={"aux_kind": config.aux, "steps": config.num_steps,
                                   "init": config.init, "train_aux": config.train_aux,
+                                  "exact_tail": config.exact_tail,
                                   "target_dir": config.target_dir}, aux_keep_layers=keep)
     paths.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
   return last

@@ -5,7 +5,8 @@ is the median wall time (after warm-up) of one jitted call from prompt ids to
 the first greedy token, at batch 1:
   full:  the target prefills tokens 0..P-2, then runs token P-1;
   kvp:   the auxiliary runs tokens 0..P-2, the predictor fills the target's
-         cache, the target runs token P-1 (kv_prediction.first_token_logits);
+         cache, the target runs its exact tail if any and token P-1
+         (kv_prediction.first_token_logits);
   aux:   the auxiliary model alone, as `full`.
 All three compute logits for the last token only (XLA drops the unused
 prefill logits). FLOPs are XLA's cost analysis of the same compiled calls.
@@ -13,6 +14,7 @@ prefill logits). FLOPs are XLA's cost analysis of the same compiled calls.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -80,7 +82,7 @@ def measure_ttft(config, target, kvps: dict, prompt_ids: np.ndarray) -> list[dic
     rows.append(dict(prompt_len=P, method="full", aux=None, flops=_flops(full, target.params, prompt),
                      ttft_ms=_median_ms(full, target.params, prompt, **reps)))
     for name, kvp in kvps.items():
-      spec = kvpd.KVPSpec(kvpd.kvp_config(target, kvp), False)
+      spec = kvpd.KVPSpec(kvpd.kvp_config(target, kvp), False, exact_tail=kvp.exact_tail)
       fn, args = _kvp_first_token(spec), (target.params, kvp.aux.params, kvp.params, prompt)
       rows.append(dict(prompt_len=P, method="kvp", aux=name, flops=_flops(fn, *args),
                        ttft_ms=_median_ms(fn, *args, **reps)))
@@ -174,6 +176,8 @@ def run(config) -> dict:
   target = model_io.load_lm(config.target_dir, max_seq_len=config.max_seq_len)
   kvps = {name: kvpd.load_kvp(path, target, max_seq_len=config.max_seq_len)
           for name, path in config.kvp_dirs.items()}
+  for name, tail in config.get("exact_tail", {}).items():  # the folder's own tail overridden
+    kvps[name] = dataclasses.replace(kvps[name], exact_tail=tail)
   corpus = corpus_lib.build_corpus(root=config.corpus_root or None)
   val = corpus_data.tokenize_corpus(corpus, tokenizer, config.cache_dir)["val"]
   # One long validation stretch is every timed prompt (content does not change the cost).

@@ -5,7 +5,8 @@ For a prompt of P tokens and a continuation of n tokens, every scorer returns
 log p(continuation | prompt) token by token:
   exact:  the target on prompt + continuation (its own cache for everything);
   kvp:    the auxiliary on the prompt, the predictor fills the target's
-          positions 0..P-2, the target runs tokens P-1 .. P+n-2 (the decode path);
+          positions 0..P-2 (the target's own exact tail over the last of them,
+          if the KVP has one), the target runs tokens P-1 .. P+n-2 (the decode path);
   aux:    the auxiliary model alone.
 """
 
@@ -48,7 +49,11 @@ def _kvp_logprobs(spec: kvpd.KVPSpec, target_params, aux_params, predictor_param
   # The auxiliary is causal: its keys at prompt positions do not see the continuation.
   _, aux_cache = tr.forward(spec.config.aux, aux_params, tokens_BW,
                             tr.init_cache(spec.config.aux, B, W))
-  cache = kvp_lib.predict_cache(spec.config, predictor_params, aux_cache).with_lengths(split_B - 1)
+  cache = kvp_lib.predict_cache(spec.config, predictor_params, aux_cache)
+  if spec.exact_tail:
+    cache, _, _ = kvpd.run_tail(spec.config.target, target_params, cache, tokens_BW, split_B,
+                                spec.exact_tail)
+  cache = cache.with_lengths(split_B - 1)
   block_BC = common.read_rows(tokens_BW, split_B - 1, width)
   logits_BCV, _ = tr.forward(spec.config.target, target_params, block_BC, cache)
   return _gather_logprobs(logits_BCV, common.read_rows(tokens_BW, split_B, width))
@@ -69,7 +74,8 @@ def continuation_logprobs(scorer: str, target: LM, prompts: Sequence[Sequence[in
   n_max = max(len(c) for c in continuations)
   width = round_up(max(len(p) + n_max for p in prompts), width_multiple)
   cont = round_up(n_max, 16)
-  spec = None if scorer != "kvp" else kvpd.KVPSpec(kvpd.kvp_config(target, kvp), False)
+  spec = None if scorer != "kvp" else kvpd.KVPSpec(kvpd.kvp_config(target, kvp), False,
+                                                    exact_tail=kvp.exact_tail)
   out = []
   for start in range(0, len(prompts), rows):
     idx = [min(start + b, len(prompts) - 1) for b in range(rows)]  # pad with copies

@@ -12,11 +12,17 @@ The real pair's predictor (SmolLM2-135M-Instruct, fetched on first use; the auxi
 the target's first 4 layers, frozen; the predictor starts from its least-squares fit):
 
   python scripts/train_kvp.py --config=configs/kvp.py:pair=smollm2 --workdir=workdirs/kvp/smollm2
+  python scripts/train_kvp.py --config=configs/kvp.py:pair=smollm2,stage=tail \
+      --workdir=workdirs/kvp/smollm2_tail
+
+The second stage starts from the first's predictor and adds an exact 16-token tail
+(decoding/kv_prediction.py) on 512-2,048-token prompts: assets/smollm2/kvp.
 
 Arguments after the colon (comma separated):
   aux=<kind>   draft (default): the embedded draft assets/pair/draft, also usable as the
                speculative draft; pruned: a copy of the target keeping keep_layers
   pair=<name>  toy (default): the embedded pair; smollm2: the real pair (aux=pruned)
+  stage=<s>    1 (default); tail: the real pair's second stage (above)
   runlocal     a few tiny steps, for smoke tests
 """
 
@@ -27,7 +33,7 @@ from specsample import config_common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_common.parse_arg(arg, "configs/kvp.py", switches=("runlocal",),
-                                 options={"aux": "draft", "pair": "toy"})
+                                 options={"aux": "draft", "pair": "toy", "stage": "1"})
   if args["pair"] not in ("toy", "smollm2"):
     raise ValueError(f"configs/kvp.py: pair must be toy or smollm2, got {args['pair']!r}")
   c = ml_collections.ConfigDict()
@@ -85,6 +91,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # better L2 fit of the cache does not give a better target (the closing note's numbers).
     c.weights.aux_ce, c.weights.l1 = 0.0, 0.0
     c.num_steps, c.batch_size, c.optim.warmup_steps = 900, 4, 20  # assets/smollm2/README.md
+  if args["stage"] == "tail":
+    if args["pair"] != "smollm2":
+      raise ValueError("configs/kvp.py: stage=tail is the real pair's second stage: add pair=smollm2")
+    # Stage 2 (the shipped predictor): from stage 1's predictor, with an exact 16-token
+    # tail, on the issue's 512-2,048-token prompts (stage 1 saw 64-512).
+    c.init, c.init_dir, c.exact_tail = "kvp", "workdirs/kvp/smollm2/model", 16
+    c.data.min_prompt, c.data.max_prompt = 512, 2048
+    c.num_steps, c.batch_size, c.optim.warmup_steps, c.optim.peak_lr = 300, 2, 10, 3e-4
+    c.checkpoint_every = 25
+  elif args["stage"] != "1":
+    raise ValueError(f"configs/kvp.py: stage must be 1 or tail, got {args['stage']!r}")
   if args["runlocal"]:
     c.data.min_prompt, c.data.max_prompt, c.data.continuation = 4, 16, 8
     c.num_steps, c.batch_size = 6, 2

@@ -37,4 +37,8 @@ def draft_for(which: str, draft_model, feature_draft):
     return draft_model, {"lookup": PromptLookup(max_ngram=2, min_ngram=1, min_draft_prob=0.0)}
   if which == "combined_gated":  # copies used only where the model gives them >= 0.15
     return draft_model, {"lookup": PromptLookup(max_ngram=2, min_ngram=1, min_draft_prob=0.15)}
+  if which == "feature_combined":  # a feature draft with lookup, every copy
+    return feature_draft, {"lookup": PromptLookup(max_ngram=2, min_ngram=1, min_draft_prob=0.0)}
+  if which == "feature_combined_gated":
+    return feature_draft, {"lookup": PromptLookup(max_ngram=2, min_ngram=1, min_draft_prob=0.15)}
   return PromptLookup(max_ngram=2, min_ngram=1), {}

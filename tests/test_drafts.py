@@ -28,7 +28,8 @@ def greedy_reference(tiny_pair):
 
 
 @pytest.mark.parametrize("which,k", [(w, k) for w in ("feature", "lookup", "combined") for k in (1, 3)]
-                         + [("feature", "auto"), ("combined", "auto")])  # lookup alone: refused below
+                         + [("feature", "auto"), ("combined", "auto"), ("feature_combined", 3),
+                            ("feature_combined", "auto")])  # lookup alone: refused below
 def test_greedy_equals_autoregressive(tiny_pair, feature_draft, greedy_reference, which, k):
   target, _ = tiny_pair
   draft, extra = draft_for(which, tiny_pair[1], feature_draft)
@@ -42,6 +43,10 @@ def test_greedy_equals_autoregressive(tiny_pair, feature_draft, greedy_reference
     assert (s["drafted"] == k * s["target_calls"]).all()
   if which == "lookup":  # repeating rows accept copied tokens, so some row beats 1 token per call
     assert s["tokens_per_call"].max() > 1
+  if which == "feature_combined" and k == 3:  # the copies are used: more accepted than the draft's
+    alone = generate(target, PROMPTS, draft=feature_draft, num_draft=3, sampling=GREEDY,
+                     max_new_tokens=20, eos_id=14)
+    assert s["accepted"].sum() > alone.stats["accepted"].sum()
 
 
 def test_feature_draft_reads_the_targets_features(tiny_pair, feature_draft):
@@ -70,7 +75,6 @@ def test_feature_draft_reads_the_targets_features(tiny_pair, feature_draft):
     (dict(draft=PromptLookup(min_draft_prob=1.5)), "min_draft_prob must be a number in \\[0, 1\\]"),
     (dict(draft="lookup"), "draft must be an LM, a FeatureDraft, a PromptLookup or 'prompt_lookup'"),
     (dict(draft="prompt_lookup", mesh=object()), "drafts run on one device: pass mesh=None"),
-    (dict(draft="prompt_lookup", prefill="kv_prediction"), "prompt lookup runs with a full prefill"),
 ])
 def test_bad_lookup_settings_are_named(tiny_pair, kwargs, message):
   target, _ = tiny_pair
@@ -80,7 +84,8 @@ def test_bad_lookup_settings_are_named(tiny_pair, kwargs, message):
 
 def test_lookup_with_a_non_model_draft_is_refused(tiny_pair):
   target, _ = tiny_pair
-  with pytest.raises(ValueError, match="lookup= combines prompt lookup with a draft model"):
+  with pytest.raises(ValueError, match="lookup= combines prompt lookup with a draft model or "
+                     "feature draft"):
     generate(target, PROMPTS, draft="prompt_lookup", lookup=PromptLookup())
 
 

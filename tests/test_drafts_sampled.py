@@ -2,9 +2,9 @@
 
 Statistical tests follow tests/test_decoding.py (chi-square against the exact
 joint of the first 3 tokens by enumeration, p > ALPHA = 1e-4 each). This file
-makes 7 such assertions, so a correct sampler fails it with probability at
-most 7e-4; each also checks that it can fail (a wrong joint is rejected). The
-kinds: tests/draft_kinds.py.
+makes 16 such assertions (8 cases, 2 prompts each), so a correct sampler fails
+it with probability at most 1.6e-3 (union bound); each also checks that it can
+fail (a wrong joint is rejected). The kinds: tests/draft_kinds.py.
 """
 
 import numpy as np
@@ -27,7 +27,8 @@ SAMPLINGS = {"t1": Sampling(temperature=1.0), "t0.7_top5": Sampling(temperature=
 @pytest.mark.parametrize("which,sampling", [("feature", "t1"), ("feature", "top_p0.8"),
                                             ("lookup", "t1"), ("lookup", "t0.7_top5"),
                                             ("combined", "t1"), ("combined_gated", "top_p0.8"),
-                                            ("feature_auto", "t1")])
+                                            ("feature_auto", "t1"),
+                                            ("feature_combined_gated", "top_p0.8")])
 def test_joint_of_first_three_tokens_matches_target(tiny_pair, feature_draft, which, sampling):
   target, draft_model = tiny_pair
   sampling = SAMPLINGS[sampling]
@@ -47,7 +48,7 @@ def test_joint_of_first_three_tokens_matches_target(tiny_pair, feature_draft, wh
     assert chi2_pvalue(counts, exact_joint(draft_model, prompt, sampling), strict=False) < ALPHA
 
 
-@pytest.mark.parametrize("which", ["feature", "lookup", "combined_gated"])
+@pytest.mark.parametrize("which", ["feature", "lookup", "combined_gated", "feature_combined"])
 def test_gumbel_coupling_keeps_rows_invariant(tiny_pair, feature_draft, which):
   """Per-row seeds: each row's tokens equal autoregressive's, at any K and batch."""
   target, _ = tiny_pair

@@ -25,6 +25,7 @@ import pytest
 
 from specsample.decoding import LM, Sampling, api, common, generate
 from specsample.decoding import kv_prediction as kvpd
+from specsample.decoding.lookup import PromptLookup
 from specsample.models import io as model_io
 from specsample.models import kv_predictor as kp
 from specsample.models import transformer as tr
@@ -210,18 +211,23 @@ def test_greedy_speculative_kvp_equals_autoregressive_kvp(tiny_kvp):
 
 def test_greedy_feature_draft_after_a_predicted_prompt_equals_autoregressive_kvp(tiny_kvp):
   """A feature draft reads the target's features, which a predicted prompt lacks
-  (kv_prediction.tail_features); with fixed K and with auto, on rows shorter and
-  longer than the feature tail."""
+  (kv_prediction.prefill); with fixed K, with auto and with lookup, on rows shorter
+  and longer than the feature tail; lookup alone too."""
   target, kvp = tiny_kvp
   prompts = PROMPTS + [[(3 * i) % 16 for i in range(kvpd.FEATURE_TAIL + 9)]]
   greedy = dict(sampling=Sampling(temperature=0), max_new_tokens=24, eos_id=14,
                 prefill="kv_prediction", kvp=kvp)
   ar = generate(target, prompts, method="autoregressive", **greedy)
   feature = make_feature_draft(target)
-  for extra in ({"num_draft": 3}, {"num_draft": AUTO_SET, "iteration_costs": AUTO_COSTS}):
+  lookup = PromptLookup(max_ngram=2, min_ngram=1)
+  for extra in ({"num_draft": 3}, {"num_draft": AUTO_SET, "iteration_costs": AUTO_COSTS},
+                {"num_draft": 3, "lookup": lookup}):
     sps = generate(target, prompts, method="speculative", draft=feature, **extra, **greedy)
     assert sps.tokens == ar.tokens, extra
     assert sps.stats["accepted"].sum() > 0
+  # Prompt lookup reads only tokens: alone, it works after a predicted prompt too.
+  copy = generate(target, prompts, method="speculative", draft=lookup, num_draft=3, **greedy)
+  assert copy.tokens == ar.tokens
 
 
 def _joint(probs_CNV: np.ndarray, conts_CN: np.ndarray) -> np.ndarray:

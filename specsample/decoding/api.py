@@ -274,10 +274,12 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
       prefill='kv_prediction'. With method='speculative' and draft=None (or
       draft=kvp.aux) the auxiliary is the draft and its prompt cache is reused;
       a feature draft gets the target's features of the prompt's last
-      positions (kv_prediction.tail_features). Prompt lookup needs prefill='full'.
-    lookup: with a draft model, combine it with prompt lookup (drafts.WithLookup):
-      a row proposes the tokens its lookup copies and the model's where it has
-      none; it costs what the model draft costs; any num_draft, one device.
+      positions (kv_prediction.prefill). Prompt lookup reads only tokens: it
+      works after either prefill.
+    lookup: with a draft model or feature draft, combine it with prompt lookup
+      (drafts.WithLookup): a row proposes the tokens its lookup copies and the
+      draft's where it has none; it costs what the draft costs; any num_draft,
+      one device.
 
   Returns:
     GenerateOutput with the new tokens of each row and per-row statistics.
@@ -288,15 +290,14 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
   """
   draft = as_draft(draft)
   if lookup is not None:
-    if method != "speculative" or not isinstance(draft, LM):
-      raise ValueError("lookup= combines prompt lookup with a draft model: pass method='speculative' "
-                       "and draft=LM(...) (for lookup alone, draft='prompt_lookup')")
+    if method != "speculative" or not isinstance(draft, (LM, fd.FeatureDraft)):
+      raise ValueError("lookup= combines prompt lookup with a draft model or feature draft: pass "
+                       "method='speculative' and draft=LM(...) or a FeatureDraft (for lookup "
+                       "alone, draft='prompt_lookup')")
     lookup.validate()
   if method == "speculative" and (lookup is not None or (draft is not None and not isinstance(draft, LM))):
     if mesh is not None:
       raise ValueError("lookup and feature drafts run on one device: pass mesh=None")
-    if prefill != "full" and not isinstance(draft, fd.FeatureDraft):
-      raise ValueError("prompt lookup runs with a full prefill: pass prefill='full'")
   kvp_spec = kv_prediction.check(target, draft, method, prefill, kvp)
   if kvp_spec is not None:
     if mesh is not None:

@@ -5,8 +5,9 @@ draft keeps between iterations (its "state"), how it proposes G tokens, and
 how it rolls back after verification. The static `draft_cfg` says which:
 
   tr.TransformerConfig     a draft model (the paper's): state = its KVCache
-  WithLookup               a draft model whose proposals give way to prompt
-                           lookup where the row has a match (same state)
+  WithLookup               a draft model or feature draft whose proposals give
+                           way to prompt lookup where the row has a match
+                           (the inner draft's state)
   fd.FeatureDraftConfig    a feature draft (models/feature_draft.py) reading the
                            target's last features: state = FeatureDraftState,
                            draft_params = {"params", "shared"}
@@ -41,7 +42,7 @@ from specsample.models import transformer as tr
 
 @dataclasses.dataclass(frozen=True)
 class WithLookup:
-  """A draft model combined with prompt lookup. Static (hashable).
+  """A draft model or feature draft combined with prompt lookup. Static (hashable).
 
   At draft step g, a row whose lookup copied more than g tokens, and whose
   draft so far follows the copy, proposes the copied token (a point mass) and
@@ -54,21 +55,25 @@ class WithLookup:
   every proposal is drawn from a distribution the rejection step knows: as
   lossless as either part. The model runs for the whole batch either way, so
   this costs what the model draft costs.
+
+  `model` is a draft model's TransformerConfig or a feature draft's
+  FeatureDraftConfig (then the draft reads the copied token like its own draw,
+  with its own output standing for the feature, as for every drafted token).
   """
-  model: tr.TransformerConfig
+  model: tr.TransformerConfig | fd.FeatureDraftConfig
   lookup: lookup.PromptLookup
 
   @property
   def vocab_size(self) -> int:
-    return self.model.vocab_size
+    return getattr(self.model, "block", self.model).vocab_size
 
 
 def kind(draft_cfg) -> str:
-  """'model', 'model+lookup', 'feature' or 'lookup'."""
+  """'model', 'model+lookup', 'feature', 'feature+lookup' or 'lookup'."""
   if isinstance(draft_cfg, tr.TransformerConfig):
     return "model"
   if isinstance(draft_cfg, WithLookup):
-    return "model+lookup"
+    return kind(draft_cfg.model) + "+lookup"
   if isinstance(draft_cfg, fd.FeatureDraftConfig):
     return "feature"
   if isinstance(draft_cfg, lookup.PromptLookup):
@@ -78,11 +83,12 @@ def kind(draft_cfg) -> str:
 
 def needs_features(draft_cfg) -> bool:
   """True when the target passes must hand their last hidden states to the draft."""
-  return kind(draft_cfg) == "feature"
+  return kind(draft_cfg) in ("feature", "feature+lookup")
 
 
 def _runtime(draft_cfg, draft_params) -> feature_drafting.Runtime:
-  return feature_drafting.Runtime(draft_cfg, draft_params["params"], draft_params["shared"])
+  config = draft_cfg.model if isinstance(draft_cfg, WithLookup) else draft_cfg
+  return feature_drafting.Runtime(config, draft_params["params"], draft_params["shared"])
 
 
 def prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, prompt_width: int,
@@ -92,7 +98,7 @@ def prefill(draft_cfg, draft_params, tokens_BL, prompt_len_B, prompt_width: int,
   if which in ("model", "model+lookup"):
     return common.prefill(model_config(draft_cfg), draft_params, tokens_BL, prompt_len_B,
                           prompt_width)
-  if which == "feature":
+  if needs_features(draft_cfg):
     with jax.named_scope("draft_forward"):
       return feature_drafting.prefill(_runtime(draft_cfg, draft_params), target_hidden_BPD,
                                       tokens_BL, prompt_len_B, spec.num_draft, spec.buffer_len)
@@ -107,7 +113,7 @@ def model_config(draft_cfg) -> tr.TransformerConfig:
 def first_logits(parts, draft_cfg, draft_params, tokens_BL, length_B, state):
   """The draft's distribution for position `length` (auto's K = 0 observation).
   Returns (logits [B, V], the draft's state after it)."""
-  if kind(draft_cfg) == "feature":
+  if needs_features(draft_cfg):
     with jax.named_scope("draft_forward"):
       logits_BV, _, state = feature_drafting.first(_runtime(draft_cfg, draft_params), tokens_BL,
                                                    length_B, state)
@@ -139,36 +145,15 @@ def propose(parts, draft_cfg, draft_params, num_draft: int, tokens_BL, length_B,
     # A point mass: the rejection step accepts x with probability q(x).
     probs = None if parts.gumbel else jax.nn.one_hot(tokens_BG, parts.vocab_size, dtype=jnp.float32)
     return tokens_BG, probs, None
-  if which == "feature":
+  draw = _draw_with_lookup(parts, draft_cfg, num_draft, tokens_BL, length_B)
+  if needs_features(draft_cfg):
     with jax.named_scope("draft_forward"):
-      return feature_drafting.propose(_runtime(draft_cfg, draft_params), parts.draw, num_draft,
+      return feature_drafting.propose(_runtime(draft_cfg, draft_params), draw, num_draft,
                                       tokens_BL, length_B, state, keys, noise_GBV)
-  if which == "model+lookup":
-    with jax.named_scope("draft_forward"):
-      copied_BG, matched_B = lookup.propose(draft_cfg.lookup, tokens_BL, length_B, num_draft)
-  else:
-    copied_BG, matched_B = jnp.zeros((length_B.shape[0], num_draft), jnp.int32), jnp.zeros_like(length_B)
-
-  gate = which == "model+lookup" and draft_cfg.lookup.min_draft_prob > 0 and not parts.spec.sampling.greedy
-
-  def draw(logits_BV, key, noise_BV, g, previous_B):
-    """The model's draw, or at step g the copied token where the row copied more than g,
-    its previous draft token (if any) was the copy's and the gate lets it (class docstring)."""
-    token_B, probs_BV = parts.draw(logits_BV, key, noise_BV)
-    use_B = (g < matched_B) & ((g == 0) | (previous_B == copied_BG[:, jnp.maximum(g - 1, 0)]))
-    if gate:
-      p_BV = parts.probs(logits_BV) if probs_BV is None else probs_BV
-      p_copy_B = jnp.take_along_axis(p_BV, copied_BG[:, g][:, None], axis=1)[:, 0]
-      use_B &= p_copy_B >= draft_cfg.lookup.min_draft_prob
-    token_B = jnp.where(use_B, copied_BG[:, g], token_B)
-    if probs_BV is not None and which == "model+lookup":
-      point_BV = jax.nn.one_hot(token_B, probs_BV.shape[-1], dtype=probs_BV.dtype)
-      probs_BV = jnp.where(use_B[:, None], point_BV, probs_BV)
-    return token_B, probs_BV
 
   logits_BV, cache = _model_first(parts, tokens_BL, length_B, state)
   token_B, probs_BV = draw(logits_BV, keys[0], None if noise_GBV is None else noise_GBV[0], 0,
-                           copied_BG[:, 0])
+                           jnp.zeros_like(length_B))  # step 0 has no previous draft token
 
   def step(carry, xs):
     cache, token_B = carry
@@ -186,12 +171,39 @@ def propose(parts, draft_cfg, draft_params, num_draft: int, tokens_BL, length_B,
   return tokens_BG, probs_BGV, cache
 
 
+def _draw_with_lookup(parts, draft_cfg, num_draft: int, tokens_BL, length_B):
+  """draw(logits [B, V], key, noise [B, V] | None, g, previous [B]) -> (tokens [B], probs):
+  the draft's own draw, or, with lookup, at step g the copied token where the row
+  copied more than g, its previous draft token (if any) was the copy's and the gate
+  lets it (WithLookup's docstring)."""
+  if not isinstance(draft_cfg, WithLookup):
+    return lambda logits_BV, key, noise_BV, g, previous_B: parts.draw(logits_BV, key, noise_BV)
+  with jax.named_scope("draft_forward"):
+    copied_BG, matched_B = lookup.propose(draft_cfg.lookup, tokens_BL, length_B, num_draft)
+  gate = draft_cfg.lookup.min_draft_prob > 0 and not parts.spec.sampling.greedy
+
+  def draw(logits_BV, key, noise_BV, g, previous_B):
+    token_B, probs_BV = parts.draw(logits_BV, key, noise_BV)
+    use_B = (g < matched_B) & ((g == 0) | (previous_B == copied_BG[:, jnp.maximum(g - 1, 0)]))
+    if gate:
+      p_BV = parts.probs(logits_BV) if probs_BV is None else probs_BV
+      p_copy_B = jnp.take_along_axis(p_BV, copied_BG[:, g][:, None], axis=1)[:, 0]
+      use_B &= p_copy_B >= draft_cfg.lookup.min_draft_prob
+    token_B = jnp.where(use_B, copied_BG[:, g], token_B)
+    if probs_BV is not None:  # a copy is a point mass
+      point_BV = jax.nn.one_hot(token_B, probs_BV.shape[-1], dtype=probs_BV.dtype)
+      probs_BV = jnp.where(use_B[:, None], point_BV, probs_BV)
+    return token_B, probs_BV
+
+  return draw
+
+
 def rollback(draft_cfg, state, length_B, length_before_B, target_hidden_BXD=None):
   """The draft's state after an iteration that committed up to `length_B`; the target
   pass started at length_before - 1 and its features are target_hidden_BXD."""
   which = kind(draft_cfg)
   if which in ("model", "model+lookup"):  # its next iteration re-sets its own offset (docstring)
     return state.with_lengths(jnp.maximum(length_B - 2, 0))
-  if which == "feature" and target_hidden_BXD is not None:  # (None: a draft-free target step)
+  if needs_features(draft_cfg) and target_hidden_BXD is not None:  # (None: a draft-free target step)
     return feature_drafting.after_verify(state, target_hidden_BXD, length_before_B)
   return state

@@ -87,24 +87,26 @@ def first(rt: Runtime, tokens_BL: jax.Array, length_B: jax.Array, state: Feature
 
 def propose(rt: Runtime, draw, num_draft: int, tokens_BL: jax.Array, length_B: jax.Array,
             state: FeatureDraftState, keys, noise_GBV):
-  """G draft tokens per row. draw(logits_BV, key, noise_BV) -> (tokens [B], probs [B, V] or None).
+  """G draft tokens per row. draw(logits_BV, key, noise_BV, g, previous_B) -> (tokens [B],
+  probs [B, V] or None), g the draft step and previous_B the token drawn at g - 1.
 
   Returns (tokens [B, G], probs [B, G, V] or None, the state after drafting).
   """
   vocab = rt.config.block.vocab_size
   logits_BV, out_BD, state = first(rt, tokens_BL, length_B, state)
   noise = lambda g: None if noise_GBV is None else noise_GBV[g]
-  token_B, probs_BV = draw(logits_BV, keys[0], noise(0))
+  token_B, probs_BV = draw(logits_BV, keys[0], noise(0), 0, jnp.zeros_like(length_B))
 
   def step(carry, xs):
     cache, token_B, out_BD = carry
-    step_key, noise_BV = xs
+    step_key, noise_BV, g = xs
     logits_B1N, out_B1D, cache = fd.forward(rt.config, rt.params, rt.shared, token_B[:, None],
                                             out_BD[:, None], cache)
-    next_B, probs_BV = draw(fd.logits_full(rt.shared, logits_B1N, vocab)[:, 0], step_key, noise_BV)
+    next_B, probs_BV = draw(fd.logits_full(rt.shared, logits_B1N, vocab)[:, 0], step_key, noise_BV,
+                            g, token_B)
     return (cache, next_B, out_B1D[:, 0]), (next_B, probs_BV)
 
-  xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:])
+  xs = (keys[1:], None if noise_GBV is None else noise_GBV[1:], jnp.arange(1, num_draft))
   (cache, _, _), (rest_GB, rest_probs_GBV) = jax.lax.scan(step, (state.cache, token_B, out_BD), xs)
   tokens_BG = jnp.concatenate([token_B[:, None], rest_GB.T], axis=1)
   state = state.replace(cache=cache)

@@ -149,8 +149,8 @@ def check(target: LM, draft: LM | None, method: str, prefill: str, kvp: KVP | No
                      "or other kv shapes): load the predictor made for them")
   speculative = method == "speculative"
   feature = speculative and isinstance(draft, fd.FeatureDraft)
-  aux_is_draft = speculative and not feature and (draft is None or draft is aux or (
-      draft.config == aux.config and draft.params is aux.params))
+  aux_is_draft = speculative and (draft is None or draft is aux or (
+      isinstance(draft, LM) and draft.config == aux.config and draft.params is aux.params))
   return KVPSpec(config=config, aux_is_draft=aux_is_draft, feature_draft=feature,
                  exact_tail=int(kvp.exact_tail))
 

@@ -11,7 +11,7 @@ acceptance rate. Methods:
   autoregressive                 the reference
   lookup                         draft='prompt_lookup' (no draft model, c ~ 0)
   draft                          the draft (a model or a feature draft), when given
-  draft+lookup                   a draft model combined with lookup (generate(lookup=...))
+  draft+lookup                   the draft combined with lookup (generate(lookup=...))
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from specsample.decoding.lookup import PromptLookup
 from specsample.eval.speed import timing
 from specsample.eval.tasks import docsum, xsum
 from specsample.eval.tasks.humaneval import load_problems
+from specsample.models import feature_draft as fd
 from specsample.models import io as model_io
 from specsample.tokenizer import Tokenizer
 
@@ -57,7 +58,7 @@ def methods(config, draft) -> dict[str, dict[str, Any]]:
          "lookup": {"draft": lookup, "num_draft": config.num_draft}}
   if draft is not None:
     out["draft"] = {"draft": draft, "num_draft": config.num_draft}
-    if isinstance(draft, LM):
+    if isinstance(draft, (LM, fd.FeatureDraft)):
       for gate in config.min_draft_probs:  # 0: every copy; else copies the model finds likely
         name = "draft+lookup" if gate == 0 else f"draft+lookup(p>={gate:g})"
         out[name] = {"draft": draft, "num_draft": config.num_draft,

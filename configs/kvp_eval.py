@@ -16,6 +16,8 @@ Each phase updates <out_dir>/kvp.json and rewrites the report from it.
 
 Arguments after the colon (comma separated):
   pair=<name>    toy (default) or smollm2
+  stage1=<dir>   smollm2: also score configs/kvp.py's first-stage predictor (its
+                 <workdir>/model), as trained and with a 16-token exact tail
   phases=<a+b>   quality, timing (TTFT and latency), latency, or quality+timing (default)
   runlocal       tiny lengths and repeats, for smoke tests
 """
@@ -27,7 +29,8 @@ from specsample import config_common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_common.parse_arg(arg, "configs/kvp_eval.py", switches=("runlocal",),
-                                 options={"phases": "quality+timing", "pair": "toy"})
+                                 options={"phases": "quality+timing", "pair": "toy",
+                                          "stage1": ""})
   if args["pair"] not in ("toy", "smollm2"):
     raise ValueError(f"configs/kvp_eval.py: pair must be toy or smollm2, got {args['pair']!r}")
   c = ml_collections.ConfigDict()
@@ -39,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer = "assets/tokenizer/tokenizer.model"  # '' = the target folder's
   c.cache_dir = ".cache/tokens"            # tokenized corpus cache
   c.corpus_root = ""                       # '' = the standard library corpus
+  c.exact_tail = ml_collections.ConfigDict()  # name -> exact tail used instead of the folder's own
   c.max_seq_len = 2048                     # load-time override: a 1024-token prompt + 128 new tokens
   c.phases = tuple(args["phases"].split("+"))  # quality, timing (TTFT + latency), latency
   c.out_dir = "results/toy"                # kvp.json, kvp.md, kvp_pareto.png
@@ -63,18 +67,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.latency.new_tokens = 128               # new tokens per run (greedy, no eos)
   c.latency.num_draft = 4                  # the paper's K
   c.latency.repeats = 3                    # timed runs after one warm-up; the median is reported
+  c.latency.lookup = False                 # also SpS with the draft beside prompt lookup (+KVP)
 
   if args["pair"] == "smollm2":
     c.pair_name = "the real pair (SmolLM2-135M-Instruct)"
     c.target_dir, c.tokenizer, c.out_dir = "smollm2-135m-instruct", "", "results"
     c.kvp_dirs = ml_collections.ConfigDict({"pruned4": "assets/smollm2/kvp"})
+    if args["stage1"]:  # configs/kvp.py's first stage beside it: as trained, and with a tail
+      c.kvp_dirs.stage1 = c.kvp_dirs.stage1_tail16 = args["stage1"]
+      c.exact_tail.stage1_tail16 = 16
     c.max_seq_len = 8192                   # the target's own: its fingerprint (the feature draft names it) unchanged
     c.ttft_prompt_lens, c.warmup, c.repeats = (512, 1024, 2048), 1, 5
     c.quality.num_windows, c.quality.prompt_len, c.quality.continuation = 32, 1024, 64
     c.quality.humaneval_prefix, c.quality.tail, c.quality.rows = 1024, 16, 4
     c.quality.humaneval_limit = 40         # the first 40 problems: each long row costs ~5 s
     c.latency.aux, c.latency.draft_dir = "pruned4", "assets/smollm2/feature_draft"
-    c.latency.prompt_lens, c.latency.num_draft = (1024, 2048), 3
+    c.latency.prompt_lens, c.latency.num_draft, c.latency.lookup = (1024, 2048), 3, True
   if args["runlocal"]:
     c.ttft_prompt_lens, c.warmup, c.repeats = (32, 64), 1, 2
     c.quality.num_windows, c.quality.prompt_len, c.quality.continuation = 4, 16, 8

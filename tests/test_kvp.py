@@ -472,3 +472,37 @@ def test_bad_training_config_fields_are_named(tiny_setup, tmp_path, field, value
   with pytest.raises(ValueError, match=message):
     kvp_train.check_config(c)
     kvp_train.load_models(c)
+
+
+# ----------------------------------------------------------------------- the benchmark
+
+def test_the_benchmark_runs_every_phase_and_scores_an_exact_tail(tiny_setup, tmp_path):
+  """scripts/eval_kvp.py's phases end to end on a tiny trained predictor (configs/kvp_eval.py
+  runlocal): the same folder scored with and without an exact tail, the lookup latency
+  settings; the numbers are smoke, the structure and the tail's effect are checked."""
+  from specsample.eval.kvp import bench  # pylint: disable=g-import-not-at-top
+  c = _config(tiny_setup, aux="pruned", keep_layers=(0,), train_aux=False)
+  kvp_train.run(c, str(tmp_path / "train"))
+  spec = importlib.util.spec_from_file_location("kvp_eval_config", "configs/kvp_eval.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  e = module.get_config("runlocal")
+  e.target_dir, e.tokenizer = c.target_dir, TOKENIZER
+  e.corpus_root, e.cache_dir, e.out_dir = c.data.corpus_root, c.data.cache_dir, str(tmp_path / "out")
+  e.max_seq_len, e.ttft_prompt_lens = 512, (32,)  # HumanEval prompts are ~150 tokens
+  e.kvp_dirs = ml_collections.ConfigDict({"plain": str(tmp_path / "train" / "model"),
+                                          "tail": str(tmp_path / "train" / "model")})
+  e.exact_tail = ml_collections.ConfigDict({"tail": 4})
+  e.quality.humaneval_limit, e.quality.tail = 2, 4
+  e.latency.aux, e.latency.lookup = "tail", True
+  results = bench.run(e)
+  for task in ("validation", "humaneval"):
+    row = results["quality"][task]
+    assert row["kvp_plain"] != row["kvp_tail"]  # the tail is scored, not the folder's 0
+    assert row["aux_plain"] == row["aux_tail"]
+  assert {(r["method"], r["aux"]) for r in results["ttft"]} == {
+      ("full", None), ("kvp", "plain"), ("aux", "plain"), ("kvp", "tail"), ("aux", "tail")}
+  assert {r["setting"] for r in results["latency"]} == {"sps", "sps_kvp", "ar_kvp", "ar",
+                                                       "sps_lookup", "sps_lookup_kvp"}
+  report = (tmp_path / "out" / "kvp.md").read_text()
+  assert "`tail`: aux_kind=pruned" in report and "exact tail 4" in report

@@ -28,6 +28,7 @@ from specsample import corpus as corpus_lib
 from specsample import paths, utils
 from specsample.decoding import api
 from specsample.decoding import kv_prediction as kvpd
+from specsample.decoding.lookup import PromptLookup
 from specsample.decoding.sampling import Sampling
 from specsample.eval.tasks import humaneval
 from specsample.eval.kvp import quality
@@ -142,7 +143,8 @@ def measure_quality(config, target, kvps: dict, val_stream: np.ndarray, tokenize
 
 
 def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> list[dict]:
-  """Total generate() wall time for prompt + max_new_tokens: SpS (+KVP), AR (+KVP).
+  """Total generate() wall time for prompt + max_new_tokens: SpS (+KVP), AR (+KVP), and
+  with config.latency.lookup SpS with the draft beside prompt lookup (+KVP).
   The draft is config.latency.draft_dir's, or '' the KVP's auxiliary model."""
   greedy = dict(sampling=Sampling(temperature=0), max_new_tokens=config.latency.new_tokens,
                 num_draft=config.latency.num_draft)
@@ -154,6 +156,10 @@ def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> li
       "ar_kvp": dict(method="autoregressive", prefill="kv_prediction", kvp=kvp),
       "ar": dict(method="autoregressive"),
   }
+  if config.latency.get("lookup", False):  # the draft beside prompt lookup (drafts.WithLookup)
+    lookup = dict(lookup=PromptLookup(min_draft_prob=0.2))
+    settings["sps_lookup"] = {**settings["sps"], **lookup}
+    settings["sps_lookup_kvp"] = {**settings["sps_kvp"], **lookup}
   rows = []
   for P in config.latency.prompt_lens:
     prompt = [prompt_ids[:P].tolist()]
@@ -183,7 +189,8 @@ def run(config) -> dict:
   # One long validation stretch is every timed prompt (content does not change the cost).
   prompt_ids = np.asarray(val[:max(max(config.ttft_prompt_lens), max(config.latency.prompt_lens))])
   new = {"config": config.to_dict(),
-         "training": {name: kvpd.read_meta(path) for name, path in config.kvp_dirs.items()}}
+         "training": {name: {**kvpd.read_meta(path), "exact_tail": kvps[name].exact_tail}
+                      for name, path in config.kvp_dirs.items()}}
   # Saved after every phase: a later phase that fails does not lose a finished one.
   if "quality" in config.phases:
     new["quality"] = measure_quality(config, target, kvps, val, tokenizer)

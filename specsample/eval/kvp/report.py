@@ -63,8 +63,11 @@ def markdown(results: dict) -> str:
          "the target conditioned on the predicted prompt cache, not the target's exact "
          "distribution.", ""]
   for name, meta in results.get("training", {}).items():
+    tail = meta.get("exact_tail", 0)
     out.append(f"- `{name}`: aux_kind={meta.get('aux_kind')}, {meta.get('steps')} training steps, "
-               f"layer map {meta.get('layer_map')}")
+               f"layer map {meta.get('layer_map')}, "
+               + (f"exact tail {tail} (the target runs the last {tail} prompt positions before "
+                  "the last itself)" if tail else "no exact tail (the paper's prefill)"))
   if "quality" in results:
     q = config["quality"]
     prefix = q.get("humaneval_prefix", 0)

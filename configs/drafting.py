@@ -1,8 +1,9 @@
 r"""Prompt lookup, a draft, and both, against autoregressive (eval/speed/drafting.py).
 
-The real target with lookup alone (no draft model is needed):
+The real pair: SmolLM2-135M-Instruct with its shipped feature draft, lookup, and both
+(results/smollm2/drafting.*; --config.draft_dir='' measures lookup alone):
 
-  python scripts/drafting.py --config=configs/drafting.py --config.output_dir=results/drafting_smollm2
+  python scripts/drafting.py --config=configs/drafting.py --config.output_dir=results/smollm2
 
 The embedded toy pair, all four methods:
 
@@ -21,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.target_dir = "smollm2-135m-instruct"    # model folder, HF folder, .gguf or a fetchable name
   c.tokenizer = ""                         # '' = the target's own
-  c.draft_dir = ""                         # a draft model or feature draft folder; '' = lookup only
+  c.draft_dir = "assets/smollm2/feature_draft"  # a draft model or feature draft folder; '' = lookup only
   c.tasks = ("humaneval", "docsum")        # eval/speed/drafting.TASKS
   c.batch_sizes = (1, 8)
   c.samplings = ("greedy", "nucleus")      # nucleus: temperature 0.8, top-p 0.95 (HumanEval's)
@@ -29,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_draft = 4                          # K of every speculative method
   c.max_ngram = 3                          # lookup: longest suffix tried first
   c.min_ngram = 1                          # lookup: shortest suffix that counts
-  c.min_draft_probs = (0.0, 0.2)           # draft+lookup variants: PromptLookup.min_draft_prob each
+  c.min_draft_probs = (0.2,)               # draft+lookup variants: PromptLookup.min_draft_prob each
+                                           # (greedy ignores it: every copy is used)
   c.max_new_tokens = 64
   c.eos_id = None                          # None: rows run to max_new_tokens (equal work per method)
   c.passes = 2                             # timed round-robin passes after the warm-up
@@ -37,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.output_dir = "results/drafting"
   if args["toy"] or args["runlocal"]:
     c.target_dir, c.draft_dir = "assets/pair/target", "assets/pair/draft"
+    c.min_draft_probs = (0.0, 0.2)
     c.tokenizer = "assets/tokenizer/tokenizer.model"
   if args["runlocal"]:
     c.tasks, c.batch_sizes, c.samplings = ("humaneval",), (2,), ("greedy",)

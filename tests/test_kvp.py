@@ -480,7 +480,7 @@ def test_the_benchmark_runs_every_phase_and_scores_an_exact_tail(tiny_setup, tmp
   """scripts/eval_kvp.py's phases end to end on a tiny trained predictor (configs/kvp_eval.py
   runlocal): the same folder scored with and without an exact tail, the lookup latency
   settings; the numbers are smoke, the structure and the tail's effect are checked."""
-  from specsample.eval.kvp import bench  # pylint: disable=g-import-not-at-top
+  from specsample.eval.kvp import bench, report as kvp_report  # pylint: disable=g-import-not-at-top
   c = _config(tiny_setup, aux="pruned", keep_layers=(0,), train_aux=False)
   kvp_train.run(c, str(tmp_path / "train"))
   spec = importlib.util.spec_from_file_location("kvp_eval_config", "configs/kvp_eval.py")
@@ -506,3 +506,8 @@ def test_the_benchmark_runs_every_phase_and_scores_an_exact_tail(tiny_setup, tmp
                                                        "sps_lookup", "sps_lookup_kvp"}
   report = (tmp_path / "out" / "kvp.md").read_text()
   assert "`tail`: aux_kind=pruned" in report and "exact tail 4" in report
+  # A later phase with another predictor beside them (configs/kvp_eval.py stage1=): each
+  # table shows the predictors it has rows for (this crashed two real runs' reports).
+  results["config"]["kvp_dirs"]["later"] = "elsewhere"
+  assert "KVP (later)" not in kvp_report.markdown(results)
+  kvp_report.plot(results, str(tmp_path / "plot.png"))

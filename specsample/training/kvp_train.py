@@ -250,6 +250,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         kvp_cfg.layer_map, extra={"aux_kind": config.aux, "steps": config.num_steps,
                                   "init": config.init, "train_aux": config.train_aux,
                                   "exact_tail": config.exact_tail,
-                                  "target_dir": config.target_dir}, aux_keep_layers=keep)
+                                  "target_dir": config.target_dir,
+                                  **({"init_dir": config.init_dir} if config.init == "kvp" else {})}, aux_keep_layers=keep)
     paths.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
   return last

@@ -12,6 +12,7 @@ PAPER_GAINS = ("TriviaQA: +15% to +50% relative accuracy over the auxiliary-alon
 
 
 def _ttft_table(rows, names) -> list[str]:
+  names = [n for n in names if any(r["aux"] == n for r in rows)]  # phases run with other predictors
   lines = ["| prompt | full target ms | " + " | ".join(
       f"KVP ({n}) ms | aux {n} alone ms" for n in names) + " | full GFLOPs | " + " | ".join(
       f"KVP ({n}) GFLOPs | aux {n} GFLOPs" for n in names) + " | " + " | ".join(
@@ -29,6 +30,7 @@ def _ttft_table(rows, names) -> list[str]:
 
 
 def _quality_table(quality, names, tail: int) -> list[str]:
+  names = [n for n in names if all(f"kvp_{n}" in row for row in quality.values())]
   tail_head = f" target, last {tail} prompt tokens only |" if tail else ""
   lines = ["| task | items / tokens | mean prompt tokens | exact cache |" + tail_head + " " + " | ".join(
       f"KVP ({n}) | aux {n} alone | gap closed ({n})" for n in names) + " |",
@@ -117,12 +119,13 @@ def plot(results: dict, path: str) -> None:
     if not at:
       continue
     ax.scatter([at[("full", None)]], [q["exact"]], marker="*", s=160, c="k", label="target, full prefill")
+    both = [n for n in names if ("kvp", n) in at and f"kvp_{n}" in q]
     for method, marker, label in (("kvp", "o", "KVP (target + predicted cache)"),
                                   ("aux", "s", "auxiliary model alone")):
-      xs = [at[(method, n)] for n in names]
-      ys = [q[f"{method}_{n}"] for n in names]
+      xs = [at[(method, n)] for n in both]
+      ys = [q[f"{method}_{n}"] for n in both]
       ax.plot(xs, ys, marker=marker, label=label)
-      for x, y, n in zip(xs, ys, names):
+      for x, y, n in zip(xs, ys, both):
         ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel(f"TTFT ms, {P}-token prompt (CPU, batch 1)")

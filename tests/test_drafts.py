@@ -6,12 +6,13 @@ tests/test_drafts_sampled.py. The kinds: tests/draft_kinds.py.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from draft_kinds import (AUTO_COSTS, AUTO_SET, GREEDY, PROMPTS, draft_for,  # pylint: disable=g-bad-import-order
                          make_feature_draft)
-from specsample.decoding import LM, Sampling, generate
+from specsample.decoding import LM, Sampling, api, common, drafts, generate, lookup, speculative
 from specsample.decoding.lookup import PromptLookup
 from specsample.models import feature_draft as fd
 
@@ -110,3 +111,53 @@ def test_gate_of_one_leaves_the_model_draft_alone(tiny_pair):
   gated = generate(target, PROMPTS, lookup=PromptLookup(max_ngram=2, min_draft_prob=1.0), **kwargs)
   assert gated.tokens == alone.tokens
   np.testing.assert_array_equal(gated.stats["accepted"], alone.stats["accepted"])
+
+
+# Rows that repeat with period 4 and 3: at length 10 lookup copies G = 3 tokens in both.
+REPEATING = [[1, 2, 3, 4, 1, 2, 3, 4, 1, 2], [5, 6, 7, 5, 6, 7, 5, 6, 7, 5]]
+
+
+@pytest.mark.parametrize("which", ["combined", "feature_combined"])
+def test_a_copy_only_iteration_proposes_what_the_model_would_and_keeps_its_state(
+    tiny_pair, feature_draft, which):
+  """Greedy, every row copying all G tokens: WithLookup skips the model's G steps
+  (drafts._copy_only). Its proposals equal those of the steps, and its draft state
+  agrees with theirs wherever the next iteration reads it: a draft model's cache
+  through the last copy, a feature draft's through n - 2 and the features it keeps."""
+  target, draft_model = tiny_pair
+  draft, extra = draft_for(which, draft_model, feature_draft)
+  G, P = 3, len(REPEATING[0])
+  cfg, params = api.draft_inputs(target, draft)
+  cfg = drafts.WithLookup(cfg, extra["lookup"])
+  spec = common.DecodeSpec(GREEDY, 8, None, G, P + 8 + G + 1)
+  parts = speculative.Parts(target.config, cfg, spec, target.params, params)
+  tokens = common.init_buffer(jnp.array(REPEATING), spec.buffer_len)
+  length = jnp.full((2,), P)
+  _, hidden = common.prefill(target.config, target.params, tokens, length, P, True)
+  state = drafts.prefill(cfg, params, tokens, length, P, spec, hidden)
+  copied, matched = lookup.propose(cfg.lookup, tokens, length, G)
+  np.testing.assert_array_equal(matched, [G, G])  # the premise: a copy-only iteration
+  draw = drafts._draw_with_lookup(parts, cfg.lookup, False, copied, matched)
+  key = jax.random.key(0)
+  skipped = drafts.propose(parts, cfg, params, G, tokens, length, state, key, None)
+  stepped = drafts._propose_model(parts, cfg, params, draw, G, tokens, length, state, key, None)
+  np.testing.assert_array_equal(skipped[0], stepped[0])
+  np.testing.assert_array_equal(skipped[1], stepped[1])
+  if which == "combined":
+    read, a, b = P + G - 1, skipped[2], stepped[2]  # positions 0 .. n + G - 2
+  else:
+    read, a, b = P - 1, skipped[2].cache, stepped[2].cache  # positions 0 .. n - 2
+    np.testing.assert_array_equal(skipped[2].feats, stepped[2].feats)
+  for x, y in zip(a.k + a.v, b.k + b.v):
+    np.testing.assert_allclose(x[:, :read], y[:, :read], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["combined", "feature_combined"])
+def test_greedy_with_copy_only_iterations_equals_autoregressive(tiny_pair, feature_draft, which):
+  """Repeating rows at batch 2, whose first iteration is copy-only (the test above):
+  the output is still the target's own token for token."""
+  target, draft_model = tiny_pair
+  draft, extra = draft_for(which, draft_model, feature_draft)
+  kwargs = dict(sampling=GREEDY, max_new_tokens=16)
+  out = generate(target, REPEATING, draft=draft, num_draft=3, **extra, **kwargs)
+  assert out.tokens == generate(target, REPEATING, method="autoregressive", **kwargs).tokens

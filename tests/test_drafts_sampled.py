@@ -2,9 +2,9 @@
 
 Statistical tests follow tests/test_decoding.py (chi-square against the exact
 joint of the first 3 tokens by enumeration, p > ALPHA = 1e-4 each). This file
-makes 16 such assertions (8 cases, 2 prompts each), so a correct sampler fails
-it with probability at most 1.6e-3 (union bound); each also checks that it can
-fail (a wrong joint is rejected). The kinds: tests/draft_kinds.py.
+makes 18 such assertions (8 cases of 2 prompts, 2 of one), so a correct sampler
+fails it with probability at most 1.8e-3 (union bound); each also checks that it
+can fail (a wrong joint is rejected). The kinds: tests/draft_kinds.py.
 """
 
 import numpy as np
@@ -46,6 +46,23 @@ def test_joint_of_first_three_tokens_matches_target(tiny_pair, feature_draft, wh
     assert chi2_pvalue(counts, exact_joint(target, prompt, sampling)) > ALPHA, (which, j)
     # Power: the draft model's joint is rejected by the same statistic.
     assert chi2_pvalue(counts, exact_joint(draft_model, prompt, sampling), strict=False) < ALPHA
+
+
+@pytest.mark.parametrize("which", ["combined", "feature_combined"])
+def test_copy_only_iterations_keep_the_targets_joint(tiny_pair, feature_draft, which):
+  """Every row is [1, 2, 1, 2]: in the first iteration all rows copy both tokens, so
+  the model's steps are skipped (drafts._copy_only) and the copies are verified as
+  point masses; later iterations mix both kinds across rows."""
+  target, draft_model = tiny_pair
+  sampling = SAMPLINGS["t1"]
+  prompt = [1, 2, 1, 2]
+  draft, extra = draft_for(which, draft_model, feature_draft)
+  out = generate(target, [prompt] * 8000, draft=draft, num_draft=2, **extra, sampling=sampling,
+                 max_new_tokens=3, seed=23)
+  V = target.config.vocab_size
+  counts = np.bincount(np.array(out.tokens) @ (V ** np.arange(2, -1, -1)), minlength=V ** 3)
+  assert chi2_pvalue(counts, exact_joint(target, prompt, sampling)) > ALPHA
+  assert chi2_pvalue(counts, exact_joint(draft_model, prompt, sampling), strict=False) < ALPHA
 
 
 @pytest.mark.parametrize("which", ["feature", "lookup", "combined_gated", "feature_combined"])

@@ -53,8 +53,12 @@ class WithLookup:
   so a copy the model finds unlikely is the worse proposal. Which one proposes
   depends only on the committed tokens and the tokens drafted before it, so
   every proposal is drawn from a distribution the rejection step knows: as
-  lossless as either part. The model runs for the whole batch either way, so
-  this costs what the model draft costs.
+  lossless as either part. The model runs for the whole batch, so this costs
+  what the model draft costs, except in a "copy-only" iteration: when every
+  live row copies all G tokens and no gate applies (greedy, or
+  min_draft_prob = 0), the proposals are the G copies whatever the model
+  draws, so its G steps are skipped and one pass keeps its state in step
+  (`_copy_only`); the proposals, hence the outputs, are the same.
 
   `model` is a draft model's TransformerConfig or a feature draft's
   FeatureDraftConfig (then the draft reads the copied token like its own draw,
@@ -133,19 +137,63 @@ def _model_first(parts, tokens_BL, length_B, cache: tr.KVCache):
 
 
 def propose(parts, draft_cfg, draft_params, num_draft: int, tokens_BL, length_B, state, key,
-            noise_BXV):
+            noise_BXV, live_B=None):
   """G proposals per row: (tokens [B, G], probs [B, G, V] f32 or None under
-  coupling='gumbel', the draft's state). noise_BXV: the block's Gumbel noise, or None."""
-  which = kind(draft_cfg)
-  keys = jax.random.split(key, num_draft)
-  noise_GBV = None if noise_BXV is None else noise_BXV[:, :num_draft].transpose(1, 0, 2)
-  if which == "lookup":
+  coupling='gumbel', the draft's state). noise_BXV: the block's Gumbel noise, or None;
+  live_B: the rows not done (None: all), for WithLookup's copy-only iterations."""
+  if isinstance(draft_cfg, lookup.PromptLookup):
     with jax.named_scope("draft_forward"):
       tokens_BG, _ = lookup.propose(draft_cfg, tokens_BL, length_B, num_draft)
-    # A point mass: the rejection step accepts x with probability q(x).
-    probs = None if parts.gumbel else jax.nn.one_hot(tokens_BG, parts.vocab_size, dtype=jnp.float32)
-    return tokens_BG, probs, None
-  draw = _draw_with_lookup(parts, draft_cfg, num_draft, tokens_BL, length_B)
+    return tokens_BG, _point_masses(parts, tokens_BG), None
+  if not isinstance(draft_cfg, WithLookup):
+    draw = lambda logits_BV, key, noise_BV, g, previous_B: parts.draw(logits_BV, key, noise_BV)
+    return _propose_model(parts, draft_cfg, draft_params, draw, num_draft, tokens_BL, length_B,
+                          state, key, noise_BXV)
+  with jax.named_scope("draft_forward"):
+    copied_BG, matched_B = lookup.propose(draft_cfg.lookup, tokens_BL, length_B, num_draft)
+  gate = draft_cfg.lookup.min_draft_prob > 0 and not parts.spec.sampling.greedy
+  draw = _draw_with_lookup(parts, draft_cfg.lookup, gate, copied_BG, matched_B)
+  with_model = lambda: _propose_model(parts, draft_cfg, draft_params, draw, num_draft, tokens_BL,
+                                      length_B, state, key, noise_BXV)
+  if gate:
+    return with_model()
+  full_B = matched_B >= num_draft
+  all_copied = jnp.all(full_B if live_B is None else full_B | ~live_B)
+  copy_only = lambda: _copy_only(parts, draft_cfg, draft_params, tokens_BL, length_B, state,
+                                 copied_BG)
+  return jax.lax.cond(all_copied, copy_only, with_model)
+
+
+def _point_masses(parts, tokens_BG):
+  """A copy's proposal distribution, one-hot (None under coupling='gumbel'): the
+  rejection step accepts x with probability q(x)."""
+  return None if parts.gumbel else jax.nn.one_hot(tokens_BG, parts.vocab_size, dtype=jnp.float32)
+
+
+def _copy_only(parts, draft_cfg: WithLookup, draft_params, tokens_BL, length_B, state, copied_BG):
+  """A WithLookup iteration whose proposals are all copies: the copies as point masses,
+  and the model's state kept in step without its G draft steps. A feature draft runs
+  its first step only (it writes the pairs the last pass accepted; what it drafts past
+  them is rewritten by the next one, feature_drafting.py). A draft model feeds
+  [previous, current, copies] in one pass, so its cache holds every copy that the
+  target accepts (its next iteration re-feeds [previous, current] from length - 2)."""
+  G = copied_BG.shape[1]
+  with jax.named_scope("draft_forward"):
+    if needs_features(draft_cfg):
+      _, _, state = feature_drafting.first(_runtime(draft_cfg, draft_params), tokens_BL, length_B,
+                                           state)
+    else:
+      start_B = jnp.maximum(length_B - 2, 0)
+      block_BX = common.read_rows(common.write_rows(tokens_BL, copied_BG, length_B), start_B, G + 1)
+      _, state = parts.draft(block_BX, state.with_lengths(start_B))
+  return copied_BG, _point_masses(parts, copied_BG), state
+
+
+def _propose_model(parts, draft_cfg, draft_params, draw, num_draft: int, tokens_BL, length_B,
+                   state, key, noise_BXV):
+  """G proposals of a draft model or feature draft, each step's token from `draw`."""
+  keys = jax.random.split(key, num_draft)
+  noise_GBV = None if noise_BXV is None else noise_BXV[:, :num_draft].transpose(1, 0, 2)
   if needs_features(draft_cfg):
     with jax.named_scope("draft_forward"):
       return feature_drafting.propose(_runtime(draft_cfg, draft_params), draw, num_draft,
@@ -171,16 +219,11 @@ def propose(parts, draft_cfg, draft_params, num_draft: int, tokens_BL, length_B,
   return tokens_BG, probs_BGV, cache
 
 
-def _draw_with_lookup(parts, draft_cfg, num_draft: int, tokens_BL, length_B):
+def _draw_with_lookup(parts, settings: lookup.PromptLookup, gate: bool, copied_BG, matched_B):
   """draw(logits [B, V], key, noise [B, V] | None, g, previous [B]) -> (tokens [B], probs):
-  the draft's own draw, or, with lookup, at step g the copied token where the row
-  copied more than g, its previous draft token (if any) was the copy's and the gate
-  lets it (WithLookup's docstring)."""
-  if not isinstance(draft_cfg, WithLookup):
-    return lambda logits_BV, key, noise_BV, g, previous_B: parts.draw(logits_BV, key, noise_BV)
-  with jax.named_scope("draft_forward"):
-    copied_BG, matched_B = lookup.propose(draft_cfg.lookup, tokens_BL, length_B, num_draft)
-  gate = draft_cfg.lookup.min_draft_prob > 0 and not parts.spec.sampling.greedy
+  the draft's own draw, or, at step g, the copied token where the row copied more than
+  g, its previous draft token (if any) was the copy's and the gate (if on) lets it
+  (WithLookup's docstring)."""
 
   def draw(logits_BV, key, noise_BV, g, previous_B):
     token_B, probs_BV = parts.draw(logits_BV, key, noise_BV)
@@ -188,7 +231,7 @@ def _draw_with_lookup(parts, draft_cfg, num_draft: int, tokens_BL, length_B):
     if gate:
       p_BV = parts.probs(logits_BV) if probs_BV is None else probs_BV
       p_copy_B = jnp.take_along_axis(p_BV, copied_BG[:, g][:, None], axis=1)[:, 0]
-      use_B &= p_copy_B >= draft_cfg.lookup.min_draft_prob
+      use_B &= p_copy_B >= settings.min_draft_prob
     token_B = jnp.where(use_B, copied_BG[:, g], token_B)
     if probs_BV is not None:  # a copy is a point mass
       point_BV = jax.nn.one_hot(token_B, probs_BV.shape[-1], dtype=probs_BV.dtype)

@@ -197,7 +197,7 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
     noise_BXV = coupling.noise(spec.sampling, s.row_keys, s.length, vocab, num_draft + 1)
     draft_tokens_BG, draft_probs_BGV, draft_state = drafts.propose(
         parts, draft_cfg, draft_params, num_draft, s.tokens, s.length, s.draft_state, draft_key,
-        noise_BXV)
+        noise_BXV, ~s.done)
     # One target pass over [current, x_1..x_G] at each row's own offset.
     block_BX = jnp.concatenate([current_B1, draft_tokens_BG], axis=1)   # [B, G + 1]
     logits_BXV, target_cache, hidden_BXD = parts.target(block_BX, target_cache_in)

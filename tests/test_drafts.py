@@ -29,8 +29,8 @@ def greedy_reference(tiny_pair):
 
 
 @pytest.mark.parametrize("which,k", [(w, k) for w in ("feature", "lookup", "combined") for k in (1, 3)]
-                         + [("feature", "auto"), ("combined", "auto"), ("feature_combined", 3),
-                            ("feature_combined", "auto")])  # lookup alone: refused below
+                         + [(w, "auto") for w in ("feature", "lookup", "combined", "feature_combined")]
+                         + [("feature_combined", 3)])
 def test_greedy_equals_autoregressive(tiny_pair, feature_draft, greedy_reference, which, k):
   target, _ = tiny_pair
   draft, extra = draft_for(which, tiny_pair[1], feature_draft)
@@ -69,8 +69,9 @@ def test_feature_draft_reads_the_targets_features(tiny_pair, feature_draft):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(draft="prompt_lookup", num_draft="auto"), "num_draft must be an int >= 1 with draft='prompt_lookup'"),
-    (dict(draft="prompt_lookup", num_draft=0), "num_draft must be an int >= 1 with draft='prompt_lookup'"),
+    (dict(draft="prompt_lookup", num_draft=0), "num_draft must be an int >= 1, 'auto' or a set with "
+     "draft='prompt_lookup'"),
+    (dict(draft="prompt_lookup", num_draft=(0,)), "num_draft \\(the paper's K\\) must be an int >= 1, 'auto'"),
     (dict(draft=PromptLookup(max_ngram=1, min_ngram=2)), "max_ngram=1 must be >= min_ngram=2"),
     (dict(draft=PromptLookup(max_ngram=0, min_ngram=0)), "max_ngram must be an int >= 1"),
     (dict(draft=PromptLookup(min_draft_prob=1.5)), "min_draft_prob must be a number in \\[0, 1\\]"),
@@ -161,3 +162,22 @@ def test_greedy_with_copy_only_iterations_equals_autoregressive(tiny_pair, featu
   kwargs = dict(sampling=GREEDY, max_new_tokens=16)
   out = generate(target, REPEATING, draft=draft, num_draft=3, **extra, **kwargs)
   assert out.tokens == generate(target, REPEATING, method="autoregressive", **kwargs).tokens
+
+
+def test_lookup_auto_takes_the_longest_live_match_as_k():
+  """choose_index: the smallest K in the set >= the longest match among live rows, the
+  largest K past it, 0 (an autoregressive step) when no live row matches."""
+  choices = (0, 1, 3)
+  settings = PromptLookup(max_ngram=2, min_ngram=1)
+  rows = jnp.array([[1, 2, 3, 4, 5, 6, 0, 0],     # no repeat: no match
+                    [7, 8, 7, 8, 9, 7, 8, 0],     # [7, 8] matched at 2: copies 9, 7, 8
+                    [5, 6, 5, 0, 0, 0, 0, 0]])    # [5] matched at 0: copies 6, 5
+  length = jnp.array([6, 7, 3])
+  pick = lambda done: int(lookup.choose_index(settings, choices, rows, length, jnp.array(done)))
+  _, matched = lookup.propose(settings, rows, length, 3)
+  np.testing.assert_array_equal(matched, [0, 3, 2])
+  assert pick([False, True, True]) == 0     # K = 0
+  assert pick([True, True, False]) == 2     # a match of 2: K = 3
+  assert pick([False, False, False]) == 2   # the longest, 3
+  assert int(lookup.choose_index(settings, (1, 2), rows, length, jnp.array([False] * 3))) == 1
+  assert int(lookup.choose_index(settings, (2, 5), rows, length, jnp.array([False, True, True]))) == 0

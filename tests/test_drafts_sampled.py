@@ -2,8 +2,8 @@
 
 Statistical tests follow tests/test_decoding.py (chi-square against the exact
 joint of the first 3 tokens by enumeration, p > ALPHA = 1e-4 each). This file
-makes 18 such assertions (8 cases of 2 prompts, 2 of one), so a correct sampler
-fails it with probability at most 1.8e-3 (union bound); each also checks that it
+makes 20 such assertions (9 cases of 2 prompts, 2 of one), so a correct sampler
+fails it with probability at most 2e-3 (union bound); each also checks that it
 can fail (a wrong joint is rejected). The kinds: tests/draft_kinds.py.
 """
 
@@ -26,6 +26,7 @@ SAMPLINGS = {"t1": Sampling(temperature=1.0), "t0.7_top5": Sampling(temperature=
 
 @pytest.mark.parametrize("which,sampling", [("feature", "t1"), ("feature", "top_p0.8"),
                                             ("lookup", "t1"), ("lookup", "t0.7_top5"),
+                                            ("lookup_auto", "t1"),
                                             ("combined", "t1"), ("combined_gated", "top_p0.8"),
                                             ("feature_auto", "t1"),
                                             ("feature_combined_gated", "top_p0.8")])
@@ -80,3 +81,7 @@ def test_gumbel_coupling_keeps_rows_invariant(tiny_pair, feature_draft, which):
   one = generate(target, PROMPTS[2:3], draft=draft, num_draft=2, sampling=sampling, max_new_tokens=12,
                  seed=seeds[2:3], **extra)
   assert one.tokens[0] == ref.tokens[2]
+  if which == "lookup":  # K from the matches, 0 (a target step) where no row has one
+    auto = generate(target, PROMPTS, draft=draft, num_draft=(0, 1, 3), sampling=sampling,
+                    max_new_tokens=12, seed=seeds)
+    assert auto.tokens == ref.tokens

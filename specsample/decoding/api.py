@@ -30,7 +30,7 @@ from specsample.decoding.sampling import Sampling
 from specsample.models import feature_draft as fd
 from specsample.models import transformer as tr
 from specsample.models.lm import LM
-from specsample.utils import is_positive_int, round_up
+from specsample.utils import is_int, is_positive_int, round_up
 
 METHODS = ("autoregressive", "speculative")
 __all__ = ["GenerateOutput", "TRACE_COUNT", "generate", "loop_shardings", "make_auto_loop",
@@ -90,10 +90,9 @@ def check_draft(target: LM, draft, num_draft) -> None:
                      f"PromptLookup, got {type(draft).__name__}")
   if isinstance(draft, PromptLookup):
     draft.validate()
-  if isinstance(draft, PromptLookup) and not is_positive_int(num_draft):
-    raise ValueError(f"num_draft must be an int >= 1 with draft='prompt_lookup' (auto K and K = 0 "
-                     f"need a draft that scores tokens; combine lookup with one via lookup=), got "
-                     f"{num_draft!r}")
+  if isinstance(draft, PromptLookup) and is_int(num_draft) and not is_positive_int(num_draft):
+    raise ValueError(f"num_draft must be an int >= 1, 'auto' or a set with draft='prompt_lookup' "
+                     f"(K = 0 alone drafts nothing), got {num_draft!r}")
   if isinstance(draft, fd.FeatureDraft):
     draft.config.validate(target.config)
   vocab = draft.config.vocab_size if isinstance(draft, LM) else (
@@ -232,8 +231,10 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
       a frequent-token head); or 'prompt_lookup' / PromptLookup(max_ngram,
       min_ngram): the tokens after the latest earlier match of the row's last
       n-gram (decoding/lookup.py). All three are lossless under every
-      sampling option; the last two run on one device, and lookup alone takes
-      an int num_draft.
+      sampling option; the last two run on one device. Lookup alone with
+      'auto' (or a set) takes as K the longest match among the live rows,
+      rounded up within the set, 0 (an autoregressive step) when no row has
+      one (lookup.choose_index); it needs no iteration costs.
     method: 'autoregressive' or 'speculative'.
     num_draft: draft tokens per iteration (the paper's K), an int >= 1; or
       'auto': every iteration picks K in 0..8 (0 = an autoregressive step)
@@ -351,8 +352,10 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
   params, lengths = args[:2], args[3]
   run = lambda state, cost, index, trips: advance(
       *params, state, lengths, put(cost), put(np.int32(index)), put(np.int32(trips)))
+  ones = np.ones(len(spec.draft_choices), np.float32)
+  if drafts.kind(draft_cfg) == "lookup":  # K follows the matches (lookup.choose_index): no costs
+    cost = ones
   if cost is None:
-    ones = np.ones(len(spec.draft_choices), np.float32)
     state, _ = run(state, ones, 0, 0)  # compiles (not timed); runs nothing
     key = (target.config, draft_cfg, spec, B, P, placement, kvp_spec,
            jax.devices()[0].device_kind)

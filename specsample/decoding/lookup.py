@@ -85,3 +85,17 @@ def propose(lookup: PromptLookup, tokens_BL: jax.Array, length_B: jax.Array, num
   gathered_BG = jnp.take_along_axis(tokens_BL, jnp.minimum(index_BG, L - 1), axis=1)
   proposals_BG = jnp.where(copied_BG, gathered_BG, last_B[:, None])
   return proposals_BG.astype(jnp.int32), copied_BG.sum(axis=1).astype(jnp.int32)
+
+
+def choose_index(lookup: PromptLookup, choices: tuple[int, ...], tokens_BL: jax.Array,
+                 length_B: jax.Array, done_B: jax.Array) -> jax.Array:
+  """num_draft="auto" for lookup alone: the index in `choices` (sorted) of the smallest
+  K >= the longest match among the live rows (the largest K if none is), so no
+  iteration verifies positions that no row copied, and K = 0, an autoregressive
+  step, when no row matches. Copies are what lookup proposes well; past a match
+  it proposes the row's last token, which the target rarely accepts, so verifying
+  it costs time for nothing. The rule reads only committed tokens: lossless."""
+  _, matched_B = propose(lookup, tokens_BL, length_B, choices[-1])
+  longest = jnp.max(jnp.where(done_B, 0, matched_B))
+  choices_C = jnp.asarray(choices)
+  return jnp.minimum(jnp.sum(choices_C < longest), len(choices) - 1)

@@ -22,7 +22,8 @@ the acceptance rate for free). After AR_AFTER consecutive K = 0 choices auto
 gives up on the draft for the rest of the call (`ar_only`): draft-free target
 steps, which cost what the autoregressive loop's steps cost. Every body is
 lossless given the tokens so far, and the choice depends only on those, so
-the output is distributed as the target's whatever K is picked.
+the output is distributed as the target's whatever K is picked. Lookup alone
+picks K from its matches instead (lookup.choose_index; K = 0 a target step).
 
 Shapes never change inside the loop, so it compiles once per
 (batch, prompt, buffer) shape and DecodeSpec.
@@ -46,7 +47,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from specsample.decoding import common, coupling, drafts
+from specsample.decoding import common, coupling, drafts, lookup
 from specsample.decoding.adaptive import ALPHA_DECAY, ALPHA_PRIOR, choose
 from specsample.decoding.rejection import rejection_sample
 from specsample.decoding.sampling import sample
@@ -296,7 +297,16 @@ def run_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
   """
   body_of = lambda k: make_body(target_cfg, draft_cfg, spec, k, target_params, draft_params,
                                 prompt_len_B, parts)
-  if spec.draft_choices:
+  if spec.draft_choices and drafts.kind(draft_cfg) == "lookup":  # K follows the matches
+    choices = spec.draft_choices
+    bodies = [make_target_step(target_cfg, draft_cfg, spec, target_params, draft_params,
+                               prompt_len_B, parts) if k == 0 else body_of(k) for k in choices]
+
+    def body(s):
+      index = jnp.where(force_index >= 0, force_index, lookup.choose_index(
+          draft_cfg, choices, s.tokens, s.length, s.done))
+      return jax.lax.switch(index, bodies, s)
+  elif spec.draft_choices:
     choices = spec.draft_choices
     bodies = [body_of(k) for k in choices]
     if 0 in choices:  # the draft-free step of ar_only (make_target_step)

@@ -30,6 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_draft = 4                          # K of every speculative method
   c.max_ngram = 3                          # lookup: longest suffix tried first
   c.min_ngram = 1                          # lookup: shortest suffix that counts
+  c.lookup_auto = tuple(range(9))          # also lookup with this K set (0..8: num_draft='auto's;
+                                           # K from its matches); () = not measured
   c.min_draft_probs = (0.2,)               # draft+lookup variants: PromptLookup.min_draft_prob each
                                            # (greedy ignores it: every copy is used)
   c.max_new_tokens = 64
@@ -45,5 +47,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tasks, c.batch_sizes, c.samplings = ("humaneval",), (2,), ("greedy",)
     c.num_prompts, c.max_new_tokens, c.passes, c.num_draft = 2, 8, 1, 2
     c.min_draft_probs = (0.0,)           # greedy only: a gate would change nothing
+    c.lookup_auto = (0, 2)
     c.output_dir = "workdirs/drafting_runlocal"
   return c

@@ -24,11 +24,11 @@ def test_runlocal_reports_every_method(tmp_path):
   with open(tmp_path / "out" / "drafting.json") as f:
     assert json.load(f)["cells"] == result["cells"]
   (cell,) = result["cells"]
-  assert set(cell["methods"]) == {"autoregressive", "lookup", "draft", "draft+lookup"}
+  assert set(cell["methods"]) == {"autoregressive", "lookup", "lookup(auto)", "draft", "draft+lookup"}
   ar = cell["methods"]["autoregressive"]["ms_per_token"]
   for row in cell["methods"].values():
     assert row["speedup"] == pytest.approx(ar / row["ms_per_token"])
     assert 1 <= row["tokens_per_call"] <= c.num_draft + 1 and row["new_tokens"] == c.max_new_tokens
   assert cell["methods"]["autoregressive"]["tokens_per_call"] == 1
   md = (tmp_path / "out" / "drafting.md").read_text()
-  assert md.count("| humaneval | 2 | greedy |") == 4
+  assert md.count("| humaneval | 2 | greedy |") == 5

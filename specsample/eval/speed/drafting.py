@@ -10,6 +10,8 @@ acceptance rate. Methods:
 
   autoregressive                 the reference
   lookup                         draft='prompt_lookup' (no draft model, c ~ 0)
+  lookup(auto)                   the same with num_draft='auto': K = the longest live
+                                 match, 0 (an autoregressive step) without one
   draft                          the draft (a model or a feature draft), when given
   draft+lookup                   the draft combined with lookup (generate(lookup=...))
 """
@@ -56,6 +58,8 @@ def methods(config, draft) -> dict[str, dict[str, Any]]:
   lookup = PromptLookup(config.max_ngram, config.min_ngram)
   out = {"autoregressive": {"method": "autoregressive"},
          "lookup": {"draft": lookup, "num_draft": config.num_draft}}
+  if config.lookup_auto:  # a K set (0..8 is "auto"'s)
+    out["lookup(auto)"] = {"draft": lookup, "num_draft": tuple(config.lookup_auto)}
   if draft is not None:
     out["draft"] = {"draft": draft, "num_draft": config.num_draft}
     if isinstance(draft, (LM, fd.FeatureDraft)):
@@ -100,7 +104,7 @@ def run(config, command: str = "") -> dict:
     rows = measure_cell(target, batches, kinds, SAMPLINGS[sampling], config)
     cells.append({"task": task, "batch": batch_size, "sampling": sampling, "methods": rows})
   result = {"command": command, "target": config.target_dir, "draft": config.draft_dir,
-            "num_draft": config.num_draft, "ngram": [config.max_ngram, config.min_ngram],
+            "num_draft": config.num_draft, "lookup_auto": list(config.lookup_auto), "ngram": [config.max_ngram, config.min_ngram],
             "max_new_tokens": config.max_new_tokens, "num_prompts": config.num_prompts,
             "passes": config.passes, "machine": timing.machine_info(),
             "seconds": round(time.time() - start), "cells": cells}
@@ -114,7 +118,8 @@ def markdown(result: dict) -> str:
   m = result["machine"]
   lines = [f"# Drafting sources against autoregressive\n",
            f"`{result['command']}`\n",
-           f"Target `{result['target']}`, draft `{result['draft'] or '(none)'}`, K = {result['num_draft']}, "
+           f"Target `{result['target']}`, draft `{result['draft'] or '(none)'}`, K = {result['num_draft']} "
+           f"(lookup(auto): K in {result.get('lookup_auto') or '-'}, from its matches), "
            f"lookup n-grams {result['ngram'][0]}..{result['ngram'][1]}, {result['max_new_tokens']} new tokens, "
            f"{result['num_prompts']} prompts per task, best of {result['passes']} round-robin passes; "
            f"{m['label']}, load average {m['load_average_1_5_15']} at the end, {result['seconds']} s.\n",

@@ -67,7 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.latency.new_tokens = 128               # new tokens per run (greedy, no eos)
   c.latency.num_draft = 4                  # the paper's K
   c.latency.repeats = 3                    # timed runs after one warm-up; the median is reported
-  c.latency.lookup = False                 # also SpS with the draft beside prompt lookup (+KVP)
+  c.latency.lookup = False                 # also SpS with the draft beside prompt lookup, and lookup
+                                           # alone at num_draft="auto" (each +KVP)
 
   if args["pair"] == "smollm2":
     c.pair_name = "the real pair (SmolLM2-135M-Instruct)"

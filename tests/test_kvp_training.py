@@ -213,7 +213,8 @@ def test_the_benchmark_runs_every_phase_and_scores_an_exact_tail(tiny_setup, tmp
   assert {(r["method"], r["aux"]) for r in results["ttft"]} == {
       ("full", None), ("kvp", "plain"), ("aux", "plain"), ("kvp", "tail"), ("aux", "tail")}
   assert {r["setting"] for r in results["latency"]} == {"sps", "sps_kvp", "ar_kvp", "ar",
-                                                       "sps_lookup", "sps_lookup_kvp"}
+                                                       "sps_lookup", "sps_lookup_kvp",
+                                                       "lookup_auto", "lookup_auto_kvp"}
   report = (tmp_path / "out" / "kvp.md").read_text()
   assert "`tail`: aux_kind=pruned" in report and "exact tail 4" in report
   # A later phase with another predictor beside them (configs/kvp_eval.py stage1=): each

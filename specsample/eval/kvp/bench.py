@@ -144,7 +144,8 @@ def measure_quality(config, target, kvps: dict, val_stream: np.ndarray, tokenize
 
 def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> list[dict]:
   """Total generate() wall time for prompt + max_new_tokens: SpS (+KVP), AR (+KVP), and
-  with config.latency.lookup SpS with the draft beside prompt lookup (+KVP).
+  with config.latency.lookup SpS with the draft beside prompt lookup (+KVP) and with
+  lookup alone at num_draft='auto' (K from its matches; +KVP)
   The draft is config.latency.draft_dir's, or '' the KVP's auxiliary model."""
   greedy = dict(sampling=Sampling(temperature=0), max_new_tokens=config.latency.new_tokens,
                 num_draft=config.latency.num_draft)
@@ -160,14 +161,18 @@ def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> li
     lookup = dict(lookup=PromptLookup(min_draft_prob=0.2))
     settings["sps_lookup"] = {**settings["sps"], **lookup}
     settings["sps_lookup_kvp"] = {**settings["sps_kvp"], **lookup}
+    alone = dict(method="speculative", draft="prompt_lookup", num_draft="auto")
+    settings["lookup_auto"] = alone
+    settings["lookup_auto_kvp"] = {**alone, "prefill": "kv_prediction", "kvp": kvp}
   rows = []
   for P in config.latency.prompt_lens:
     prompt = [prompt_ids[:P].tolist()]
     for name, kwargs in settings.items():
-      api.generate(target, prompt, **greedy, **kwargs)  # warm-up (compiles)
+      kwargs = {**greedy, **kwargs}
+      api.generate(target, prompt, **kwargs)  # warm-up (compiles)
       walls, out = [], None
       for _ in range(config.latency.repeats):
-        out, wall, _ = timing.timed_generate(target, prompt, **greedy, **kwargs)
+        out, wall, _ = timing.timed_generate(target, prompt, **kwargs)
         walls.append(1000 * wall)
       rows.append(dict(prompt_len=P, setting=name, total_ms=statistics.median(walls),
                        new_tokens=int(out.stats["new_tokens"][0]),

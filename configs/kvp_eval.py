@@ -68,7 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.latency.num_draft = 4                  # the paper's K
   c.latency.repeats = 3                    # timed runs after one warm-up; the median is reported
   c.latency.lookup = False                 # also SpS with the draft beside prompt lookup, and lookup
-                                           # alone at num_draft="auto" (each +KVP)
+                                           # alone, K from its matches (each +KVP)
+  c.latency.lookup_choices = tuple(range(9))  # lookup alone's K set (0..8: num_draft="auto"'s)
 
   if args["pair"] == "smollm2":
     c.pair_name = "the real pair (SmolLM2-135M-Instruct)"
@@ -89,4 +90,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.quality.num_windows, c.quality.prompt_len, c.quality.continuation = 4, 16, 8
     c.quality.humaneval_limit = 4
     c.latency.prompt_lens, c.latency.new_tokens, c.latency.repeats = (32,), 8, 1
+    c.latency.lookup_choices = (0, 2)
   return c

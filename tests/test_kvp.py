@@ -12,6 +12,7 @@ power check asserts that the same samples REJECT the target's exact
 """
 
 import dataclasses
+import functools
 import itertools
 
 import chex
@@ -133,21 +134,36 @@ def test_prompt_features_are_the_targets_own_at_the_tail(tiny_pair, exact_tail):
     assert not np.any(tail[b, :lo]) and not np.any(tail[b, n - 1:])
 
 
+# The reference's one block width and cache length (every prompt + new tokens fits).
+_WIDTH, _BUFFER = 16, 32
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reference_step(kvp_cfg, predictor, aux_params, target_params, prompt_1L, prompt_len, start,
+                    block_1W, read):
+  """The target's logits at block position `read`, the block fed at `start` against
+  the predicted cache of the prompt (only positions < start are read from it)."""
+  aux_cache = common.prefill(kvp_cfg.aux, aux_params, prompt_1L, prompt_len, _BUFFER)
+  pred = kp.predict_cache(kvp_cfg, predictor, aux_cache)
+  logits, _ = tr.forward(kvp_cfg.target, target_params, block_1W, pred.with_lengths(start))
+  return logits[0, read]
+
+
 def _greedy_with_exact_tail(target: LM, kvp: kvpd.KVP, prompt: list[int], n: int) -> list[int]:
   """Greedy tokens of the target whose cache holds the PREDICTED keys and values of
   positions 0..P-2-T and its own from P-1-T on: each step reruns the whole tail and
-  everything generated against the predicted part (no incremental cache)."""
+  everything generated against the predicted part (no incremental cache; the block is
+  right-padded to one width, which causal attention makes harmless)."""
   P, T = len(prompt), kvp.exact_tail
   start = max(P - 1 - T, 0)
-  aux_cache = common.prefill(kvp.aux.config, kvp.aux.params,
-                             common.init_buffer(jnp.array([prompt]), P + n), jnp.array([P]), P)
-  pred = kp.predict_cache(kvpd.kvp_config(target, kvp), kvp.params, aux_cache)
+  prompt_1L = common.init_buffer(jnp.array([prompt]), _BUFFER)
+  args = (kvpd.kvp_config(target, kvp), kvp.params, kvp.aux.params, target.params, prompt_1L,
+          jnp.array([P]), jnp.array([start]))
   out = []
   for _ in range(n):
-    block = jnp.array([prompt[start:] + out])
-    logits, _ = tr.forward(target.config, target.params, block,
-                           pred.with_lengths(jnp.array([start])))
-    out.append(int(jnp.argmax(logits[0, -1])))
+    block = prompt[start:] + out
+    padded = jnp.array([block + [0] * (_WIDTH - len(block))])
+    out.append(int(jnp.argmax(_reference_step(*args, padded, len(block) - 1))))
   return out
 
 

@@ -145,7 +145,7 @@ def measure_quality(config, target, kvps: dict, val_stream: np.ndarray, tokenize
 def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> list[dict]:
   """Total generate() wall time for prompt + max_new_tokens: SpS (+KVP), AR (+KVP), and
   with config.latency.lookup SpS with the draft beside prompt lookup (+KVP) and with
-  lookup alone at num_draft='auto' (K from its matches; +KVP)
+  lookup alone over the K set config.latency.lookup_choices (K from its matches; +KVP)
   The draft is config.latency.draft_dir's, or '' the KVP's auxiliary model."""
   greedy = dict(sampling=Sampling(temperature=0), max_new_tokens=config.latency.new_tokens,
                 num_draft=config.latency.num_draft)
@@ -161,7 +161,8 @@ def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> li
     lookup = dict(lookup=PromptLookup(min_draft_prob=0.2))
     settings["sps_lookup"] = {**settings["sps"], **lookup}
     settings["sps_lookup_kvp"] = {**settings["sps_kvp"], **lookup}
-    alone = dict(method="speculative", draft="prompt_lookup", num_draft="auto")
+    alone = dict(method="speculative", draft="prompt_lookup",
+                 num_draft=tuple(config.latency.get("lookup_choices", range(9))))
     settings["lookup_auto"] = alone
     settings["lookup_auto_kvp"] = {**alone, "prefill": "kv_prediction", "kvp": kvp}
   rows = []

@@ -23,11 +23,12 @@ import os
 import time
 from typing import Any
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
 from specsample import paths
-from specsample.decoding import LM, Sampling
+from specsample.decoding import LM, Sampling, loops
 from specsample.decoding.lookup import PromptLookup
 from specsample.eval.speed import timing
 from specsample.eval.tasks import docsum, xsum
@@ -103,13 +104,20 @@ def run(config, command: str = "") -> dict:
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
     rows = measure_cell(target, batches, kinds, SAMPLINGS[sampling], config)
     cells.append({"task": task, "batch": batch_size, "sampling": sampling, "methods": rows})
-  result = {"command": command, "target": config.target_dir, "draft": config.draft_dir,
-            "num_draft": config.num_draft, "lookup_auto": list(config.lookup_auto), "ngram": [config.max_ngram, config.min_ngram],
-            "max_new_tokens": config.max_new_tokens, "num_prompts": config.num_prompts,
-            "passes": config.passes, "machine": timing.machine_info(),
-            "seconds": round(time.time() - start), "cells": cells}
-  paths.write_atomic({os.path.join(config.output_dir, "drafting.json"): json.dumps(result, indent=2),
-                      os.path.join(config.output_dir, "drafting.md"): markdown(result)})
+    result = {"command": command, "target": config.target_dir, "draft": config.draft_dir,
+              "num_draft": config.num_draft, "lookup_auto": list(config.lookup_auto),
+              "ngram": [config.max_ngram, config.min_ngram],
+              "max_new_tokens": config.max_new_tokens, "num_prompts": config.num_prompts,
+              "passes": config.passes, "machine": timing.machine_info(),
+              "seconds": round(time.time() - start), "cells": cells, "cells_planned": len(grid)}
+    # After every cell: a run that dies later keeps what it measured.
+    paths.write_atomic({os.path.join(config.output_dir, "drafting.json"): json.dumps(result, indent=2),
+                        os.path.join(config.output_dir, "drafting.md"): markdown(result)})
+    # Each cell compiles its own shapes: drop the last cell's programs (a run of 8 cells
+    # with 9-body auto loops ran out of memory compiling the sixth).
+    loops.make_loop.cache_clear()
+    loops.make_auto_loop.cache_clear()
+    jax.clear_caches()
   return result
 
 
@@ -122,7 +130,9 @@ def markdown(result: dict) -> str:
            f"(lookup(auto): K in {result.get('lookup_auto') or '-'}, from its matches), "
            f"lookup n-grams {result['ngram'][0]}..{result['ngram'][1]}, {result['max_new_tokens']} new tokens, "
            f"{result['num_prompts']} prompts per task, best of {result['passes']} round-robin passes; "
-           f"{m['label']}, load average {m['load_average_1_5_15']} at the end, {result['seconds']} s.\n",
+           f"{m['label']}, load average {m['load_average_1_5_15']} at the end, {result['seconds']} s"
+           + (f"; PARTIAL: {len(result['cells'])} of {result['cells_planned']} cells" if
+              len(result["cells"]) < result.get("cells_planned", 0) else "") + ".\n",
            "| task | batch | sampling | method | ms/token | speedup | tokens/call | acceptance |",
            "|---|---|---|---|---|---|---|---|"]
   for c in result["cells"]:

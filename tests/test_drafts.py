@@ -34,7 +34,7 @@ def greedy_reference(tiny_pair):
 def test_greedy_equals_autoregressive(tiny_pair, feature_draft, greedy_reference, which, k):
   target, _ = tiny_pair
   draft, extra = draft_for(which, tiny_pair[1], feature_draft)
-  costs = {"iteration_costs": AUTO_COSTS} if k == "auto" else {}
+  costs = {"iteration_costs": AUTO_COSTS} if k == "auto" and which != "lookup" else {}
   out = generate(target, PROMPTS, draft=draft, num_draft=AUTO_SET if k == "auto" else k,
                  sampling=GREEDY, max_new_tokens=20, eos_id=14, **extra, **costs)
   assert out.tokens == greedy_reference.tokens
@@ -72,6 +72,8 @@ def test_feature_draft_reads_the_targets_features(tiny_pair, feature_draft):
     (dict(draft="prompt_lookup", num_draft=0), "num_draft must be an int >= 1, 'auto' or a set with "
      "draft='prompt_lookup'"),
     (dict(draft="prompt_lookup", num_draft=(0,)), "num_draft \\(the paper's K\\) must be an int >= 1, 'auto'"),
+    (dict(draft="prompt_lookup", num_draft=(0, 2), iteration_costs=[1.0, 1.5]),
+     "iteration_costs is not used with draft='prompt_lookup'"),
     (dict(draft=PromptLookup(max_ngram=1, min_ngram=2)), "max_ngram=1 must be >= min_ngram=2"),
     (dict(draft=PromptLookup(max_ngram=0, min_ngram=0)), "max_ngram must be an int >= 1"),
     (dict(draft=PromptLookup(min_draft_prob=1.5)), "min_draft_prob must be a number in \\[0, 1\\]"),

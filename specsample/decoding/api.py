@@ -308,6 +308,9 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
   prompts_BP, prompt_len, spec = prepare(target, draft, prompts, method, num_draft, sampling,
                                          max_new_tokens, eos_id, pad_to, seed)
   calibrate.check_costs(iteration_costs, spec.draft_choices)
+  if isinstance(draft, PromptLookup) and iteration_costs is not None:
+    raise ValueError("iteration_costs is not used with draft='prompt_lookup' (its K follows its "
+                     "matches, lookup.choose_index): pass iteration_costs=None")
   if kvp_spec is not None and spec.buffer_len > kvp.aux.config.max_seq_len:
     raise ValueError(f"the prompts need a kvp auxiliary cache of {spec.buffer_len} positions, "
                      f"above its max_seq_len={kvp.aux.config.max_seq_len}")

@@ -41,6 +41,7 @@ def draft_for(which: str, draft_model, feature_draft):
     return feature_draft, {"lookup": PromptLookup(max_ngram=2, min_ngram=1, min_draft_prob=0.0)}
   if which == "feature_combined_gated":
     return feature_draft, {"lookup": PromptLookup(max_ngram=2, min_ngram=1, min_draft_prob=0.15)}
-  if which == "lookup_auto":  # K from the matches (lookup.choose_index)
-    return PromptLookup(max_ngram=2, min_ngram=1), {"num_draft": AUTO_SET}
+  if which == "lookup_auto":  # K capped by the matches (lookup.choose_index)
+    return PromptLookup(max_ngram=2, min_ngram=1), {"num_draft": AUTO_SET,
+                                                     "iteration_costs": AUTO_COSTS}
   return PromptLookup(max_ngram=2, min_ngram=1), {}

@@ -34,10 +34,11 @@ def greedy_reference(tiny_pair):
 def test_greedy_equals_autoregressive(tiny_pair, feature_draft, greedy_reference, which, k):
   target, _ = tiny_pair
   draft, extra = draft_for(which, tiny_pair[1], feature_draft)
-  costs = {"iteration_costs": AUTO_COSTS} if k == "auto" and which != "lookup" else {}
+  costs = {"iteration_costs": AUTO_COSTS} if k == "auto" else {}
   out = generate(target, PROMPTS, draft=draft, num_draft=AUTO_SET if k == "auto" else k,
                  sampling=GREEDY, max_new_tokens=20, eos_id=14, **extra, **costs)
   assert out.tokens == greedy_reference.tokens
+  assert out.stats["drafted"].sum() > 0   # speculative iterations ran (auto may pick K = 0)
   s = out.stats
   assert (s["tokens_per_call"] >= 1).all()
   if k != "auto":
@@ -72,8 +73,8 @@ def test_feature_draft_reads_the_targets_features(tiny_pair, feature_draft):
     (dict(draft="prompt_lookup", num_draft=0), "num_draft must be an int >= 1, 'auto' or a set with "
      "draft='prompt_lookup'"),
     (dict(draft="prompt_lookup", num_draft=(0,)), "num_draft \\(the paper's K\\) must be an int >= 1, 'auto'"),
-    (dict(draft="prompt_lookup", num_draft=(0, 2), iteration_costs=[1.0, 1.5]),
-     "iteration_costs is not used with draft='prompt_lookup'"),
+    (dict(draft="prompt_lookup", num_draft=(0, 2), iteration_costs=[1.0]),
+     "iteration_costs must hold one positive cost per K in \\(0, 2\\)"),
     (dict(draft=PromptLookup(max_ngram=1, min_ngram=2)), "max_ngram=1 must be >= min_ngram=2"),
     (dict(draft=PromptLookup(max_ngram=0, min_ngram=0)), "max_ngram must be an int >= 1"),
     (dict(draft=PromptLookup(min_draft_prob=1.5)), "min_draft_prob must be a number in \\[0, 1\\]"),
@@ -166,20 +167,70 @@ def test_greedy_with_copy_only_iterations_equals_autoregressive(tiny_pair, featu
   assert out.tokens == generate(target, REPEATING, method="autoregressive", **kwargs).tokens
 
 
-def test_lookup_auto_takes_the_longest_live_match_as_k():
-  """choose_index: the smallest K in the set >= the longest match among live rows, the
-  largest K past it, 0 (an autoregressive step) when no live row matches."""
-  choices = (0, 1, 3)
+class _Stats:
+  """The fields of a loop state that lookup's auto rule reads (speculative.SpecState)."""
+
+  def __init__(self, tokens, length, done, alpha):
+    self.tokens, self.length, self.done = tokens, length, jnp.array(done)
+    self.trials_ema = jnp.full(length.shape, 10.0)
+    self.accept_ema = 10.0 * jnp.asarray(alpha, jnp.float32) + 0 * self.trials_ema
+
+
+# Rows with matches of 0, 3 and 2 tokens (at K = 3).
+LOOKUP_ROWS = jnp.array([[1, 2, 3, 4, 5, 6, 0, 0],     # no repeat: no match
+                         [7, 8, 7, 8, 9, 7, 8, 0],     # [7, 8] matched at 2: copies 9, 7, 8
+                         [5, 6, 5, 0, 0, 0, 0, 0]])    # [5] matched at 0: copies 6, 5
+LOOKUP_LENGTH = jnp.array([6, 7, 3])
+
+
+def test_lookup_auto_caps_each_rows_gain_at_its_match():
+  """choose_index: auto's bottleneck rule with E(alpha_b, min(K, matched_b)): K = 0 while
+  a row without a match is the bottleneck, never past the bottleneck's match, and a short
+  verify when the copies are rarely accepted or a wide one costs too much."""
   settings = PromptLookup(max_ngram=2, min_ngram=1)
-  rows = jnp.array([[1, 2, 3, 4, 5, 6, 0, 0],     # no repeat: no match
-                    [7, 8, 7, 8, 9, 7, 8, 0],     # [7, 8] matched at 2: copies 9, 7, 8
-                    [5, 6, 5, 0, 0, 0, 0, 0]])    # [5] matched at 0: copies 6, 5
-  length = jnp.array([6, 7, 3])
-  pick = lambda done: int(lookup.choose_index(settings, choices, rows, length, jnp.array(done)))
-  _, matched = lookup.propose(settings, rows, length, 3)
+  _, matched = lookup.propose(settings, LOOKUP_ROWS, LOOKUP_LENGTH, 3)
   np.testing.assert_array_equal(matched, [0, 3, 2])
-  assert pick([False, True, True]) == 0     # K = 0
-  assert pick([True, True, False]) == 2     # a match of 2: K = 3
-  assert pick([False, False, False]) == 2   # the longest, 3
-  assert int(lookup.choose_index(settings, (1, 2), rows, length, jnp.array([False] * 3))) == 1
-  assert int(lookup.choose_index(settings, (2, 5), rows, length, jnp.array([False, True, True]))) == 0
+  choices, cost = (0, 2, 3), jnp.array([1.0, 1.6, 1.9])
+
+  def pick(done, alpha=0.9, remaining=(40, 40, 40), cost=cost, choices=choices):
+    state = _Stats(LOOKUP_ROWS, LOOKUP_LENGTH, done, alpha)
+    return choices[int(lookup.choose_index(settings, choices, state, cost, jnp.array(remaining)))]
+
+  assert pick([False, False, False]) == 0   # row 0 has no match and is as far behind as any
+  assert pick([False, True, True]) == 0
+  assert pick([True, False, True]) == 3     # a match of 3 and copies accepted 90% of the time
+  assert pick([True, True, False]) == 2     # a match of 2: K = 3 buys nothing more
+  assert pick([False, False, False], remaining=(1, 40, 40)) == 2   # row 0 ahead: row 2 decides
+  assert pick([True, False, True], alpha=0.1) == 0                 # copies rarely accepted
+  assert pick([True, False, True], cost=jnp.array([1.0, 1.6, 3.0])) == 2  # K = 3 too dear
+  assert pick([True, False, True], cost=jnp.ones(2), choices=(1, 2)) == 2  # largest useful K
+
+
+def test_lookup_statistics_count_copies_and_observe_them_at_k0(tiny_pair):
+  """Lookup's acceptance statistics: an iteration counts trials at copied positions
+  only, and its K = 0 step (a plain target step) observes whether the target's token
+  is the copy, for rows that have one."""
+  settings = PromptLookup(max_ngram=2, min_ngram=1)
+  state = _Stats(LOOKUP_ROWS, LOOKUP_LENGTH, [False] * 3, 0.5)
+  accepted, trials = speculative._observations(settings, state, 3, jnp.array([0, 3, 1]))
+  np.testing.assert_array_equal(accepted, [0, 3, 1])
+  np.testing.assert_array_equal(trials, [0, 3, 2])   # row 0 copied nothing: no trial
+  accepted, _ = speculative._observations(settings, state, 3, jnp.array([0, 3, 2]))
+  np.testing.assert_array_equal(accepted, [0, 3, 2])
+
+  target, _ = tiny_pair
+  prompts = jnp.array([REPEATING[0], [9, 1, 4, 1, 5, 9, 2, 6, 3, 8]])  # row 1: no match for [3, 8]
+  P = prompts.shape[1]
+  spec = common.DecodeSpec(GREEDY, 4, None, 2, P + 8)
+  length = jnp.full((2,), P)
+  s = speculative.init_state(target.config, settings, spec, target.params, None, prompts, length,
+                             jax.random.key(0))
+  step = speculative.make_target_step(target.config, settings, spec, target.params, None, length)
+  after = jax.jit(step)(s)
+  copy, matched = lookup.propose(settings, s.tokens, s.length, 1)
+  np.testing.assert_array_equal(matched, [1, 0])
+  hit = float(after.tokens[0, P] == copy[0, 0])
+  decay = speculative.ALPHA_DECAY
+  np.testing.assert_allclose(after.trials_ema, [decay * s.trials_ema[0] + 1, decay * s.trials_ema[1]])
+  np.testing.assert_allclose(after.accept_ema, [decay * s.accept_ema[0] + hit,
+                                                decay * s.accept_ema[1]])

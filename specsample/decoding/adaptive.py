@@ -4,6 +4,9 @@ speculative.py keeps, per row, exponentially discounted counts of accepted
 draft tokens and of acceptance trials (alpha_hat = their ratio), and before
 every iteration of num_draft="auto" asks `choose` for the K that finishes the
 batch soonest given each K's measured iteration cost (decoding/calibrate.py).
+Prompt lookup alone asks the same rule, with each row's gain capped at the
+tokens its lookup copies (`matched_B`): past its match a row proposes a token
+that is rarely accepted, so a larger K buys that row nothing.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ def expected_tokens(alpha, num_draft: int):
   return sum(alpha ** i for i in range(num_draft + 1))
 
 
-def choose(s, choices: tuple[int, ...], cost_C: jax.Array, remaining_B: jax.Array
-           ) -> jax.Array:
+def capped_expected_tokens(alpha_B: jax.Array, num_draft: int, cap_B: jax.Array) -> jax.Array:
+  """E(alpha_b, min(K, cap_b)): expected tokens of an iteration at K whose row b can have
+  at most cap_b proposals accepted (lookup: the tokens it copied)."""
+  return sum(jnp.where(i <= cap_B, alpha_B ** i, 0.0) for i in range(num_draft + 1))
+
+
+def choose(s, choices: tuple[int, ...], cost_C: jax.Array, remaining_B: jax.Array,
+           matched_B: jax.Array | None = None) -> jax.Array:
   """Index into `choices` of the K that finishes the batch soonest, one step ahead.
 
   s: the loop state (speculative.SpecState: done, accept_ema, trials_ema).
@@ -36,9 +45,13 @@ def choose(s, choices: tuple[int, ...], cost_C: jax.Array, remaining_B: jax.Arra
   E(alpha_b, K) more iterations, each costing cost_K. The choice minimises
   that product (at batch 1: maximises E(alpha, K) / cost_K). Done rows are
   ignored; an all-done batch (never run: the loop has stopped) picks by the
-  prior.
+  prior. With `matched_B` (prompt lookup alone), row b's expected tokens are
+  E(alpha_b, min(K, matched_b)): a row without a match gains nothing from any
+  K, so while it is the bottleneck K = 0 (the cheapest iteration) wins.
   """
   alpha_B = s.accept_ema / s.trials_ema
   remaining_B = jnp.where(s.done, 0.0, jnp.maximum(remaining_B, 1).astype(jnp.float32))
-  iterations_C = jnp.stack([jnp.max(remaining_B / expected_tokens(alpha_B, k)) for k in choices])
+  gain = ((lambda k: expected_tokens(alpha_B, k)) if matched_B is None
+          else (lambda k: capped_expected_tokens(alpha_B, k, matched_B)))
+  iterations_C = jnp.stack([jnp.max(remaining_B / gain(k)) for k in choices])
   return jnp.argmin(iterations_C * cost_C)

@@ -232,9 +232,10 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
       min_ngram): the tokens after the latest earlier match of the row's last
       n-gram (decoding/lookup.py). All three are lossless under every
       sampling option; the last two run on one device. Lookup alone with
-      'auto' (or a set) takes as K the longest match among the live rows,
-      rounded up within the set, 0 (an autoregressive step) when no row has
-      one (lookup.choose_index); it needs no iteration costs.
+      'auto' (or a set) picks K by auto's rule with each row's gain capped at
+      the tokens its lookup copies (lookup.choose_index): never past the
+      longest live match, and 0 (an autoregressive step) while a row with no
+      match is the batch's bottleneck.
     method: 'autoregressive' or 'speculative'.
     num_draft: draft tokens per iteration (the paper's K), an int >= 1; or
       'auto': every iteration picks K in 0..8 (0 = an autoregressive step)
@@ -308,9 +309,6 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
   prompts_BP, prompt_len, spec = prepare(target, draft, prompts, method, num_draft, sampling,
                                          max_new_tokens, eos_id, pad_to, seed)
   calibrate.check_costs(iteration_costs, spec.draft_choices)
-  if isinstance(draft, PromptLookup) and iteration_costs is not None:
-    raise ValueError("iteration_costs is not used with draft='prompt_lookup' (its K follows its "
-                     "matches, lookup.choose_index): pass iteration_costs=None")
   if kvp_spec is not None and spec.buffer_len > kvp.aux.config.max_seq_len:
     raise ValueError(f"the prompts need a kvp auxiliary cache of {spec.buffer_len} positions, "
                      f"above its max_seq_len={kvp.aux.config.max_seq_len}")
@@ -356,8 +354,6 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
   run = lambda state, cost, index, trips: advance(
       *params, state, lengths, put(cost), put(np.int32(index)), put(np.int32(trips)))
   ones = np.ones(len(spec.draft_choices), np.float32)
-  if drafts.kind(draft_cfg) == "lookup":  # K follows the matches (lookup.choose_index): no costs
-    cost = ones
   if cost is None:
     state, _ = run(state, ones, 0, 0)  # compiles (not timed); runs nothing
     key = (target.config, draft_cfg, spec, B, P, placement, kvp_spec,

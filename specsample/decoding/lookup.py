@@ -22,6 +22,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from specsample.decoding import adaptive
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptLookup:
@@ -87,15 +89,16 @@ def propose(lookup: PromptLookup, tokens_BL: jax.Array, length_B: jax.Array, num
   return proposals_BG.astype(jnp.int32), copied_BG.sum(axis=1).astype(jnp.int32)
 
 
-def choose_index(lookup: PromptLookup, choices: tuple[int, ...], tokens_BL: jax.Array,
-                 length_B: jax.Array, done_B: jax.Array) -> jax.Array:
-  """num_draft="auto" for lookup alone: the index in `choices` (sorted) of the smallest
-  K >= the longest match among the live rows (the largest K if none is), so no
-  iteration verifies positions that no row copied, and K = 0, an autoregressive
-  step, when no row matches. Copies are what lookup proposes well; past a match
-  it proposes the row's last token, which the target rarely accepts, so verifying
-  it costs time for nothing. The rule reads only committed tokens: lossless."""
-  _, matched_B = propose(lookup, tokens_BL, length_B, choices[-1])
-  longest = jnp.max(jnp.where(done_B, 0, matched_B))
-  choices_C = jnp.asarray(choices)
-  return jnp.minimum(jnp.sum(choices_C < longest), len(choices) - 1)
+def choose_index(lookup: PromptLookup, choices: tuple[int, ...], s, cost_C: jax.Array,
+                 remaining_B: jax.Array) -> jax.Array:
+  """num_draft="auto" for lookup alone: the index in `choices` (sorted) of the K that
+  finishes the batch soonest (adaptive.choose), each row's expected tokens capped
+  at the tokens its lookup copies. Copies are what lookup proposes well; past a
+  match it proposes the row's last token, which the target rarely accepts. So no
+  K above the longest live match is picked, and while a row without a match is
+  the batch's bottleneck, K = 0 (an autoregressive step) is: at batch > 1, the
+  longest match alone would make every row pay a wide verify for one row's copy.
+  s: the loop state (speculative.SpecState; its acceptance statistics count
+  copied positions only). The rule reads only committed tokens: lossless."""
+  _, matched_B = propose(lookup, s.tokens, s.length, choices[-1])
+  return adaptive.choose(s, choices, cost_C, remaining_B, matched_B)

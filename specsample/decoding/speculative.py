@@ -23,7 +23,8 @@ gives up on the draft for the rest of the call (`ar_only`): draft-free target
 steps, which cost what the autoregressive loop's steps cost. Every body is
 lossless given the tokens so far, and the choice depends only on those, so
 the output is distributed as the target's whatever K is picked. Lookup alone
-picks K from its matches instead (lookup.choose_index; K = 0 a target step).
+asks the same rule with each row's gain capped by its match (lookup.choose_index;
+K = 0 a target step that observes the copies' acceptance for free).
 
 Shapes never change inside the loop, so it compiles once per
 (batch, prompt, buffer) shape and DecodeSpec.
@@ -204,13 +205,25 @@ def make_body(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
     logits_BXV, target_cache, hidden_BXD = parts.target(block_BX, target_cache_in)
     num_accepted_B, _, emitted_BX = parts.verify(draft_tokens_BG, draft_probs_BGV, logits_BXV,
                                                  accept_key, noise_BXV)
-    # Acceptance trials: the accepted tokens, plus the rejection if there was one.
-    trials_B = num_accepted_B + (num_accepted_B < num_draft)
+    accept_obs_B, trials_B = _observations(draft_cfg, s, num_draft, num_accepted_B)
     return _finish(parts, s, prompt_len_B, key, emitted_BX, num_accepted_B + 1, target_cache,
-                   draft_state, num_draft, num_accepted_B, num_accepted_B.astype(jnp.float32),
-                   trials_B.astype(jnp.float32), hidden_BXD)
+                   draft_state, num_draft, num_accepted_B, accept_obs_B, trials_B, hidden_BXD)
 
   return body
+
+
+def _observations(draft_cfg, s: SpecState, num_draft: int, accepted_B):
+  """(accepted, trials) [B] f32 for the acceptance statistics of an iteration at K >= 1:
+  the accepted tokens, and the trials, those plus the rejection if there was one.
+  Prompt lookup counts its copied positions only (the first `matched` proposals; the
+  rest are fillers that auto never buys, adaptive.choose), so its alpha is a copy's."""
+  if drafts.kind(draft_cfg) != "lookup":
+    trials_B = accepted_B + (accepted_B < num_draft)
+  else:  # the same matches the proposals came from (one computation after XLA's CSE)
+    _, matched_B = lookup.propose(draft_cfg, s.tokens, s.length, num_draft)
+    trials_B = jnp.minimum(accepted_B + 1, matched_B)
+    accepted_B = jnp.minimum(accepted_B, matched_B)
+  return accepted_B.astype(jnp.float32), trials_B.astype(jnp.float32)
 
 
 def make_target_step(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
@@ -221,21 +234,35 @@ def make_target_step(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
   What auto runs once it has given up on the draft (`ar_only`): the target
   emits one token from its own distribution; the draft cache falls behind,
   which is why the mode never ends within a call; the acceptance statistics
-  stay as they were.
+  stay as they were. Lookup alone's K = 0 step: a row whose lookup has a copy
+  for this position observes its acceptance for free, q(copy) (greedy and
+  Gumbel: whether the target's token is the copy), so auto's alpha keeps
+  tracking the copies while it runs no speculative iteration.
   """
   parts = parts(target_cfg, draft_cfg, spec, target_params, draft_params)
+  observe = drafts.kind(draft_cfg) == "lookup"
 
   def body(s: SpecState) -> SpecState:
     key, _, accept_key = jax.random.split(s.key, 3)
     current_B1 = common.read_rows(s.tokens, s.length - 1, 1)
     noise_BV = coupling.noise(spec.sampling, s.row_keys, s.length, target_cfg.vocab_size)
     logits_B1V, target_cache, _ = parts.target(current_B1, s.target_cache.with_lengths(s.length - 1))
-    token_B, _ = parts.draw(logits_B1V[:, 0], accept_key, noise_BV)
+    token_B, probs_BV = parts.draw(logits_B1V[:, 0], accept_key, noise_BV)
     zeros_B = jnp.zeros_like(s.length)
-    no_obs_B = jnp.zeros(s.length.shape, jnp.float32)
-    # No observation: (accept_ema, trials_ema) only decay, and keep their ratio.
+    obs_B = trials_B = jnp.zeros(s.length.shape, jnp.float32)
+    if observe:
+      copy_B1, matched_B = lookup.propose(draft_cfg, s.tokens, s.length, 1)
+      if parts.gumbel or spec.sampling.greedy:
+        obs_B = (token_B == copy_B1[:, 0]).astype(jnp.float32)
+      else:
+        obs_B = jnp.take_along_axis(probs_BV, copy_B1, axis=1)[:, 0]
+      trials_B = (matched_B >= 1).astype(jnp.float32)
+      obs_B *= trials_B
     out = _finish(parts, s, prompt_len_B, key, token_B[:, None], zeros_B + 1, target_cache,
-                  s.draft_state, 0, zeros_B, no_obs_B, no_obs_B)
+                  s.draft_state, 0, zeros_B, obs_B, trials_B)
+    if observe:
+      return out
+    # No observation: (accept_ema, trials_ema) keep their values.
     return out.replace(draft_state=s.draft_state, accept_ema=s.accept_ema,
                        trials_ema=s.trials_ema)
 
@@ -297,14 +324,15 @@ def run_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
   """
   body_of = lambda k: make_body(target_cfg, draft_cfg, spec, k, target_params, draft_params,
                                 prompt_len_B, parts)
-  if spec.draft_choices and drafts.kind(draft_cfg) == "lookup":  # K follows the matches
+  remaining = lambda s: spec.max_new_tokens - (s.length - prompt_len_B)
+  if spec.draft_choices and drafts.kind(draft_cfg) == "lookup":  # K capped by the matches
     choices = spec.draft_choices
     bodies = [make_target_step(target_cfg, draft_cfg, spec, target_params, draft_params,
                                prompt_len_B, parts) if k == 0 else body_of(k) for k in choices]
 
     def body(s):
       index = jnp.where(force_index >= 0, force_index, lookup.choose_index(
-          draft_cfg, choices, s.tokens, s.length, s.done))
+          draft_cfg, choices, s, cost_C, remaining(s)))
       return jax.lax.switch(index, bodies, s)
   elif spec.draft_choices:
     choices = spec.draft_choices
@@ -312,7 +340,6 @@ def run_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
     if 0 in choices:  # the draft-free step of ar_only (make_target_step)
       bodies.append(make_target_step(target_cfg, draft_cfg, spec, target_params, draft_params,
                                      prompt_len_B, parts))
-    remaining = lambda s: spec.max_new_tokens - (s.length - prompt_len_B)
 
     def body(s):
       index = jnp.where(force_index >= 0, force_index,

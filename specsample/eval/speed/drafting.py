@@ -10,8 +10,8 @@ acceptance rate. Methods:
 
   autoregressive                 the reference
   lookup                         draft='prompt_lookup' (no draft model, c ~ 0)
-  lookup(auto)                   the same with num_draft='auto': K = the longest live
-                                 match, 0 (an autoregressive step) without one
+  lookup(auto)                   the same with num_draft='auto': auto's rule with each
+                                 row's gain capped at its match (lookup.choose_index)
   draft                          the draft (a model or a feature draft), when given
   draft+lookup                   the draft combined with lookup (generate(lookup=...))
 """
@@ -127,7 +127,7 @@ def markdown(result: dict) -> str:
   lines = [f"# Drafting sources against autoregressive\n",
            f"`{result['command']}`\n",
            f"Target `{result['target']}`, draft `{result['draft'] or '(none)'}`, K = {result['num_draft']} "
-           f"(lookup(auto): K in {result.get('lookup_auto') or '-'}, from its matches), "
+           f"(lookup(auto): K in {result.get('lookup_auto') or '-'}, capped by its matches), "
            f"lookup n-grams {result['ngram'][0]}..{result['ngram'][1]}, {result['max_new_tokens']} new tokens, "
            f"{result['num_prompts']} prompts per task, best of {result['passes']} round-robin passes; "
            f"{m['label']}, load average {m['load_average_1_5_15']} at the end, {result['seconds']} s"

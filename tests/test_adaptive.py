@@ -160,12 +160,32 @@ def test_calibration_times_the_calls_own_iterations_once_per_shape(tiny_pair, gr
       traces = dict(api.TRACE_COUNT)
   assert api.TRACE_COUNT == traces
   assert len(calibrate._COSTS) == before + 1 and len({r[0] for r in runs}) == 1
-  # One untimed iteration (the first after compiling), then the anchors K = 0 and the two
-  # smallest K >= 1, each timed for MAX_TRIPS iterations in all, only in the first call.
-  assert [(index, ran) for _, index, _, ran in runs] == [(0, 1), (0, 1), (0, 1), (1, 1),
-                                                         (1, 1), (2, 1), (2, 1)]
+  # The anchors K = 0 and the two smallest K >= 1, each one untimed iteration (its one-off
+  # costs) then timed for MAX_TRIPS iterations in all, only in the first call.
+  assert [(index, ran) for _, index, _, ran in runs] == [(0, 1), (0, 1), (0, 1), (1, 1), (1, 1),
+                                                         (1, 1), (2, 1), (2, 1), (2, 1)]
   costs = calibrate._COSTS[runs[0][0]]
   assert costs.shape == (3,) and (np.diff(costs) >= 0).all()   # non-decreasing by construction
+
+
+def test_each_ks_one_off_first_iteration_is_not_timed(monkeypatch):
+  """On XLA:CPU the first run of each loop body costs several times the next ones. A fake
+  loop on a fake clock: each K's first iteration takes 100 s, later ones (K + 1) s. The
+  measured costs are the steady ones (before the fix K >= 1 were timed on first runs)."""
+  clock, seen = [0.0], set()
+
+  def advance(state, index, trips):
+    k = (0, 1, 2)[index]
+    for _ in range(trips):
+      clock[0] += 100.0 if index not in seen else k + 1.0
+      seen.add(index)
+    return state, trips
+
+  monkeypatch.setattr(calibrate.time, "perf_counter", lambda: clock[0])
+  monkeypatch.setattr(calibrate, "MAX_TRIPS", 3)
+  _, costs = calibrate.measure(("fake clock",), advance, None, (0, 1, 2))
+  np.testing.assert_allclose(costs, [1e3, 2e3, 3e3])   # ms
+  calibrate._COSTS.pop(("fake clock",))
 
 
 def test_interpolated_costs_are_affine_between_anchors_and_monotone():

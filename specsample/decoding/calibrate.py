@@ -18,8 +18,9 @@ call of a (pair, loop shape, placement) in a process, and cached:
     larger K are extrapolated on the line through those two (`interpolate`).
     Timing the largest K itself would cost the most: at 2,000 rows on a CPU
     one K = 8 iteration took 14 times a K = 0 one, a third of an 8-token call.
-  * Each anchor runs for about SEGMENT_S seconds, at least one iteration and
-    at most MAX_TRIPS: 3 to 3 x MAX_TRIPS iterations in all, whatever the
+  * Each anchor runs one untimed iteration (its one-off costs, `measure`),
+    then for about SEGMENT_S seconds, at least one iteration and at most
+    MAX_TRIPS: 6 to 3 x (MAX_TRIPS + 1) iterations in all, whatever the
     batch (an iteration at 2,000 rows takes seconds on a CPU; at batch 1,
     milliseconds). A call that ends before every anchor ran keeps the anchors
     it timed, and the next call at the shape times the rest (a short call at
@@ -146,13 +147,16 @@ def measure(key: Any, advance: Callable[[Any, int, int], tuple[Any, int]], state
     return state, _COSTS[key]
   start, measured = time.perf_counter(), _PARTIAL.setdefault(key, {})
   todo = [index for index in anchors(choices) if index not in measured]
-  # The first iteration after compiling pays one-off costs (at 2,000 rows on a CPU it took
-  # several times the next): it decodes like any other but is not timed.
-  if todo:
-    state, ran = advance(state, todo[0], 1)
-    if ran == 0:
-      return state, None
   for index in todo:
+    # The first iteration of each K pays one-off costs: after compiling (at 2,000 rows on
+    # a CPU it took several times the next), and on XLA:CPU also the first run of each
+    # loop body (SmolLM2-135M at batch 1: 250-430 ms against 56-77 ms at K = 1, 2, which
+    # made auto pick K = 0 always). It decodes like any other but is not timed.
+    state, ran = advance(state, index, 1)
+    if ran == 0:
+      logging.info("auto K: the call ended before K=%d was timed; the next call times it",
+                   choices[index])
+      return state, None
     spent, iterations, trips = 0.0, 0, 1
     while trips > 0:
       tick = time.perf_counter()

@@ -190,11 +190,17 @@ def test_each_ks_one_off_first_iteration_is_not_timed(monkeypatch):
 
 def test_interpolated_costs_are_affine_between_anchors_and_monotone():
   choices = (0, 1, 2, 3, 5)
-  assert calibrate.anchors(choices) == (0, 1, 2)
+  assert calibrate.anchors(choices) == (0, 1, 2, 3)   # K = 0, 1, 2 and the middle of 1, 2, 3, 5
   assert calibrate.anchors((2, 4, 8)) == (0, 1) and calibrate.anchors((3,)) == (0,)
-  # On the line through K = 1 and 2, extrapolated to 3 and 5.
+  # Four or more K >= 1: also the middle one (auto's 0..8: K = 5).
+  assert calibrate.anchors(tuple(range(9))) == (0, 1, 2, 5)
+  assert calibrate.anchors((0, 1, 2, 4)) == (0, 1, 2)      # three K >= 1: no middle
+  # Only K = 1 and 2 measured: on their line, extrapolated to 3 and 5.
   costs = calibrate.interpolate(choices, {0: 2.0, 1: 3.0, 2: 4.0})
   np.testing.assert_allclose(costs, [2.0, 3.0, 4.0, 5.0, 7.0])
+  # Piecewise through K = 1, 2 and 5, past 5 on the 2-5 segment (a concave verify cost).
+  costs = calibrate.interpolate(tuple(range(9)), {0: 40.0, 1: 60.0, 2: 75.0, 5: 84.0})
+  np.testing.assert_allclose(costs, [40, 60, 75, 78, 81, 84, 87, 90, 93], rtol=1e-6)
   # A falling pair (noise) gives a flat line; nothing falls below K = 0's cost.
   costs = calibrate.interpolate(choices, {0: 5.0, 1: 4.0, 2: 3.5})
   np.testing.assert_allclose(costs, [5.0] * 5)

@@ -12,15 +12,19 @@ call of a (pair, loop shape, placement) in a process, and cached:
     distributed as the target's whatever K ran. Nothing is prefilled or run
     twice: the cost of calibrating is only that those iterations ran at the
     measured K instead of the chosen one, plus one host round trip each.
-  * Only the anchors are run, the cheapest iterations: K = 0 and the two
-    smallest K >= 1 (`anchors`). An iteration's work is affine in K (K draft
-    steps, a (K + 1)-token target pass, a K-wide rejection step), so the
-    larger K are extrapolated on the line through those two (`interpolate`).
-    Timing the largest K itself would cost the most: at 2,000 rows on a CPU
-    one K = 8 iteration took 14 times a K = 0 one, a third of an 8-token call.
+  * Only the anchors are run, the cheaper iterations: K = 0, the two smallest
+    K >= 1 and, in a set of 4 or more K >= 1, the middle one (`anchors`; K = 5
+    of auto's 0..8). The other K are interpolated piecewise linearly between
+    them and extrapolated past the last on its segment (`interpolate`). An
+    iteration's draft work is linear in K, but its (K + 1)-token target pass
+    is not: on a 2-core CPU, SmolLM2-135M's verify inside the loop cost 1.36 /
+    1.85 / 1.97 / 2.41 times a 1-token pass at K = 1 / 2 / 4 / 8, so the line
+    through K = 1 and 2 alone put K = 8 at twice its cost. Timing the largest
+    K itself would cost the most: at 2,000 rows on a CPU one K = 8 iteration
+    took 14 times a K = 0 one, a third of an 8-token call.
   * Each anchor runs one untimed iteration (its one-off costs, `measure`),
     then for about SEGMENT_S seconds, at least one iteration and at most
-    MAX_TRIPS: 6 to 3 x (MAX_TRIPS + 1) iterations in all, whatever the
+    MAX_TRIPS: 2 to MAX_TRIPS + 1 iterations per anchor, whatever the
     batch (an iteration at 2,000 rows takes seconds on a CPU; at batch 1,
     milliseconds). A call that ends before every anchor ran keeps the anchors
     it timed, and the next call at the shape times the rest (a short call at
@@ -96,14 +100,17 @@ def check_costs(costs: Sequence[float] | None, choices: tuple[int, ...]) -> None
 
 def anchors(choices: tuple[int, ...]) -> tuple[int, ...]:
   """Indices into `choices` (sorted) of the K values calibration runs, in the order it runs
-  them: 0 if in the set, then the two smallest K >= 1 (one if there is one)."""
+  them: 0 if in the set, then the two smallest K >= 1 (one if there is one), then with
+  4 or more K >= 1 the middle one (the upper middle of an even count)."""
   positive = [i for i, k in enumerate(choices) if k >= 1]
-  return tuple(i for i, k in enumerate(choices) if k == 0) + tuple(positive[:2])
+  middle = [positive[len(positive) // 2]] if len(positive) >= 4 else []
+  return tuple(i for i, k in enumerate(choices) if k == 0) + tuple(positive[:2] + middle)
 
 
 def interpolate(choices: tuple[int, ...], measured: dict[int, float]) -> np.ndarray:
-  """[len(choices)] costs from the anchors' (`measured`: {index: ms}): K >= 1 on the line
-  through the two measured K >= 1 (its slope at least 0; flat with one), non-decreasing in K.
+  """[len(choices)] costs from the anchors' (`measured`: {index: ms}), non-decreasing in K:
+  K >= 1 piecewise linear through the measured K >= 1, past the last on the last segment
+  (its slope at least 0; flat with one).
 
   A larger K does strictly more work (one more draft step, a wider target
   pass), so a cost below a smaller K's is timing noise: on a shared 2-core
@@ -111,9 +118,11 @@ def interpolate(choices: tuple[int, ...], measured: dict[int, float]) -> np.ndar
   the rule jump to the larger K for nothing.
   """
   known = sorted((choices[i], ms) for i, ms in measured.items() if choices[i] >= 1)
-  (k1, c1), (k2, c2) = known[0], known[-1]
-  slope = max((c2 - c1) / (k2 - k1), 0.0) if k2 > k1 else 0.0
-  costs = np.array([c1 + (k - k1) * slope for k in choices], np.float64)
+  ks, cs = [k for k, _ in known], [c for _, c in known]
+  (ka, ca), (kb, cb) = known[max(len(known) - 2, 0)], known[-1]
+  slope = max((cb - ca) / (kb - ka), 0.0) if kb > ka else 0.0
+  costs = np.array([np.interp(k, ks, cs) if k <= kb else cb + (k - kb) * slope
+                    for k in choices], np.float64)
   for i, ms in measured.items():
     costs[i] = ms
   return np.maximum.accumulate(costs).astype(np.float32)

@@ -232,9 +232,9 @@ def test_greedy_feature_draft_after_a_predicted_prompt_equals_autoregressive_kvp
     assert sps.tokens == ar.tokens, extra
     assert sps.stats["accepted"].sum() > 0
   # Prompt lookup reads only tokens: alone, it works after a predicted prompt too.
-  for k in (3, AUTO_SET):  # fixed K, and K from the matches
-    copy = generate(target, prompts, method="speculative", draft=lookup, num_draft=k, **greedy)
-    assert copy.tokens == ar.tokens, k
+  for extra in ({"num_draft": 3}, {"num_draft": AUTO_SET, "iteration_costs": AUTO_COSTS}):
+    copy = generate(target, prompts, method="speculative", draft=lookup, **extra, **greedy)
+    assert copy.tokens == ar.tokens, extra
 
 
 def _joint(probs_CNV: np.ndarray, conts_CN: np.ndarray) -> np.ndarray:

@@ -149,7 +149,10 @@ def _finish(parts: Parts, s: SpecState, prompt_len_B, key, emitted_BX, num_emitt
     tokens, length, done, _ = parts.commit(s, prompt_len_B, emitted_BX, num_emitted_B)
     active_B = ~s.done
     active = active_B.astype(jnp.int32)
-    discount = lambda ema_B, obs_B: jnp.where(active_B, ALPHA_DECAY * ema_B + obs_B, ema_B)
+    # Only rows with an observation update (lookup: rows that copied nothing have none;
+    # decaying both counts of a row that never matches would underflow them to 0 / 0).
+    observed_B = active_B & (trials_obs_B > 0)
+    discount = lambda ema_B, obs_B: jnp.where(observed_B, ALPHA_DECAY * ema_B + obs_B, ema_B)
     return s.replace(
         tokens=tokens, length=length, done=done, key=key,
         # Roll back: only committed positions stay valid.
@@ -260,11 +263,8 @@ def make_target_step(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
       obs_B *= trials_B
     out = _finish(parts, s, prompt_len_B, key, token_B[:, None], zeros_B + 1, target_cache,
                   s.draft_state, 0, zeros_B, obs_B, trials_B)
-    if observe:
-      return out
-    # No observation: (accept_ema, trials_ema) keep their values.
-    return out.replace(draft_state=s.draft_state, accept_ema=s.accept_ema,
-                       trials_ema=s.trials_ema)
+    # (No observation, trials 0: accept_ema and trials_ema keep their values.)
+    return out if observe else out.replace(draft_state=s.draft_state)
 
   return body
 

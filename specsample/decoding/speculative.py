@@ -259,8 +259,7 @@ def make_target_step(target_cfg: tr.TransformerConfig, draft_cfg: tr.Transformer
         obs_B = (token_B == copy_B1[:, 0]).astype(jnp.float32)
       else:
         obs_B = jnp.take_along_axis(probs_BV, copy_B1, axis=1)[:, 0]
-      trials_B = (matched_B >= 1).astype(jnp.float32)
-      obs_B *= trials_B
+      trials_B = (matched_B >= 1).astype(jnp.float32)  # no copy: no observation (_finish)
     out = _finish(parts, s, prompt_len_B, key, token_B[:, None], zeros_B + 1, target_cache,
                   s.draft_state, 0, zeros_B, obs_B, trials_B)
     # (No observation, trials 0: accept_ema and trials_ema keep their values.)

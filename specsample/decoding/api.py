@@ -15,11 +15,10 @@ compiled loop (`make_loop`, cached).
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Sequence
+import inspect
+from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from specsample import sharding as sh
@@ -28,13 +27,13 @@ from specsample.decoding.lookup import PromptLookup
 from specsample.decoding.loops import TRACE_COUNT, loop_shardings, make_auto_loop, make_loop
 from specsample.decoding.sampling import Sampling
 from specsample.models import feature_draft as fd
-from specsample.models import transformer as tr
 from specsample.models.lm import LM
-from specsample.utils import is_int, is_positive_int, round_up
+from specsample.decoding.settings import (METHODS, Draft, as_draft, buffer_len, check_draft,
+                                         check_seed, check_settings, pad_prompts, prepare)
 
-METHODS = ("autoregressive", "speculative")
-__all__ = ["GenerateOutput", "TRACE_COUNT", "generate", "loop_shardings", "make_auto_loop",
-           "make_loop", "prepare"]
+__all__ = ["GenerateOutput", "METHODS", "TRACE_COUNT", "buffer_len", "check_draft", "check_seed",
+           "check_settings", "generate", "loop_shardings", "make_auto_loop", "make_loop",
+           "pad_prompts", "prepare", "warm_up"]
 
 
 @dataclasses.dataclass
@@ -49,62 +48,6 @@ class GenerateOutput:
   stats: dict[str, np.ndarray]
 
 
-def _is_seed(x) -> bool:
-  return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and 0 <= x < coupling.SEED_LIMIT
-
-
-def check_seed(seed, sampling: Sampling, num_rows: int) -> None:
-  """An int, or under coupling='gumbel' one int per row; ValueError naming `seed` otherwise."""
-  if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-    if sampling.coupling == "gumbel" and not _is_seed(seed):
-      raise ValueError(f"seed must be in [0, 2**32) with sampling.coupling='gumbel', got {seed}")
-    return
-  if not isinstance(seed, (list, tuple, np.ndarray)):
-    raise ValueError(f"seed must be an int or (with sampling.coupling='gumbel') a sequence of one "
-                     f"int per prompt, got {type(seed).__name__}")
-  if sampling.coupling != "gumbel":
-    raise ValueError(f"seed: one seed per row needs sampling.coupling='gumbel' (got "
-                     f"coupling={sampling.coupling!r}, which draws a whole batch from one key)")
-  if len(seed) != num_rows:
-    raise ValueError(f"seed: {len(seed)} per-row seeds for {num_rows} prompts; give one per prompt")
-  for i, s in enumerate(seed):
-    if not _is_seed(s):
-      raise ValueError(f"seed[{i}] must be an int in [0, 2**32), got {s!r}")
-
-
-Draft = LM | fd.FeatureDraft | PromptLookup
-
-
-def as_draft(draft):
-  """'prompt_lookup' is PromptLookup(); anything else is returned as it is."""
-  return PromptLookup() if isinstance(draft, str) and draft == "prompt_lookup" else draft
-
-
-def check_draft(target: LM, draft, num_draft) -> None:
-  """ValueError naming the setting for a draft that cannot run with these settings."""
-  if isinstance(draft, str):
-    raise ValueError(f"draft must be an LM, a FeatureDraft, a PromptLookup or 'prompt_lookup', "
-                     f"got {draft!r}")
-  if not isinstance(draft, (LM, fd.FeatureDraft, PromptLookup)):
-    raise ValueError(f"draft must be an LM, a FeatureDraft (models/feature_draft.py) or a "
-                     f"PromptLookup, got {type(draft).__name__}")
-  if isinstance(draft, PromptLookup):
-    draft.validate()
-  if isinstance(draft, PromptLookup) and is_int(num_draft) and not is_positive_int(num_draft):
-    raise ValueError(f"num_draft must be an int >= 1, 'auto' or a set with draft='prompt_lookup' "
-                     f"(K = 0 alone drafts nothing), got {num_draft!r}")
-  if isinstance(draft, fd.FeatureDraft):
-    draft.config.validate(target.config)
-  vocab = draft.config.vocab_size if isinstance(draft, LM) else (
-      draft.config.block.vocab_size if isinstance(draft, fd.FeatureDraft) else target.config.vocab_size)
-  if vocab != target.config.vocab_size:
-    raise ValueError(f"draft and target vocabularies differ: draft vocab_size={vocab}, target "
-                     f"vocab_size={target.config.vocab_size}")
-  draft_tok = getattr(draft, "tokenizer_id", None)
-  if draft_tok and target.tokenizer_id and draft_tok != target.tokenizer_id:
-    raise ValueError(f"draft and target tokenizers differ: {draft_tok!r} vs {target.tokenizer_id!r}")
-
-
 def draft_inputs(target: LM, draft) -> tuple[Any, Any]:
   """(static draft config, draft params pytree) of a draft, as the loops take them."""
   if isinstance(draft, LM):
@@ -113,87 +56,6 @@ def draft_inputs(target: LM, draft) -> tuple[Any, Any]:
     return draft.config, {"params": draft.params,
                           "shared": fd.shared_from(target.config, target.params, draft.head_ids)}
   return draft, None
-
-
-def check_settings(target: LM, draft: Draft | None, method: str, num_draft,
-                   sampling: Sampling, max_new_tokens: int, eos_id: int | None,
-                   seed: int | Sequence[int] = 0, num_rows: int = 1) -> None:
-  """Raises ValueError naming the offending setting. Cheap; no compilation."""
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-  sampling.validate()
-  check_seed(seed, sampling, num_rows)
-  if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-  if eos_id is not None and not 0 <= eos_id < target.config.vocab_size:
-    raise ValueError(f"eos_id must be in [0, {target.config.vocab_size}), got {eos_id}")
-  if method == "speculative":
-    if draft is None:
-      raise ValueError("method='speculative' needs a draft: a draft model (draft=LM(...)), a "
-                       "feature draft or draft='prompt_lookup'")
-    check_draft(target, draft, num_draft)
-    calibrate.draft_choices(num_draft)
-
-
-def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_to: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """Right-pads prompts to a multiple of `pad_to`. Returns ([B, P] ids, [B] lengths)."""
-  if len(prompts) == 0:
-    raise ValueError("prompts is empty: pass at least one prompt")
-  lengths = np.array([len(p) for p in prompts], np.int32)
-  if (lengths == 0).any():
-    raise ValueError(f"prompt {int(np.argmin(lengths))} is empty: every prompt needs >= 1 token "
-                     "(e.g. the tokenizer's bos id)")
-  width = round_up(int(lengths.max()), pad_to)
-  out = np.zeros((len(prompts), width), np.int32)
-  for i, p in enumerate(prompts):
-    p = np.asarray(p)
-    if p.min() < 0 or p.max() >= vocab_size:
-      raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size})")
-    out[i, :len(p)] = p
-  return out, lengths
-
-
-def buffer_len(prompt_width: int, max_new_tokens: int, num_draft: int, method: str,
-               pad_to: int) -> int:
-  """Token-buffer / KV-cache length of a decode loop: the padded prompt, the
-  new tokens and one block of overshoot, rounded up to `pad_to`."""
-  slack = (num_draft + 1) if method == "speculative" else 1
-  return round_up(prompt_width + max_new_tokens + slack, pad_to)
-
-
-def prepare(target: LM, draft: LM | None, prompts: Sequence[Sequence[int]], method: str,
-            num_draft, sampling: Sampling, max_new_tokens: int, eos_id: int | None,
-            pad_to: int, seed: int | Sequence[int] = 0
-            ) -> tuple[np.ndarray, np.ndarray, common.DecodeSpec]:
-  """Checks every setting and pads the prompts, before anything compiles.
-
-  Returns:
-    ([B, P] padded prompts, [B] prompt lengths, the loop's DecodeSpec).
-  """
-  check_settings(target, draft, method, num_draft, sampling, max_new_tokens, eos_id, seed,
-                 len(prompts))
-  prompts_BP, prompt_len = pad_prompts(prompts, target.config.vocab_size, pad_to)
-  speculative_ = method == "speculative"
-  largest_k = calibrate.max_draft(num_draft) if speculative_ else 0
-  length = buffer_len(prompts_BP.shape[1], max_new_tokens, largest_k, method, pad_to)
-  models = [target.config] + ([draft.config] if isinstance(draft, LM) and speculative_ else [])
-  if isinstance(draft, fd.FeatureDraft) and speculative_:
-    models.append(draft.config.block)
-    if prompt_len.min() < 2:
-      raise ValueError(f"prompt {int(np.argmin(prompt_len))} has 1 token: a feature draft reads "
-                       "the target's feature before the last prompt token, so prompts need >= 2")
-  for name, m in zip(("target", "draft"), models):
-    if length > m.max_seq_len:
-      raise ValueError(
-          f"prompt length {int(prompt_len.max())} + max_new_tokens {max_new_tokens} needs a "
-          f"{name} cache of {length} positions, above its max_seq_len={m.max_seq_len}; "
-          "lower max_new_tokens or shorten the prompts")
-  spec = common.DecodeSpec(sampling=sampling, max_new_tokens=max_new_tokens,
-                           eos_id=None if eos_id is None else int(eos_id),
-                           num_draft=largest_k, buffer_len=length,
-                           draft_choices=calibrate.draft_choices(num_draft) if speculative_ else ())
-  return prompts_BP, prompt_len, spec
 
 
 def make_output(prompt_len: np.ndarray, tokens, length, target_calls, drafted, accepted
@@ -290,6 +152,109 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
     ValueError: a bad setting, or on a mesh a mesh/rules/shape mismatch naming
       the parameter or array and dimension, before anything compiles.
   """
+  return _setup(target, prompts, draft, method, num_draft, sampling, max_new_tokens, eos_id, seed,
+                pad_to, mesh, rules, draft_rules, iteration_costs, prefill, kvp, lookup).decode()
+
+
+def warm_up(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> None:
+  """Pays, without decoding, what the first `generate` call of a setting and shape pays once.
+
+  That is: the compile of its loop; the first run of each loop body (on
+  XLA:CPU a body's first run is slower: 200-400 ms more for SmolLM2-135M at
+  batch 1); and with num_draft="auto" and no iteration_costs, the measurement
+  of its costs (decoding/calibrate.py, cached per pair, shape and placement).
+  It prefills and runs a few iterations, whose tokens are dropped. A later
+  `generate` with the same arguments and prompt shapes (batch, padded width)
+  then runs at steady state; eval/speed/timing.py times such calls.
+
+  Args:
+    target, prompts, kwargs: as `generate` takes them (the same checks, the
+      same ValueError before anything compiles).
+  """
+  bound = _GENERATE.bind(target, prompts, **kwargs)
+  bound.apply_defaults()
+  _setup(**bound.arguments).warm()
+
+
+_GENERATE = inspect.signature(generate)  # (tests may replace api.generate: not read from it)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+  """One generate call, checked and placed, nothing run: `decode` or `warm` it."""
+  spec: common.DecodeSpec
+  prompt_len: np.ndarray
+  args: tuple              # the loops' (target params, draft params, prompts, lengths, key data)
+  extra: tuple             # the kvp parameters, with prefill='kv_prediction'
+  put: Callable[[Any], Any]  # host value -> the loops' placement
+  build: tuple             # make_loop / make_auto_loop's arguments after the method
+  cost: np.ndarray | None  # iteration_costs of "auto"; None measures them
+  calibration_key: tuple   # calibrate.measure's cache key
+
+  def _fixed_loop(self, max_iterations: int):
+    loop = make_loop(*self.build[:-1], **self.build[-1])
+    flags = (np.ones(1, np.float32), np.int32(-1), np.int32(max_iterations))
+    return loop(*self.args, *map(self.put, flags), *self.extra)
+
+  def _auto_loop(self):
+    """(the state after the prefill, run(state, cost, index, trips) -> (state, iterations))."""
+    init, advance = make_auto_loop(*self.build[1:-1], **self.build[-1])
+    params, lengths = self.args[:2], self.args[3]
+
+    def run(state, cost, index, trips):
+      state, ran = advance(*params, state, lengths, self.put(cost),
+                           self.put(np.int32(index)), self.put(np.int32(trips)))
+      return state, int(np.asarray(ran))
+    return init(*self.args, *self.extra), run
+
+  def _calibrated(self, state, run):
+    """(state, costs): the given costs, or measured on this call's first iterations."""
+    if self.cost is not None:
+      return state, self.cost
+    ones = np.ones(len(self.spec.draft_choices), np.float32)
+    state, _ = run(state, ones, 0, 0)  # compiles (not timed); runs nothing
+    state, cost = calibrate.measure(self.calibration_key,
+                                    lambda state, index, trips: run(state, ones, index, trips),
+                                    state, self.spec.draft_choices)
+    return state, ones if cost is None else cost  # None: the call ended while calibrating
+
+  def decode(self) -> GenerateOutput:
+    if not self.spec.draft_choices:
+      return make_output(self.prompt_len, *self._fixed_loop(2**31 - 1)[:5])
+    # num_draft="auto": prefill, then iterations from the state, the first ones
+    # timing each K when its costs are not known yet (decoding/calibrate.py).
+    state, run = self._auto_loop()
+    state, cost = self._calibrated(state, run)
+    state, _ = run(state, cost, -1, 2**31 - 1)
+    # Results are replicated on a mesh: every process can read them; caches are dropped.
+    return make_output(self.prompt_len, state.tokens, state.length, state.target_calls,
+                       state.drafted, state.accepted)
+
+  def warm(self) -> None:
+    if not self.spec.draft_choices:
+      jax.block_until_ready(self._fixed_loop(1))  # compile, prefill, one iteration
+      return
+    state, run = self._auto_loop()
+    ones = np.ones(len(self.spec.draft_choices), np.float32)
+    # Each body once, forced; the last index is auto's draft-free body (ar_only), or for
+    # lookup (no such body) the last K again: lax.switch clamps the index.
+    for index in range(len(self.spec.draft_choices) + 1):
+      state, _ = run(state, ones, index, 1)
+    if self.cost is not None:
+      return
+    # Fresh decodes to time, as a first call's. A short decode can end before every anchor
+    # K was timed; calibrate keeps those it timed, and each further decode times more.
+    for _ in calibrate.anchors(self.spec.draft_choices):
+      if calibrate.is_measured(self.calibration_key):
+        break
+      state, _ = self._auto_loop()
+      self._calibrated(state, run)
+
+
+def _setup(target: LM, prompts: Sequence[Sequence[int]], draft, method: str, num_draft,
+           sampling: Sampling, max_new_tokens: int, eos_id: int | None, seed, pad_to: int, mesh,
+           rules, draft_rules, iteration_costs, prefill: str, kvp, lookup) -> _Call:
+  """Every check of `generate` (raises before anything compiles), then its _Call."""
   draft = as_draft(draft)
   if lookup is not None:
     if method != "speculative" or not isinstance(draft, (LM, fd.FeatureDraft)):
@@ -342,31 +307,7 @@ def generate(target: LM, prompts: Sequence[Sequence[int]], *, draft: Draft | str
   cost = None if iteration_costs is None else np.asarray(iteration_costs, np.float32)
   # (kvp only when set: the loops are lru-cached by their exact arguments.)
   with_kvp = {} if kvp_spec is None else {"kvp": kvp_spec}
-  if not spec.draft_choices:
-    loop = make_loop(method, target.config, draft_cfg, spec, *placement, **with_kvp)
-    never = (np.ones(1, np.float32), np.int32(-1), np.int32(2**31 - 1))
-    return make_output(prompt_len, *loop(*args, *map(put, never), *extra)[:5])
-  # num_draft="auto": prefill, then iterations from the state, the first ones
-  # timing each K when its costs are not known yet (decoding/calibrate.py).
-  init, advance = make_auto_loop(target.config, draft_cfg, spec, *placement, **with_kvp)
-  state = init(*args, *extra)
-  params, lengths = args[:2], args[3]
-  run = lambda state, cost, index, trips: advance(
-      *params, state, lengths, put(cost), put(np.int32(index)), put(np.int32(trips)))
-  ones = np.ones(len(spec.draft_choices), np.float32)
-  if cost is None:
-    state, _ = run(state, ones, 0, 0)  # compiles (not timed); runs nothing
-    key = (target.config, draft_cfg, spec, B, P, placement, kvp_spec,
-           jax.devices()[0].device_kind)
-
-    def forced(state, index, trips):
-      state, ran = run(state, ones, index, trips)
-      return state, int(np.asarray(ran))
-
-    state, cost = calibrate.measure(key, forced, state, spec.draft_choices)
-    if cost is None:  # the call ended while calibrating
-      cost = ones
-  state, _ = run(state, cost, -1, 2**31 - 1)
-  # Results are replicated on a mesh: every process can read them; caches are dropped.
-  return make_output(prompt_len, state.tokens, state.length, state.target_calls, state.drafted,
-                     state.accepted)
+  return _Call(spec=spec, prompt_len=prompt_len, args=args, extra=extra, put=put,
+               build=(method, target.config, draft_cfg, spec, *placement, with_kvp), cost=cost,
+               calibration_key=(target.config, draft_cfg, spec, B, P, placement, kvp_spec,
+                                jax.devices()[0].device_kind))

@@ -31,7 +31,8 @@ class ARState:
 def autoregressive_loop(target_cfg: tr.TransformerConfig, spec: common.DecodeSpec,
                         target_params, prompts_BP: jax.Array, prompt_len_B: jax.Array,
                         key: jax.Array, cache: tr.KVCache | None = None,
-                        row_keys: jax.Array | None = None) -> ARState:
+                        row_keys: jax.Array | None = None,
+                        max_iterations: jax.Array | int = 2**31 - 1) -> ARState:
   """Generates until every row is done. Jit with `spec` and configs static.
 
   Args:
@@ -45,6 +46,8 @@ def autoregressive_loop(target_cfg: tr.TransformerConfig, spec: common.DecodeSpe
       valid positions, [B, spec.buffer_len]), e.g. from KV Prediction
       (decoding/kv_prediction.py); None runs a full prefill.
     row_keys: [B] per-row PRNG keys, for coupling='gumbel' only.
+    max_iterations: stop after this many iterations even if rows are left
+      (api.warm_up runs one); the default never binds.
 
   Returns:
     The final ARState; generated tokens of row b are
@@ -70,4 +73,6 @@ def autoregressive_loop(target_cfg: tr.TransformerConfig, spec: common.DecodeSpe
     return s.replace(tokens=tokens, length=length, done=done, cache=cache, key=key,
                      target_calls=s.target_calls + (~s.done).astype(jnp.int32))
 
-  return jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, state)
+  go_on = lambda carry: ~jnp.all(carry[0].done) & (carry[1] < max_iterations)
+  step = lambda carry: (body(carry[0]), carry[1] + 1)
+  return jax.lax.while_loop(go_on, step, (state, jnp.int32(0)))[0]

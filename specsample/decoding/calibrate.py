@@ -128,6 +128,11 @@ def interpolate(choices: tuple[int, ...], measured: dict[int, float]) -> np.ndar
   return np.maximum.accumulate(costs).astype(np.float32)
 
 
+def is_measured(key: Any) -> bool:
+  """Whether `measure` has the costs of `key` (a call at it returns them at once)."""
+  return key in _COSTS
+
+
 def _agree(values: np.ndarray) -> np.ndarray:
   """Process 0's values on every process (identical programs, identical K choices)."""
   if jax.process_count() == 1:

@@ -86,7 +86,7 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
     [2], or [B, 2] one key per row under coupling='gumbel' (coupling.row_key_data).
     cost, force_index and max_iterations are speculative.run_loop's (pass
     any array, -1 and 2**31 - 1 to decode). draft_params is ignored (pass
-    None) for method='autoregressive', and so are the last three arguments.
+    None) for method='autoregressive', and so are cost and force_index.
     `parts` (speculative only) builds each body's calls (speculative.Parts).
 
     Without a mesh, shapes come from the arguments (batch and prompt_width
@@ -110,7 +110,8 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
       return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
               (s.target_cache, s.draft_state))
     s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
-                                           prompt_len_B, key, target_cache, row_keys)
+                                           prompt_len_B, key, target_cache, row_keys,
+                                           max_iterations)
     zeros = jnp.zeros_like(s.target_calls)
     return s.tokens, s.length, s.target_calls, zeros, zeros, (s.cache,)
 

@@ -33,6 +33,8 @@ def timed_generate(target: LM, prompts: Sequence[Sequence[int]], **generate_kwar
                    ) -> tuple[api.GenerateOutput, float, bool]:
   """One generate call; if it compiled a loop, runs it again and times the rerun.
 
+  Warm the setting first (`warm_up`) and no call compiles: this is the safety net.
+
   Returns:
     (output, seconds, whether the first call compiled).
   """
@@ -63,14 +65,15 @@ class Pass:
 
 def warm_up(target: LM, batches: Sequence[Sequence[Sequence[int]]], **generate_kwargs: Any
             ) -> float:
-  """Runs `generate` once per distinct (batch, padded width) shape: the compiles. Returns seconds."""
+  """`api.warm_up` once per distinct (batch, padded width) shape: the compiles, each loop
+  body's first run and auto's cost measurement, without decoding. Returns seconds."""
   pad_to = generate_kwargs.get("pad_to", 16)
   shapes, start = set(), time.perf_counter()
   for batch in batches:
     shape = (len(batch), -(-max(len(p) for p in batch) // pad_to))
     if shape not in shapes:
       shapes.add(shape)
-      api.generate(target, batch, **generate_kwargs)
+      api.warm_up(target, batch, **generate_kwargs)
   return time.perf_counter() - start
 
 

@@ -182,8 +182,7 @@ def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, toke
       it["score"], it["prediction"] = s["rouge2"], s["prediction"]
   if not sampling.greedy:  # every sampled token against the target's exact distribution
     terms = scoring.sample_calibration(
-        models["target"], sampling, [task.prompt_ids[it["problem"]] for it in items], token_ids,
-        width_multiple=max(c.pad_to, 128))
+        models["target"], sampling, [task.prompt_ids[it["problem"]] for it in items], token_ids)
     for it, t in zip(items, terms):
       it["calibration"] = t
   return {
@@ -198,10 +197,9 @@ def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, toke
   }
 
 
-def compute_canonical_cell(task: TaskData, models: dict, pad_to: int) -> dict:
+def compute_canonical_cell(task: TaskData, models: dict) -> dict:
   """Mean log-likelihood of each canonical solution given its prompt, under the target."""
-  scores = scoring.continuation_logprobs(models["target"], task.prompt_ids, task.solution_ids,
-                                 width_multiple=max(pad_to, 128))
+  scores = scoring.continuation_logprobs(models["target"], task.prompt_ids, task.solution_ids)
   by_prompt = {p["prompt"]: s for p, s in zip(task.items, scores)}
   result = humaneval.canonical_loglik(lambda prompt, _: by_prompt[prompt], task.items)
   return {"canonical": result}

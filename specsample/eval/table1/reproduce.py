@@ -76,7 +76,7 @@ def _compute_record(cell, fingerprint: str, config, tasks: dict, models: dict,
   machine = {**machine_info(), "backend": jax.default_backend()}
   t0 = time.perf_counter()
   if cell.kind == "canonical":
-    body = cells_lib.compute_canonical_cell(tasks[cell.task], models, config.humaneval.pad_to)
+    body = cells_lib.compute_canonical_cell(tasks[cell.task], models)
   else:
     body = cells_lib.compute_generate_cell(cell, config, tasks[cell.task], models, tokenizer,
                                            progress)

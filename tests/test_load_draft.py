@@ -73,7 +73,13 @@ def test_a_draft_for_another_tokenizer_or_target_is_refused(folders, name, match
 
 def test_a_target_loaded_with_overrides_skips_only_the_identity_check(folders):
   root, target = folders
-  other = LM(target.config.replace(max_seq_len=32), target.params, target.tokenizer_id)
+  # Another context length or compute dtype is the same target: its drafts load.
+  for runtime in (dict(max_seq_len=32), dict(dtype="bfloat16")):
+    same = LM(target.config.replace(**runtime), target.params, target.tokenizer_id)
+    assert params_fingerprint(same) == params_fingerprint(target)
+    model_io.check_draft(fd.load(str(root / "feature")), same)
+  # Another function (here its norm's epsilon) is another target.
+  other = LM(target.config.replace(norm_eps=1e-3), target.params, target.tokenizer_id)
   with pytest.raises(ValueError, match="another target"):
     model_io.check_draft(fd.load(str(root / "feature")), other)
   model_io.check_draft(fd.load(str(root / "feature")), other, identity=False)

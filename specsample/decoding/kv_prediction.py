@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import uuid
@@ -51,7 +50,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from specsample import paths, utils
@@ -61,13 +59,13 @@ from specsample.models import feature_draft as fd
 from specsample.models import io as model_io
 from specsample.models import kv_predictor as kvp_lib
 from specsample.models import transformer as tr
-from specsample.models.lm import LM
+from specsample.models.lm import LM, params_fingerprint
 
 PREFILLS = ("full", "kv_prediction")
 # Prompt positions whose target features a feature draft gets after a predicted prompt.
 FEATURE_TAIL = 16
-# Config fields that do not change what a model computes on a valid prompt.
-_RUNTIME_FIELDS = ("max_seq_len", "dtype", "param_dtype")
+# A model's identity (architecture and weights; not max_seq_len or dtypes).
+fingerprint = params_fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,16 +92,6 @@ class KVPSpec:
   aux_is_draft: bool  # the auxiliary's prompt cache becomes the draft cache
   feature_draft: bool = False  # the draft reads target features: `run_tail` makes them
   exact_tail: int = 0  # KVP.exact_tail
-
-
-def fingerprint(model: LM) -> str:
-  """sha256 of a model's architecture and float32 parameter bytes (max_seq_len and
-  dtypes excluded, so a model loaded with a longer max_seq_len keeps its identity)."""
-  fields = {k: v for k, v in dataclasses.asdict(model.config).items() if k not in _RUNTIME_FIELDS}
-  h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
-  for leaf in jax.tree_util.tree_leaves(jax.device_get(model.params)):
-    h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
-  return h.hexdigest()[:16]
 
 
 def kvp_config(target: LM, kvp: KVP) -> kvp_lib.KVPConfig:

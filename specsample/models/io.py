@@ -204,7 +204,8 @@ def check_draft(draft: LM | fd.FeatureDraft, target: LM, field: str = "draft_dir
   """ValueError, one line naming config.<field>, for a draft made for another tokenizer,
   target shape or (a feature draft that names it, when `identity`) another target:
   its meta's "target" is the params_fingerprint of the target it was trained on.
-  Pass identity=False for a target loaded with config overrides (another fingerprint)."""
+  (max_seq_len and dtypes are not part of it). Pass identity=False for a target whose
+  loading changed its weights (a param_dtype override rounds them: another fingerprint)."""
   where = f"config.{field}"
   if draft.tokenizer_id and target.tokenizer_id and draft.tokenizer_id != target.tokenizer_id:
     raise ValueError(f"{where}: the draft was trained for another tokenizer (tokenizer_id "

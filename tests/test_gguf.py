@@ -24,6 +24,7 @@ from specsample.models import fetch
 from specsample.models import gguf as gguf_model
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
+from specsample.models.lm import params_fingerprint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "gguf")
 GOLDENS = json.load(open(os.path.join(FIXTURES, "goldens.json")))
@@ -135,6 +136,9 @@ def test_tokenizer_equals_transformers(tmp_path, key):
 def test_real_smollm2_equals_transformers(forward_last):
   """The real Q4_1 file: top-64 logits within 2e-4 and greedy tokens (to eos) equal to transformers'."""
   lm = model_io.load_lm(gf.real_smollm_path())
+  # The shipped draft and predictor (assets/smollm2) were made for exactly these weights.
+  with open("assets/smollm2/feature_draft/config.json") as f:
+    assert params_fingerprint(lm) == json.load(f)["target"]
   golden = GOLDENS["smollm2"]
   tok = gguf_tokenizer.load(gf.real_smollm_path())
   for text, ids, top, ref, greedy in zip(golden["prompt_texts"], golden["prompts"], golden["top_ids"],

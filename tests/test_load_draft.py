@@ -93,3 +93,13 @@ def test_a_feature_draft_without_params_is_named(folders, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"config\.draft_dir: .* has no params\.npz"):
     model_io.check_model_dir(str(broken), "draft_dir")
   assert os.path.isfile(root / "feature" / "params.npz")
+
+
+def test_the_shipped_draft_and_predictor_name_the_same_target():
+  """Both SmolLM2 assets were made for one target: each records its identity
+  (params_fingerprint: architecture and weights, not max_seq_len or dtypes). The
+  target is fetched, not shipped: tests/test_gguf.py checks the fetched one's value."""
+  import json  # pylint: disable=g-import-not-at-top
+  draft_meta = json.load(open("assets/smollm2/feature_draft/config.json"))
+  kvp_meta = json.load(open("assets/smollm2/kvp/kvp.json"))
+  assert draft_meta["target"] == kvp_meta["target_fingerprint"]

@@ -235,20 +235,25 @@ class _Call:
       jax.block_until_ready(self._fixed_loop(1))  # compile, prefill, one iteration
       return
     state, run = self._auto_loop()
+    if self.cost is None:
+      # Timed on a fresh decode, as a first call's. A short decode can end before every
+      # anchor K was timed; calibrate keeps those it timed, and each further decode times
+      # more.
+      for attempt, _ in enumerate(calibrate.anchors(self.spec.draft_choices)):
+        if attempt:
+          state, _ = self._auto_loop()
+        state, _ = self._calibrated(state, run)
+        if calibrate.is_measured(self.calibration_key):
+          break
     ones = np.ones(len(self.spec.draft_choices), np.float32)
-    # Each body once, forced; the last index is auto's draft-free body (ar_only), or for
-    # lookup (no such body) the last K again: lax.switch clamps the index.
+    # Each body once, forced, on what is left of that decode (a fresh one once it ends);
+    # the last index is auto's draft-free body (ar_only), or for lookup (no such body)
+    # the last K again: lax.switch clamps the index.
     for index in range(len(self.spec.draft_choices) + 1):
-      state, _ = run(state, ones, index, 1)
-    if self.cost is not None:
-      return
-    # Fresh decodes to time, as a first call's. A short decode can end before every anchor
-    # K was timed; calibrate keeps those it timed, and each further decode times more.
-    for _ in calibrate.anchors(self.spec.draft_choices):
-      if calibrate.is_measured(self.calibration_key):
-        break
-      state, _ = self._auto_loop()
-      self._calibrated(state, run)
+      state, ran = run(state, ones, index, 1)
+      if ran == 0:
+        state, _ = self._auto_loop()
+        state, _ = run(state, ones, index, 1)
 
 
 def _setup(target: LM, prompts: Sequence[Sequence[int]], draft, method: str, num_draft,

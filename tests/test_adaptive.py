@@ -86,8 +86,8 @@ def test_auto_samples_the_target_distribution(tiny_pair, monkeypatch, request, a
   monkeypatch.setattr(speculative, "AR_AFTER", ar_after)
   # AR_AFTER is read when the loop is traced: a loop cached from the other case (or kept
   # for a later test) would keep its value.
-  loops.make_auto_loop.cache_clear()
-  request.addfinalizer(loops.make_auto_loop.cache_clear)
+  loops.clear_cache()
+  request.addfinalizer(loops.clear_cache)
   target, draft = tiny_pair
   V = target.config.vocab_size
   sampling = Sampling(temperature=1.0)
@@ -236,7 +236,8 @@ def test_timing_hooks_force_k_and_cut_the_loop(tiny_pair):
   prompts, prompt_len, spec = api.prepare(target, draft, GREEDY_PROMPTS, "speculative", (0, 2),
                                           GREEDY, 24, 14, 16)
   key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
-  args = (target.params, draft.params, prompts, prompt_len, key_data, np.ones(2, np.float32))
+  args = (target.params, draft.params, prompts, prompt_len, key_data, spec.sampling.values(),
+          np.ones(2, np.float32))
   loop = api.make_loop("speculative", target.config, draft.config, spec,
                        parts=ablation.Ablated(frozenset(ablation.ABLATABLE)))
   out = loop(*args, np.int32(1), np.int32(5))

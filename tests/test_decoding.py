@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from specsample.decoding import LM, Sampling, api, generate
+from specsample.decoding import LM, Sampling, api, generate, loops
 from specsample.decoding.rejection import rejection_sample
-from specsample.decoding.sampling import _nucleus, sample
+from specsample.decoding.sampling import TRACED, _nucleus, sample
 from specsample.models import transformer as tr
 
 ALPHA = 1e-4
@@ -194,6 +194,43 @@ def test_new_prompts_same_shape_do_not_recompile(tiny_pair, greedy_reference):
   other = [[2, 2, 2], [5, 1], [3, 4, 5, 6, 7, 8, 9], [1], [8] * 9]   # same padded shape
   generate(target, other, seed=123, **kwargs)
   assert api.TRACE_COUNT == before
+
+
+@pytest.mark.parametrize("num_draft", [None, 3, (0, 2)], ids=["ar", "k3", "auto"])
+def test_temperature_and_top_p_are_inputs_of_one_loop(tiny_pair, num_draft):
+  """Settings that differ only in their values share a loop, and each call uses its own
+  values: the shared loop's tokens equal those of a loop compiled for that setting first."""
+  target, draft = tiny_pair
+  kwargs = (dict(method="autoregressive") if num_draft is None else
+            dict(draft=draft, num_draft=num_draft, iteration_costs=[1.0, 1.5][:len(num_draft)]
+                 if isinstance(num_draft, tuple) else None))
+  run = lambda sampling: generate(target, GREEDY_PROMPTS, sampling=sampling, max_new_tokens=12,
+                                  seed=4, **kwargs).tokens
+  first, second = Sampling(temperature=0.8, top_p=0.95), Sampling(temperature=1.3, top_p=0.6)
+  run(first)
+  before = dict(api.TRACE_COUNT)
+  shared = run(second)
+  assert api.TRACE_COUNT == before                  # no new trace for new values
+  run(Sampling(temperature=1.3))                    # top-p off: its own loop, no nucleus in it
+  assert api.TRACE_COUNT != before
+  loops.clear_cache()
+  assert run(second) == shared                      # compiled for `second` first: the same
+  assert run(first) != shared                       # and the values do change the draws
+
+
+def test_sampling_compile_key_keeps_what_shapes_the_program():
+  nucleus = Sampling(temperature=0.8, top_k=7, top_p=0.9, coupling="gumbel")
+  key = nucleus.compile_key()
+  assert key == Sampling(temperature=TRACED, top_k=7, top_p=TRACED, coupling="gumbel")
+  assert Sampling(temperature=1.3, top_k=7, top_p=0.5, coupling="gumbel").compile_key() == key
+  assert not key.greedy and key.nucleus
+  assert Sampling(temperature=0.8).compile_key() == Sampling(temperature=TRACED, top_p=1.0)
+  assert not Sampling(temperature=0.8).compile_key().nucleus
+  assert Sampling(temperature=0, top_p=0.9).compile_key() == Sampling(temperature=0, top_p=0.9)
+  bound = key.with_values(jnp.asarray(nucleus.values()))
+  assert float(bound.temperature) == np.float32(0.8) and float(bound.top_p) == np.float32(0.9)
+  with pytest.raises(TypeError):                    # a key's markers cannot be computed with
+    key.probs(jnp.zeros((1, 5)))
 
 
 # ------------------------------------------------------------ 5. sampling transforms

@@ -72,6 +72,27 @@ def test_prefill_then_decode_equals_full_forward(model):
   np.testing.assert_array_equal(cache.lengths, [12, 12])
 
 
+def test_a_prompt_sized_cache_padded_to_the_buffer_decodes_like_a_buffer_sized_one(model):
+  """decoding/common.prefill's way: prefill in a cache of the prompt's width (its
+  attention spans only those keys), then pad it to the buffer's length."""
+  cfg, params = model
+  tokens = _tokens(cfg, 2, 12, seed=5)
+  full, _ = _forward(cfg, params, tokens)
+  _, small = _forward(cfg, params, tokens[:, :5], tr.init_cache(cfg, 2, 5))
+  _, big = _forward(cfg, params, tokens[:, :5], tr.init_cache(cfg, 2, 16))
+  padded = small.padded_to(16)
+  assert padded.max_len == 16
+  for a, b in zip(padded.k + padded.v, big.k + big.v):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.asarray(a[:, 5:]).any()             # nothing beyond the prompt
+  step = jax.jit(lambda c, t: _forward(cfg, params, t, c))
+  cache, outs = padded, []
+  for t in range(5, 12):
+    logits, cache = step(cache, tokens[:, t:t + 1])
+    outs.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full[:, 5:], atol=ATOL)
+
+
 def test_extension_at_mixed_row_offsets_equals_full_forward(model):
   """Rows at different cache lengths extend by T tokens in one call: what
   speculative verification does after rows accepted different counts."""

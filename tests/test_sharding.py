@@ -283,8 +283,9 @@ def test_sharded_loop_compiles_once_and_pins_cache_layout(pair):
              sh.shard_params(draft.params, case.DRAFT_CFG, mesh, case.DRAFT_RULES),
              sh.put_global(prompts_BP, s["prompts"]), sh.put_global(prompt_len_B, s["prompt_len"]),
              sh.put_global(np.asarray(jax.random.key_data(jax.random.key(0))), s["replicated"]),
-             *(sh.put_global(x, s["replicated"])   # cost of "auto", and the timing hooks' defaults
-               for x in (np.ones(1, np.float32), np.int32(-1), np.int32(2**31 - 1))))
+             *(sh.put_global(x, s["replicated"])   # sampling values; cost of "auto", and the
+               for x in (spec.sampling.values(),    # timing hooks' defaults
+                         np.ones(1, np.float32), np.int32(-1), np.int32(2**31 - 1))))
   assert api.TRACE_COUNT == before
   target_cache, draft_cache = out[5]
   # The target's 4 kv heads split over tensor=4; the draft's rules keep them whole.

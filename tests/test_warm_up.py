@@ -31,8 +31,7 @@ def _cold() -> None:
   New loop functions trace and compile anew (their executables are new, whatever the
   persistent compilation cache gives back); other tests' jitted functions are untouched.
   """
-  loops.make_loop.cache_clear()
-  loops.make_auto_loop.cache_clear()
+  loops.clear_cache()
   calibrate._COSTS.clear()
   calibrate._PARTIAL.clear()
 

@@ -184,7 +184,8 @@ class _Call:
   """One generate call, checked and placed, nothing run: `decode` or `warm` it."""
   spec: common.DecodeSpec
   prompt_len: np.ndarray
-  args: tuple              # the loops' (target params, draft params, prompts, lengths, key data)
+  args: tuple              # the loops' (target params, draft params, prompts, lengths, key data,
+                           # sampling values)
   extra: tuple             # the kvp parameters, with prefill='kv_prediction'
   put: Callable[[Any], Any]  # host value -> the loops' placement
   build: tuple             # make_loop / make_auto_loop's arguments after the method
@@ -199,10 +200,10 @@ class _Call:
   def _auto_loop(self):
     """(the state after the prefill, run(state, cost, index, trips) -> (state, iterations))."""
     init, advance = make_auto_loop(*self.build[1:-1], **self.build[-1])
-    params, lengths = self.args[:2], self.args[3]
+    params, lengths, values = self.args[:2], self.args[3], self.args[5]
 
     def run(state, cost, index, trips):
-      state, ran = advance(*params, state, lengths, self.put(cost),
+      state, ran = advance(*params, state, lengths, values, self.put(cost),
                            self.put(np.int32(index)), self.put(np.int32(trips)))
       return state, int(np.asarray(ran))
     return init(*self.args, *self.extra), run
@@ -293,7 +294,8 @@ def _setup(target: LM, prompts: Sequence[Sequence[int]], draft, method: str, num
   B, P = prompts_BP.shape
   placement, extra = (), ()
   if mesh is None:
-    args = (target.params, draft_params, prompts_BP, prompt_len, key_data)
+    args = (target.params, draft_params, prompts_BP, prompt_len, key_data,
+            spec.sampling.values())
     put = lambda x: x
     if kvp_spec is not None:
       extra = ({"aux": kvp.aux.params, "predictor": kvp.params},)
@@ -308,11 +310,11 @@ def _setup(target: LM, prompts: Sequence[Sequence[int]], draft, method: str, num
     put = lambda x: sh.put_global(x, s["replicated"])
     args = (sh.shard_params(target.params, target.config, mesh, rules), draft_params,
             sh.put_global(prompts_BP, s["prompts"]), sh.put_global(prompt_len, s["prompt_len"]),
-            put(key_data))
+            put(key_data), put(spec.sampling.values()))
   cost = None if iteration_costs is None else np.asarray(iteration_costs, np.float32)
   # (kvp only when set: the loops are lru-cached by their exact arguments.)
   with_kvp = {} if kvp_spec is None else {"kvp": kvp_spec}
   return _Call(spec=spec, prompt_len=prompt_len, args=args, extra=extra, put=put,
                build=(method, target.config, draft_cfg, spec, *placement, with_kvp), cost=cost,
-               calibration_key=(target.config, draft_cfg, spec, B, P, placement, kvp_spec,
+               calibration_key=(target.config, draft_cfg, spec.compile_key(), B, P, placement, kvp_spec,
                                 jax.devices()[0].device_kind))

@@ -95,7 +95,7 @@ def log_weights(sampling: Sampling, logits: jax.Array) -> jax.Array:
   """
   logits = logits.astype(jnp.float32)
   scaled = logits / sampling.temperature
-  if sampling.top_p < 1:
+  if sampling.nucleus:
     return jnp.where(sampling.probs(logits) > 0, scaled, -jnp.inf)
   if 0 < sampling.top_k < logits.shape[-1]:
     kth = jax.lax.top_k(scaled, sampling.top_k)[0][..., -1:]  # as Sampling.probs: ties kept

@@ -67,7 +67,6 @@ def _prompt_caches(spec: common.DecodeSpec, kvp, kvp_params, target_params, prom
   return target_cache, aux_cache if kvp.aux_is_draft else None, hidden_BPD
 
 
-@functools.lru_cache(maxsize=128)
 def make_loop(method: str, target_cfg: tr.TransformerConfig,
               draft_cfg: tr.TransformerConfig | None, spec: common.DecodeSpec, mesh=None,
               target_rules: sh.Rules | None = None, draft_rules: sh.Rules | None = None,
@@ -75,12 +74,16 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
               kvp: kv_prediction.KVPSpec | None = None):
   """The jitted decode loop of one setting; cached, so a setting compiles once per shape.
 
+  Settings that differ only in temperature or top-p share it: the loop is built
+  for spec.compile_key() and takes their values, spec.sampling.values(), as an
+  input.
+
   With `kvp` (single device only), the prompt caches come from KV Prediction
   and the function takes a ninth argument, {'aux': params, 'predictor': params}.
 
   Returns:
     fn(target_params, draft_params, prompts [B, P], prompt_len [B], key_data [2],
-    cost [C], force_index [], max_iterations []) -> (tokens [B, L], length [B],
+    sampling_values [2], cost [C], force_index [], max_iterations []) -> (tokens [B, L], length [B],
     target_calls [B], drafted [B], accepted [B]), plus the final caches as a
     sixth element on a mesh. key_data is jax.random.key_data of the PRNG key:
     [2], or [B, 2] one key per row under coupling='gumbel' (coupling.row_key_data).
@@ -96,20 +99,34 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
     shardings from the rules: that pins the while-loop carry of each cache to
     [B over batch axes, S, K over tensor, H] instead of leaving it to propagation.
   """
-  def run(target_params, draft_params, prompts_BP, prompt_len_B, key_data, cost_C, force_index,
-          max_iterations, kvp_params=None):
+  return _loop(method, target_cfg, draft_cfg, spec.compile_key(), mesh, target_rules,
+               draft_rules, batch, prompt_width, parts, kvp)
+
+
+def clear_cache() -> None:
+  """Drops every built loop (their next call traces and compiles again)."""
+  _loop.cache_clear()
+  _auto_loop.cache_clear()
+
+
+@functools.lru_cache(maxsize=128)
+def _loop(method, target_cfg, draft_cfg, spec, mesh, target_rules, draft_rules, batch,
+          prompt_width, parts, kvp):
+  def run(target_params, draft_params, prompts_BP, prompt_len_B, key_data, sampling_values,
+          cost_C, force_index, max_iterations, kvp_params=None):
     TRACE_COUNT[method] += 1
+    spec_ = spec.with_sampling_values(sampling_values)
     key, row_keys = _keys(spec, key_data)
     target_cache, draft_cache, hidden_BPD = _prompt_caches(spec, kvp, kvp_params, target_params,
                                                            prompts_BP, prompt_len_B)
     if method == "speculative":
       s = speculative.speculative_loop(
-          target_cfg, draft_cfg, spec, target_params, draft_params, prompts_BP, prompt_len_B,
+          target_cfg, draft_cfg, spec_, target_params, draft_params, prompts_BP, prompt_len_B,
           key, cost_C, force_index, max_iterations, parts, target_cache, draft_cache, row_keys,
           hidden_BPD)
       return (s.tokens, s.length, s.target_calls, s.drafted, s.accepted,
               (s.target_cache, s.draft_state))
-    s = autoregressive.autoregressive_loop(target_cfg, spec, target_params, prompts_BP,
+    s = autoregressive.autoregressive_loop(target_cfg, spec_, target_params, prompts_BP,
                                            prompt_len_B, key, target_cache, row_keys,
                                            max_iterations)
     zeros = jnp.zeros_like(s.target_calls)
@@ -124,7 +141,7 @@ def make_loop(method: str, target_cfg: tr.TransformerConfig,
   caches = (s["target_cache"], s["draft_cache"]) if speculative_ else (s["target_cache"],)
   return jax.jit(run,
                  in_shardings=(s["target_params"], s["draft_params"], s["prompts"],
-                               s["prompt_len"]) + (rep,) * 4,
+                               s["prompt_len"]) + (rep,) * 5,
                  out_shardings=(rep,) * 5 + (caches,))
 
 
@@ -139,34 +156,43 @@ def state_shardings(s: dict[str, Any], gumbel: bool) -> speculative.SpecState:
       ar_only=rep)
 
 
-@functools.lru_cache(maxsize=128)
 def make_auto_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerConfig,
                    spec: common.DecodeSpec, mesh=None, target_rules: sh.Rules | None = None,
                    draft_rules: sh.Rules | None = None, batch: int = 0, prompt_width: int = 0,
                    kvp: kv_prediction.KVPSpec | None = None):
-  """The speculative loop as (init, advance), cached per setting and shape.
+  """The speculative loop as (init, advance), cached per setting and shape (and, as
+  make_loop's, shared by settings that differ only in temperature or top-p).
 
   Returns:
-    init(target_params, draft_params, prompts [B, P], prompt_len [B], key_data
-    [, kvp_params]) -> SpecState after the prefill, and
-    advance(target_params, draft_params, state, prompt_len [B], cost [C],
-    force_index [], max_iterations []) -> (SpecState, iterations run []): the
-    arguments of make_loop, with the state donated. On a mesh, layouts as
+    init(target_params, draft_params, prompts [B, P], prompt_len [B], key_data,
+    sampling_values [2] [, kvp_params]) -> SpecState after the prefill, and
+    advance(target_params, draft_params, state, prompt_len [B], sampling_values [2],
+    cost [C], force_index [], max_iterations []) -> (SpecState, iterations run []):
+    the arguments of make_loop, with the state donated. On a mesh, layouts as
     make_loop's (state_shardings).
   """
-  def init(target_params, draft_params, prompts_BP, prompt_len_B, key_data, kvp_params=None):
+  return _auto_loop(target_cfg, draft_cfg, spec.compile_key(), mesh, target_rules, draft_rules,
+                    batch, prompt_width, kvp)
+
+
+@functools.lru_cache(maxsize=128)
+def _auto_loop(target_cfg, draft_cfg, spec, mesh, target_rules, draft_rules, batch, prompt_width,
+               kvp):
+  def init(target_params, draft_params, prompts_BP, prompt_len_B, key_data, sampling_values,
+           kvp_params=None):
     key, row_keys = _keys(spec, key_data)
     target_cache, draft_cache, hidden_BPD = _prompt_caches(spec, kvp, kvp_params, target_params,
                                                            prompts_BP, prompt_len_B)
-    return speculative.init_state(target_cfg, draft_cfg, spec, target_params, draft_params,
-                                  prompts_BP, prompt_len_B, key, target_cache, draft_cache,
-                                  row_keys, hidden_BPD)
+    return speculative.init_state(target_cfg, draft_cfg, spec.with_sampling_values(sampling_values),
+                                  target_params, draft_params, prompts_BP, prompt_len_B, key,
+                                  target_cache, draft_cache, row_keys, hidden_BPD)
 
-  def advance(target_params, draft_params, state, prompt_len_B, cost_C, force_index,
-              max_iterations):
+  def advance(target_params, draft_params, state, prompt_len_B, sampling_values, cost_C,
+              force_index, max_iterations):
     TRACE_COUNT["speculative"] += 1
-    return speculative.run_loop(target_cfg, draft_cfg, spec, target_params, draft_params, state,
-                                prompt_len_B, cost_C, force_index, max_iterations)
+    return speculative.run_loop(target_cfg, draft_cfg, spec.with_sampling_values(sampling_values),
+                                target_params, draft_params, state, prompt_len_B, cost_C,
+                                force_index, max_iterations)
 
   if mesh is None:
     return jax.jit(init), jax.jit(advance, donate_argnums=2)
@@ -174,8 +200,8 @@ def make_auto_loop(target_cfg: tr.TransformerConfig, draft_cfg: tr.TransformerCo
                      spec.buffer_len)
   rep, state = s["replicated"], state_shardings(s, spec.sampling.coupling == "gumbel")
   params = (s["target_params"], s["draft_params"])
-  init_jit = jax.jit(init, in_shardings=params + (s["prompts"], s["prompt_len"], rep),
+  init_jit = jax.jit(init, in_shardings=params + (s["prompts"], s["prompt_len"], rep, rep),
                      out_shardings=state)
-  advance_jit = jax.jit(advance, in_shardings=params + (state, s["prompt_len"]) + (rep,) * 3,
+  advance_jit = jax.jit(advance, in_shardings=params + (state, s["prompt_len"]) + (rep,) * 4,
                         out_shardings=(state, rep), donate_argnums=2)
   return init_jit, advance_jit

@@ -25,12 +25,22 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # How sampled tokens are drawn and verified (decoding/coupling.py): 'rejection'
 # is the modified rejection sampler of rejection.py, 'gumbel' the Gumbel-max
 # coupling keyed by (row seed, position) that makes speculative output equal
 # autoregressive output token for token.
 COUPLINGS = ("rejection", "gumbel")
+
+# A Sampling field that a compiled loop takes as an input rather than as a constant
+# (Sampling.compile_key): settings that differ only in temperature or top-p then
+# share one compiled loop. Any arithmetic on it fails loudly (it is a str).
+TRACED = "traced"
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +75,36 @@ class Sampling:
 
   @property
   def greedy(self) -> bool:
-    return self.temperature == 0
+    return _is_number(self.temperature) and self.temperature == 0
+
+  @property
+  def nucleus(self) -> bool:
+    """Whether top-p is on (static even when its value is an input: compile_key)."""
+    return not (_is_number(self.top_p) and self.top_p >= 1)
+
+  def compile_key(self) -> "Sampling":
+    """What a compiled loop depends on: temperature and top-p become TRACED inputs.
+
+    Greedy stays as it is (no values), and so does top-p 1 (off: its nucleus
+    step is not compiled in); top-k and the coupling shape the program.
+    """
+    if self.greedy:
+      return self
+    return dataclasses.replace(self, temperature=TRACED, top_p=TRACED if self.nucleus else 1.0)
+
+  def values(self) -> np.ndarray:
+    """[temperature, top_p] float32: the inputs that compile_key leaves out."""
+    return np.array([self.temperature, self.top_p], np.float32)
+
+  def with_values(self, values_2: jax.Array) -> "Sampling":
+    """A compile key's TRACED fields taken from values [2] (inside the compiled loop).
+
+    float32 like the constants they replace (a Python float meets float32
+    logits as float32), so the loop computes the same numbers either way.
+    """
+    pick = lambda field, i: values_2[i] if isinstance(field, str) else field
+    return dataclasses.replace(self, temperature=pick(self.temperature, 0),
+                               top_p=pick(self.top_p, 1))
 
   def probs(self, logits: jax.Array) -> jax.Array:
     """[..., V] logits -> [..., V] float32 probabilities."""
@@ -78,7 +117,7 @@ class Sampling:
       kth = jax.lax.top_k(logits, self.top_k)[0][..., -1:]
       logits = jnp.where(logits >= kth, logits, -jnp.inf)
     probs = jax.nn.softmax(logits, axis=-1)
-    if self.top_p < 1:
+    if self.nucleus:
       probs = _nucleus(probs, self.top_p)
     return probs
 

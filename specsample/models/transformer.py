@@ -125,6 +125,11 @@ class KVCache:
     """Rollback or advance: entries at positions >= lengths become stale."""
     return self.replace(lengths=lengths.astype(jnp.int32))
 
+  def padded_to(self, max_len: int) -> "KVCache":
+    """The same entries in a longer cache (positions >= the old max_len empty)."""
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, max_len - x.shape[1]), (0, 0), (0, 0)))
+    return self.replace(k=tuple(map(pad, self.k)), v=tuple(map(pad, self.v)))
+
 
 def init_cache(config: TransformerConfig, batch: int, max_len: int) -> KVCache:
   """An empty cache for `batch` rows and `max_len` positions."""

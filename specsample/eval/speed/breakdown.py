@@ -80,7 +80,7 @@ def _setting(target: LM, draft: LM, prompts, sampling: Sampling, ks: Sequence[in
   key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
   draft_cfg, draft_params = api.draft_inputs(target, draft)
   args = (target.params, draft_params, prompts_BP, prompt_len, key_data,
-          np.ones(len(choices), np.float32))
+          spec.sampling.values(), np.ones(len(choices), np.float32))
   return choices, spec, draft_cfg, args
 
 

@@ -115,8 +115,7 @@ def run(config, command: str = "") -> dict:
                         os.path.join(config.output_dir, "drafting.md"): markdown(result)})
     # Each cell compiles its own shapes: drop the last cell's programs (a run of 8 cells
     # with 9-body auto loops ran out of memory compiling the sixth).
-    loops.make_loop.cache_clear()
-    loops.make_auto_loop.cache_clear()
+    loops.clear_cache()
     jax.clear_caches()
   return result
 

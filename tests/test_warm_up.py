@@ -6,8 +6,12 @@ tokens, same statistics), with nothing left to compile and, for "auto" without
 given costs, nothing left to calibrate.
 """
 
+import collections
+from concurrent import futures
+
 import numpy as np
 import pytest
+from jax import monitoring
 
 from specsample.decoding import Sampling, api, calibrate, generate, loops
 from specsample.decoding.lookup import PromptLookup
@@ -23,6 +27,14 @@ SETTINGS = {
     "lookup_auto": dict(draft=PromptLookup(max_ngram=2), num_draft=(0, 1, 3),
                         iteration_costs=[1.0, 1.3, 1.9]),
 }
+
+
+# Backend compiles of the decode loops (loops.py's jitted functions), by name.
+LOOP_COMPILES = collections.Counter()
+monitoring.register_event_duration_secs_listener(
+    lambda event, _, fun_name="", **__: LOOP_COMPILES.update([fun_name]) if (
+        event.endswith("backend_compile_duration")
+        and fun_name in ("jit(decode)", "jit(run)", "jit(init)", "jit(advance)")) else None)
 
 
 def _cold() -> None:
@@ -65,3 +77,19 @@ def test_warm_up_checks_settings_before_compiling(tiny_pair):
   with pytest.raises(TypeError, match="num_drafts"):  # generate's keywords, and only those
     api.warm_up(target, PROMPTS, draft=draft, num_drafts=3)
   assert api.TRACE_COUNT == traces
+
+
+def test_precompile_from_two_threads_leaves_nothing_to_compile(tiny_pair):
+  target, draft = tiny_pair
+  settings = [{"draft": draft, "sampling": NUCLEUS, "max_new_tokens": 21, **SETTINGS[name]}
+              for name in ("autoregressive", "fixed_k", "auto_given_costs")]
+  _cold()
+  before = sum(LOOP_COMPILES.values())
+  with futures.ThreadPoolExecutor(2) as pool:
+    list(pool.map(lambda kwargs: api.precompile(target, PROMPTS, **kwargs), settings))
+  compiled = sum(LOOP_COMPILES.values())
+  assert compiled - before == 4, LOOP_COMPILES     # decode twice, auto's init and advance
+  for kwargs in settings:
+    api.warm_up(target, PROMPTS, **kwargs)
+    generate(target, PROMPTS, seed=3, **kwargs)
+  assert sum(LOOP_COMPILES.values()) == compiled, LOOP_COMPILES

@@ -33,7 +33,7 @@ from specsample.decoding.settings import (METHODS, Draft, as_draft, buffer_len, 
 
 __all__ = ["GenerateOutput", "METHODS", "TRACE_COUNT", "buffer_len", "check_draft", "check_seed",
            "check_settings", "generate", "loop_shardings", "make_auto_loop", "make_loop",
-           "pad_prompts", "prepare", "warm_up"]
+           "pad_prompts", "precompile", "prepare", "warm_up"]
 
 
 @dataclasses.dataclass
@@ -176,6 +176,23 @@ def warm_up(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> None
   _setup(**bound.arguments).warm()
 
 
+def precompile(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> None:
+  """Compiles the loops of `generate(target, prompts, **kwargs)`, running nothing.
+
+  XLA compiles without the GIL and mostly on one core, so several threads can
+  precompile different settings at once (a grid's loops on 2 cores in about
+  half the time: eval/table1/cells.py). Do not precompile one setting from two
+  threads at once: each would build its own loop. warm_up still pays the rest
+  (the bodies' first runs, auto's costs).
+
+  Args:
+    target, prompts, kwargs: as `generate` takes them (the same checks).
+  """
+  bound = _GENERATE.bind(target, prompts, **kwargs)
+  bound.apply_defaults()
+  _setup(**bound.arguments).compile()
+
+
 _GENERATE = inspect.signature(generate)  # (tests may replace api.generate: not read from it)
 
 
@@ -192,10 +209,28 @@ class _Call:
   cost: np.ndarray | None  # iteration_costs of "auto"; None measures them
   calibration_key: tuple   # calibrate.measure's cache key
 
-  def _fixed_loop(self, max_iterations: int):
+  def _fixed_loop(self, max_iterations: int, lower: bool = False):
     loop = make_loop(*self.build[:-1], **self.build[-1])
     flags = (np.ones(1, np.float32), np.int32(-1), np.int32(max_iterations))
-    return loop(*self.args, *map(self.put, flags), *self.extra)
+    return (loop.lower if lower else loop)(*self.args, *map(self.put, flags), *self.extra)
+
+  def compile(self) -> None:
+    if not self.spec.draft_choices:
+      self._fixed_loop(1, lower=True).compile()
+      return
+    init, advance = make_auto_loop(*self.build[1:-1], **self.build[-1])
+    shardings = init.lower(*self.args, *self.extra).compile().output_shardings
+    # The state as advance will get it, else advance compiles again: placed where init
+    # leaves it, committed there only if one of init's inputs was (jax's rule for outputs).
+    committed = any(getattr(x, "committed", False)
+                    for x in jax.tree.leaves((self.args, self.extra)))
+    state = jax.tree.map(
+        lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                              sharding=where if committed else None),
+        jax.eval_shape(init, *self.args, *self.extra), shardings)
+    flags = (np.ones(len(self.spec.draft_choices), np.float32), np.int32(-1), np.int32(1))
+    advance.lower(*self.args[:2], state, self.args[3], self.args[5],
+                  *map(self.put, flags)).compile()
 
   def _auto_loop(self):
     """(the state after the prefill, run(state, cost, index, trips) -> (state, iterations))."""

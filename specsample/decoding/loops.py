@@ -132,8 +132,11 @@ def _loop(method, target_cfg, draft_cfg, spec, mesh, target_rules, draft_rules, 
     zeros = jnp.zeros_like(s.target_calls)
     return s.tokens, s.length, s.target_calls, zeros, zeros, (s.cache,)
 
+  def decode(*args):  # without the caches
+    return run(*args)[:5]
+
   if mesh is None:
-    return jax.jit(lambda *args: run(*args)[:5])
+    return jax.jit(decode)
   speculative_ = method == "speculative"
   s = loop_shardings(target_cfg, draft_cfg if speculative_ else None, mesh, target_rules,
                      draft_rules, batch, prompt_width, spec.buffer_len)

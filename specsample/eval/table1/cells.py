@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from concurrent import futures
 
 import numpy as np
 from tqdm import tqdm
 
+from specsample.decoding import api
 from specsample.eval.speed import timing
 from specsample.eval.table1 import grid, store
 from specsample.eval.table1.grid import Cell
@@ -132,19 +134,18 @@ def _score_humaneval(config, task: TaskData, cell: Cell, items: list[dict]) -> N
     it["score"], it["result"] = float(sample["passed"]), sample["result"][:120]
 
 
-def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, tokenizer: Tokenizer,
-                          progress: bool = True) -> dict:
-  """Generates, times and scores one cell; returns its record (without fingerprint)."""
+def _generate_kwargs(cell: Cell, config, models: dict, tokenizer: Tokenizer) -> dict:
+  """The generate arguments of a cell's calls (all but the prompts and the seed)."""
   c = config[cell.task]
-  sampling = grid.sampling_for(config, cell.task, cell.sampling)
   num_draft = grid.auto_num_draft(config) if cell.num_draft == grid.AUTO else cell.num_draft or 1
-  kwargs = dict(draft=models["draft"], method=cell.method, num_draft=num_draft,
-                sampling=sampling, max_new_tokens=c.max_new_tokens, eos_id=tokenizer.eos_id,
-                pad_to=c.pad_to)
+  return dict(draft=models["draft"], method=cell.method, num_draft=num_draft,
+              sampling=grid.sampling_for(config, cell.task, cell.sampling),
+              max_new_tokens=c.max_new_tokens, eos_id=tokenizer.eos_id, pad_to=c.pad_to)
+
+
+def _calls(cell: Cell, task: TaskData) -> list[tuple[list, list]]:
+  """The cell's generate calls: ([(problem, sample)] of its rows, [batch_size] prompts)."""
   order = [(p, s) for p in range(len(task.items)) for s in range(cell.num_samples)]
-  items, token_ids, wall, tokens_per_row, loop_iterations, compiled_calls = [], [], 0.0, 0.0, 0, 0
-  totals = dict(new_tokens=0, target_calls=0, drafted=0, accepted=0)
-  bar = tqdm(total=len(order), desc=cell.key, unit="seq", leave=False, disable=not progress)
   calls = []
   for start in range(0, len(order), cell.batch_size):
     chunk = order[start:start + cell.batch_size]
@@ -152,6 +153,44 @@ def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, toke
     # A short last call is filled up with copies of its last prompt (outputs
     # dropped): the same shape as the others, so no extra compile.
     calls.append((chunk, prompts + prompts[-1:] * (cell.batch_size - len(chunk))))
+  return calls
+
+
+def precompile(cells: list[Cell], config, tasks: dict, models: dict, tokenizer: Tokenizer,
+               workers: int = 2) -> None:
+  """Compiles the decode loops of these generate cells, `workers` at a time, running none.
+
+  XLA compiles mostly on one core without the GIL: on 2 cores, the grid's loops
+  compile in about half the time they take one cell after another. Cells whose
+  loops are the same (Table 1's two tasks share a padded width; their nucleus
+  settings differ only in values, which are loop inputs) are compiled once.
+  """
+  unique = {}
+  for cell in cells:
+    if cell.kind != "generate":
+      continue
+    kwargs = _generate_kwargs(cell, config, models, tokenizer)
+    prompts = _calls(cell, tasks[cell.task])[0][1]
+    width = round_up(max(map(len, prompts)), kwargs["pad_to"])
+    same = (cell.method, str(kwargs["num_draft"]), kwargs["sampling"].compile_key(),
+            kwargs["max_new_tokens"], cell.batch_size, width)
+    unique.setdefault(same, (prompts, kwargs))
+  with futures.ThreadPoolExecutor(workers) as pool:
+    for done in [pool.submit(api.precompile, models["target"], prompts, **kwargs)
+                 for prompts, kwargs in unique.values()]:
+      done.result()
+
+
+def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, tokenizer: Tokenizer,
+                          progress: bool = True) -> dict:
+  """Generates, times and scores one cell; returns its record (without fingerprint)."""
+  kwargs = _generate_kwargs(cell, config, models, tokenizer)
+  sampling = kwargs["sampling"]
+  calls = _calls(cell, task)
+  order = [row for chunk, _ in calls for row in chunk]
+  items, token_ids, wall, tokens_per_row, loop_iterations, compiled_calls = [], [], 0.0, 0.0, 0, 0
+  totals = dict(new_tokens=0, target_calls=0, drafted=0, accepted=0)
+  bar = tqdm(total=len(order), desc=cell.key, unit="seq", leave=False, disable=not progress)
   # Compiles, first runs of the loop bodies and auto's costs, without decoding a call twice.
   warm_up_s = timing.warm_up(models["target"], [prompts for _, prompts in calls], **kwargs)
   for call, (chunk, prompts) in enumerate(calls):

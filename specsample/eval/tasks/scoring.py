@@ -22,15 +22,15 @@ def _span_logits(config: tr.TransformerConfig, params, tokens_BL: jax.Array, sta
 
   Returns ([B, span, V] float32 logits at positions starts[b] + i, [B, span] next tokens);
   positions past the sequence are clipped to its last prediction (callers drop them).
-  Only these positions go through the (costly) sampling transforms: a prompt of 448
-  tokens and 128 sampled ones is 7x fewer positions than the whole sequence.
+  Only these positions go through the LM head and the (costly) sampling transforms: a
+  prompt of 448 tokens and 128 sampled ones is 7x fewer positions than the whole sequence.
   """
-  logits_BLV, _ = tr.forward(config, params, tokens_BL)
+  _, _, hidden_BLD = tr.forward_with_hidden(config, params, tokens_BL)  # its logits: unused
   L = tokens_BL.shape[1]
   positions_BN = jnp.minimum(starts_B[:, None] + jnp.arange(span)[None, :], L - 2)
-  logits_BNV = jnp.take_along_axis(logits_BLV, positions_BN[..., None], axis=1)
+  hidden_BND = jnp.take_along_axis(hidden_BLD, positions_BN[..., None], axis=1)
   next_BN = jnp.take_along_axis(tokens_BL, positions_BN + 1, axis=1)
-  return logits_BNV.astype(jnp.float32), next_BN
+  return tr.head(config, params, hidden_BND), next_BN
 
 
 @functools.partial(jax.jit, static_argnames=("config", "span"))

@@ -51,3 +51,22 @@ def test_scores_read_each_continuations_own_positions(tiny_pair):
     assert t["u"] == pytest.approx(want_u, abs=1e-3)
     assert t["outside"] == want_outside
   assert sum(t["outside"] for t in terms) > 0, "top-k 6 of 16 should leave some tokens out"
+
+
+def test_prompt_caches_are_made_once_and_change_no_score(tiny_pair):
+  """Table 1's sampled cells of a task score other continuations of the same prompts:
+  the prompts' caches are made by the first call and reused, with the same results."""
+  target, _ = tiny_pair
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(0, 16, n).tolist() for n in (1, 7, 3, 12, 5)]
+  sampling = Sampling(temperature=0.9, top_p=0.8)
+  score = lambda conts, **kw: scoring.sample_calibration(target, sampling, prompts, conts,
+                                                         rows=2, width_multiple=16, **kw)
+  caches = {}
+  score([rng.integers(0, 16, n).tolist() for n in (3, 9, 1, 4, 2)], prompt_caches=caches)
+  assert len(caches) == 3                           # 5 prompts, 2 rows a chunk
+  made = dict(caches)
+  later = [rng.integers(0, 16, n).tolist() for n in (30, 2, 8, 1, 40)]
+  reused = score(later, prompt_caches=caches)
+  assert caches.keys() == made.keys() and all(caches[k] is made[k] for k in made)
+  assert reused == score(later)                     # made afresh: the same terms

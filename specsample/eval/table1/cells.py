@@ -47,6 +47,9 @@ class TaskData:
   solution_ids: list[list[int]] | None = None  # HumanEval canonical solutions
   title: str = ""                               # the dataset's name in every table and plot
   dataset_info: dict | None = None              # the stand-in's size, hash and filters
+  # The target's caches of these prompts, made by the first sampled cell's scoring and
+  # reused by the others (scoring.sample_calibration); one run has one target.
+  prompt_caches: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 def summary_text(config, tokenizer, document: str, stand_in: bool) -> str:
@@ -221,7 +224,8 @@ def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, toke
       it["score"], it["prediction"] = s["rouge2"], s["prediction"]
   if not sampling.greedy:  # every sampled token against the target's exact distribution
     terms = scoring.sample_calibration(
-        models["target"], sampling, [task.prompt_ids[it["problem"]] for it in items], token_ids)
+        models["target"], sampling, [task.prompt_ids[it["problem"]] for it in items], token_ids,
+        prompt_caches=task.prompt_caches)
     for it, t in zip(items, terms):
       it["calibration"] = t
   return {
@@ -238,7 +242,8 @@ def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, toke
 
 def compute_canonical_cell(task: TaskData, models: dict) -> dict:
   """Mean log-likelihood of each canonical solution given its prompt, under the target."""
-  scores = scoring.continuation_logprobs(models["target"], task.prompt_ids, task.solution_ids)
+  scores = scoring.continuation_logprobs(models["target"], task.prompt_ids, task.solution_ids,
+                                         prompt_caches=task.prompt_caches)
   by_prompt = {p["prompt"]: s for p, s in zip(task.items, scores)}
   result = humaneval.canonical_loglik(lambda prompt, _: by_prompt[prompt], task.items)
   return {"canonical": result}

@@ -180,10 +180,10 @@ def precompile(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> N
   """Compiles the loops of `generate(target, prompts, **kwargs)`, running nothing.
 
   XLA compiles without the GIL and mostly on one core, so several threads can
-  precompile different settings at once (a grid's loops on 2 cores in about
-  half the time: eval/table1/cells.py). Do not precompile one setting from two
-  threads at once: each would build its own loop. warm_up still pays the rest
-  (the bodies' first runs, auto's costs).
+  precompile different settings at once (Table 1 compiles its loops two at a
+  time: eval/table1/cells.py). Do not precompile one setting from two threads
+  at once: each would build its own loop. warm_up still pays the rest (the
+  bodies' first runs, auto's costs).
 
   Args:
     target, prompts, kwargs: as `generate` takes them (the same checks).
@@ -351,5 +351,5 @@ def _setup(target: LM, prompts: Sequence[Sequence[int]], draft, method: str, num
   with_kvp = {} if kvp_spec is None else {"kvp": kvp_spec}
   return _Call(spec=spec, prompt_len=prompt_len, args=args, extra=extra, put=put,
                build=(method, target.config, draft_cfg, spec, *placement, with_kvp), cost=cost,
-               calibration_key=(target.config, draft_cfg, spec.compile_key(), B, P, placement, kvp_spec,
-                                jax.devices()[0].device_kind))
+               calibration_key=(target.config, draft_cfg, spec.compile_key(), B, P, placement,
+                                kvp_spec, jax.devices()[0].device_kind))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specsample.decoding import common
 from specsample.decoding.sampling import Sampling
 from specsample.eval.tasks.parity import LAMBDAS
 from specsample.models import transformer as tr
@@ -21,8 +22,7 @@ def _prompt_cache(config: tr.TransformerConfig, params, prompts_BP: jax.Array,
                   prompt_len_B: jax.Array) -> tr.KVCache:
   """The prompts' cache at `length - 1` (as decoding's prefill leaves it): the last prompt
   token runs again first in the extension, where its logits predict the continuation."""
-  _, cache = tr.forward(config, params, prompts_BP, tr.init_cache(config, *prompts_BP.shape))
-  return cache.with_lengths(prompt_len_B - 1)
+  return common.prefill(config, params, prompts_BP, prompt_len_B, prompts_BP.shape[1])
 
 
 def _extension_logits(config: tr.TransformerConfig, params, cache: tr.KVCache,

@@ -21,8 +21,9 @@ import pytest
 
 from table1_pair import REPO_ROOT, TOKENIZER, pair_dir  # noqa: F401  pylint: disable=g-bad-import-order,unused-import
 from specsample.decoding import api
+from specsample.eval.speed import timing
 from specsample.eval.tasks import docsum
-from specsample.eval.table1 import grid, report, reproduce
+from specsample.eval.table1 import grid, markdown, report, reproduce
 from specsample.models import io as model_io
 
 FIXTURE = os.path.join(REPO_ROOT, "tests", "fixtures", "xsum_fixture.jsonl")
@@ -172,14 +173,28 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
   config = _config(pair_dir, batch_sizes=(1,), k_sweep=(), **{"xsum.path": ""})
   config.xsum.temperature, config.xsum.top_p = config.humaneval.temperature, config.humaneval.top_p
   workdir, results_dir = str(tmp_path / "wd"), str(tmp_path / "results")
-  calls = []
-  real_generate = api.generate
+  calls, warm_ups = [], []
+  real_generate, real_warm_up = api.generate, timing.warm_up
   monkeypatch.setattr(api, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+  monkeypatch.setattr(timing, "warm_up", lambda *a, **k: warm_ups.append(1) or real_warm_up(*a, **k))
 
   first = reproduce.run(config, workdir, results_dir, command="test", progress=False)
   planned = [c.key for c in grid.plan_cells(config)]
   assert sorted(first["computed"]) == sorted(planned) and first["reused"] == []
   assert calls
+  # One warm-up per loop, not per cell: the two tasks share a width, and their nucleus
+  # settings differ only in values, so AR, K = 2 and auto x greedy / nucleus: 6 loops.
+  generate_cells = [c for c in grid.plan_cells(config) if c.kind == "generate"]
+  assert len(generate_cells) == 12 and len(warm_ups) == 6
+  # Each cell's prefill is timed and taken out of its decode ms/token (no assertion on
+  # the measured values: only on how they are put together).
+  ar_decode = {(r["task"], r["sampling"], r["batch_size"]): r["decode_ms_per_token"]
+               for r in first["rows"] if r["method"] == "autoregressive"}
+  for row in first["rows"]:
+    assert row["prefill_s"] > 0 and 0 <= row["decode_ms_per_token"] <= row["ms_per_token"], row
+    ref = ar_decode[row["task"], row["sampling"], row["batch_size"]]
+    if row["method"] == "speculative" and ref and row["decode_ms_per_token"]:
+      assert row["decode_speedup"] == pytest.approx(ref / row["decode_ms_per_token"])
   for name in ("table1.md", "table1.csv", "table1.json", "table1_speedup_vs_k.png",
                "table1_acceptance_vs_k.png", "table1_ms_per_token.png"):
     assert os.path.getsize(os.path.join(results_dir, name)) > 0, name
@@ -187,7 +202,7 @@ def test_runlocal_end_to_end_resume_and_report(pair_dir, tmp_path, monkeypatch):
   # Paper numbers (Table 1) beside ours, and the machine each number was measured on.
   for paper_number in ("pass@100 45.1%", "pass@100 47.0%", "ROUGE-2 0.157", "5.73", "2.46x"):
     assert paper_number in md
-  assert "| HumanEval | greedy | AR | 1 |" in md
+  assert "| HumanEval | greedy | AR | 1 |" in md and "| decode speedup |" in md
   assert f"| {docsum.LABEL} | nucleus | SpS | 1 | 2 |" in md and "| XSum |" not in md
   # runlocal has auto K cells: their own method row, speedup against the same AR row.
   assert "| HumanEval | greedy | SpS auto | 1 | auto (" in md
@@ -294,7 +309,7 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
              "parity_failures": 0, "canonical_loglik": None, "paths": {"plots": []},
              "num_sampled_checks": sum(len(p["checks"]) for p in parity
                                        if p["sampling"] != "greedy")}
-  md = report.format_markdown(results)
+  md = markdown.format_markdown(results)
   assert "| HumanEval | nucleus | SpS | 2 | 2 |" in md           # batched row
   assert "## K sweep" in md and "| HumanEval | greedy | 3 |" in md
   assert "| HumanEval | greedy | auto (3.0) |" in md              # auto closes each sweep
@@ -311,7 +326,7 @@ def test_report_renders_batched_rows_and_sweep(pair_dir):
   flagged = {r["key"] for r in rows if r["speedup_across_code_versions"]}
   assert flagged == {c.key for c in cells if c.kind == "generate" and c.method == "speculative"
                      and c.batch_size == 2 and c.sampling == "nucleus"} and len(flagged) == 2
-  md = report.format_markdown({**results, "rows": rows, "parity": parity})
+  md = markdown.format_markdown({**results, "rows": rows, "parity": parity})
   assert "| HumanEval | nucleus | SpS auto | 2 | auto (3.0) | 5.71 | 1.75x ✓ † |" in md
   assert "rows were timed at 2 versions (`0123456789ab`, `unknown`;" in md
 

@@ -33,7 +33,7 @@ from specsample.decoding.settings import (METHODS, Draft, as_draft, buffer_len, 
 
 __all__ = ["GenerateOutput", "METHODS", "TRACE_COUNT", "buffer_len", "check_draft", "check_seed",
            "check_settings", "generate", "loop_shardings", "make_auto_loop", "make_loop",
-           "pad_prompts", "precompile", "prepare", "warm_up"]
+           "pad_prompts", "precompile", "prefill_only", "prepare", "warm_up"]
 
 
 @dataclasses.dataclass
@@ -193,6 +193,22 @@ def precompile(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> N
   _setup(**bound.arguments).compile()
 
 
+def prefill_only(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> None:
+  """Runs the prefill of `generate(target, prompts, **kwargs)` alone and waits for it.
+
+  The same compiled program as generate's (its loop cut at zero iterations; for
+  num_draft="auto" its init program): the prompts' caches and each row's first
+  token, no decoding. Timed after a warm-up, it splits a call's wall time into
+  prefill and decoding (Table 1's decode ms/token: eval/table1/cells.py).
+
+  Args:
+    target, prompts, kwargs: as `generate` takes them (the same checks).
+  """
+  bound = _GENERATE.bind(target, prompts, **kwargs)
+  bound.apply_defaults()
+  _setup(**bound.arguments).prefill()
+
+
 _GENERATE = inspect.signature(generate)  # (tests may replace api.generate: not read from it)
 
 
@@ -231,6 +247,13 @@ class _Call:
     flags = (np.ones(len(self.spec.draft_choices), np.float32), np.int32(-1), np.int32(1))
     advance.lower(*self.args[:2], state, self.args[3], self.args[5],
                   *map(self.put, flags)).compile()
+
+  def prefill(self) -> None:
+    if not self.spec.draft_choices:
+      jax.block_until_ready(self._fixed_loop(0))
+      return
+    init, _ = make_auto_loop(*self.build[1:-1], **self.build[-1])
+    jax.block_until_ready(init(*self.args, *self.extra))
 
   def _auto_loop(self):
     """(the state after the prefill, run(state, cost, index, trips) -> (state, iterations))."""

@@ -14,15 +14,18 @@ is also scored against the target's exact sampling distribution
 
 A short last call is filled up with copies of its last prompt, keeping its
 shape, so each decode loop compiles once per task and batch size. Before the
-timed calls, timing.warm_up pays that compile, each loop body's first run and
-auto's cost measurement, without decoding any call twice (a call that still
-compiled would be rerun and only the rerun timed: timing.timed_generate).
+timed calls, `prepare` (or the cell itself) pays that compile, each loop body's
+first run and auto's cost measurement, once per loop, without decoding any call
+twice (a call that still compiled would be rerun and only the rerun timed:
+timing.timed_generate), and times the prefill of each shape alone, so that a
+cell reports its decode ms/token (prefill excluded) beside the whole call's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from concurrent import futures
 
 import numpy as np
@@ -159,44 +162,103 @@ def _calls(cell: Cell, task: TaskData) -> list[tuple[list, list]]:
   return calls
 
 
-def precompile(cells: list[Cell], config, tasks: dict, models: dict, tokenizer: Tokenizer,
-               workers: int = 2) -> None:
-  """Compiles the decode loops of these generate cells, `workers` at a time, running none.
+def _loop_key(cell: Cell, kwargs: dict, prompts: list) -> tuple:
+  """What decides a cell's compiled loop: cells with the same key share it (Table 1's
+  two tasks share a padded width; nucleus settings that differ only in temperature and
+  top-p differ only in the loop's inputs)."""
+  width = round_up(max(map(len, prompts)), kwargs["pad_to"])
+  return (cell.method, str(kwargs["num_draft"]), kwargs["sampling"].compile_key(),
+          kwargs["max_new_tokens"], cell.batch_size, width)
 
-  XLA compiles mostly on one core without the GIL, so two compiles overlap on 2
-  cores (the real pair's 12 loops: 261 s up front, where the cells' own warm-ups
-  had taken 839 s with their first runs and cost measurements). Cells whose
-  loops are the same (Table 1's two tasks share a padded width; their nucleus
-  settings differ only in values, which are loop inputs) are compiled once.
+
+def _prefill_key(loop_key: tuple) -> tuple:
+  """What decides a call's prefill cost: the method (a draft prefills too), batch, width.
+  K, the sampling and max_new_tokens leave it as it is."""
+  return (loop_key[0], *loop_key[-2:])
+
+
+def _time_prefill(target, prompts: list, kwargs: dict, repeats: int = 2) -> float:
+  """Seconds of one call's prefill (api.prefill_only, warm): the fastest of `repeats`."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    api.prefill_only(target, prompts, **kwargs)
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+@dataclasses.dataclass
+class Prepared:
+  """What `prepare` did before the cells ran; compute_generate_cell reads and extends it."""
+  warm: set = dataclasses.field(default_factory=set)         # _loop_key of warm loops
+  prefill_s: dict = dataclasses.field(default_factory=dict)  # _prefill_key -> one call's s
+  compile_s: float = 0.0
+  warm_up_s: float = 0.0
+
+
+def prepare(cells: list[Cell], config, tasks: dict, models: dict, tokenizer: Tokenizer,
+            workers: int = 2) -> Prepared:
+  """Compiles the decode loops of these generate cells, warms each up once, times prefills.
+
+  Compiles first, `workers` at a time, running nothing: XLA compiles mostly on
+  one core without the GIL, so two compiles overlap on 2 cores (the real pair's
+  12 loops: 261 s up front, where the cells' own warm-ups had taken 839 s with
+  their first runs and cost measurements). Cells with the same loop
+  (`_loop_key`) are compiled once. Then, one loop at a time on a quiet machine
+  (auto's costs are timed there): each loop's warm-up (timing.warm_up: the
+  bodies' first runs, auto's costs), once for all the cells that share it, and
+  the prefill of each (method, batch, width) timed (`_time_prefill`).
   """
   unique = {}
   for cell in cells:
     if cell.kind != "generate":
       continue
     kwargs = _generate_kwargs(cell, config, models, tokenizer)
-    prompts = _calls(cell, tasks[cell.task])[0][1]
-    width = round_up(max(map(len, prompts)), kwargs["pad_to"])
-    same = (cell.method, str(kwargs["num_draft"]), kwargs["sampling"].compile_key(),
-            kwargs["max_new_tokens"], cell.batch_size, width)
-    unique.setdefault(same, (prompts, kwargs))
+    for _, prompts in _calls(cell, tasks[cell.task]):
+      unique.setdefault(_loop_key(cell, kwargs, prompts), (prompts, kwargs))
+  prepared, start = Prepared(), time.perf_counter()
   with futures.ThreadPoolExecutor(workers) as pool:
     for done in [pool.submit(api.precompile, models["target"], prompts, **kwargs)
                  for prompts, kwargs in unique.values()]:
       done.result()
+  prepared.compile_s = time.perf_counter() - start
+  for key, (prompts, kwargs) in unique.items():
+    _warm(prepared, key, models["target"], prompts, kwargs)
+  prepared.warm_up_s = time.perf_counter() - start - prepared.compile_s
+  return prepared
+
+
+def _warm(prepared: Prepared, key: tuple, target, prompts: list, kwargs: dict) -> float:
+  """Warms loop `key` up and times its prefill, unless `prepared` has; returns seconds."""
+  start = time.perf_counter()
+  if key not in prepared.warm:
+    timing.warm_up(target, [prompts], **kwargs)
+    prepared.warm.add(key)
+  if _prefill_key(key) not in prepared.prefill_s:
+    prepared.prefill_s[_prefill_key(key)] = _time_prefill(target, prompts, kwargs)
+  return time.perf_counter() - start
 
 
 def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, tokenizer: Tokenizer,
-                          progress: bool = True) -> dict:
-  """Generates, times and scores one cell; returns its record (without fingerprint)."""
+                          progress: bool = True, prepared: Prepared | None = None) -> dict:
+  """Generates, times and scores one cell; returns its record (without fingerprint).
+
+  Its loop is warmed up and its prefill timed here unless `prepared` (from
+  `prepare`) already has them.
+  """
   kwargs = _generate_kwargs(cell, config, models, tokenizer)
   sampling = kwargs["sampling"]
   calls = _calls(cell, task)
+  prepared = prepared or Prepared()
+  keys = [_loop_key(cell, kwargs, prompts) for _, prompts in calls]
   order = [row for chunk, _ in calls for row in chunk]
   items, token_ids, wall, tokens_per_row, loop_iterations, compiled_calls = [], [], 0.0, 0.0, 0, 0
   totals = dict(new_tokens=0, target_calls=0, drafted=0, accepted=0)
   bar = tqdm(total=len(order), desc=cell.key, unit="seq", leave=False, disable=not progress)
   # Compiles, first runs of the loop bodies and auto's costs, without decoding a call twice.
-  warm_up_s = timing.warm_up(models["target"], [prompts for _, prompts in calls], **kwargs)
+  warm_up_s = sum(_warm(prepared, key, models["target"], prompts, kwargs)
+                  for key, (_, prompts) in dict(zip(keys, calls)).items())
+  prefill_s = sum(prepared.prefill_s[_prefill_key(key)] for key in keys)
   for call, (chunk, prompts) in enumerate(calls):
     out, seconds, compiled = timing.timed_generate(
         models["target"], prompts, **kwargs, seed=config.seed * 1_000_003 + call)
@@ -231,8 +293,13 @@ def compute_generate_cell(cell: Cell, config, task: TaskData, models: dict, toke
       it["calibration"] = t
   return {
       "timing": {"wall_s": wall, "ms_per_token": 1000 * wall / max(tokens_per_row, 1e-9),
+                 # The calls' wall less their prefills (each timed alone, warm, on the
+                 # same shape: _time_prefill): the decoding's share, per token.
+                 "prefill_s": prefill_s,
+                 "decode_ms_per_token": 1000 * max(wall - prefill_s, 0.0)
+                                        / max(tokens_per_row, 1e-9),
                  "warm_up_s": warm_up_s,
-                 "calls": -(-len(order) // cell.batch_size), "compiled_calls": compiled_calls,
+                 "calls": len(calls), "compiled_calls": compiled_calls,
                  "loop_iterations": loop_iterations},
       "stats": {**totals, "tokens_per_call": totals["new_tokens"] / max(totals["target_calls"], 1),
                 "acceptance_rate": (totals["accepted"] / totals["drafted"]

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from specsample import paths as paths_lib
 from specsample.eval.table1 import cells as cells_lib
-from specsample.eval.table1 import grid, plots, report, store
+from specsample.eval.table1 import grid, markdown, plots, report, store
 from specsample.eval.speed.timing import code_version, machine_info
 from specsample.models import feature_draft as fd
 from specsample.models import io as model_io
@@ -70,7 +70,7 @@ def _check_models(config, tokenizer: Tokenizer) -> tuple[tuple, tuple]:
 
 
 def _compute_record(cell, fingerprint: str, config, tasks: dict, models: dict,
-                    tokenizer: Tokenizer, progress: bool) -> dict:
+                    tokenizer: Tokenizer, progress: bool, prepared: cells_lib.Prepared) -> dict:
   """Computes one cell; returns its complete record (what the store saves)."""
   started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
   machine = {**machine_info(), "backend": jax.default_backend()}
@@ -79,7 +79,7 @@ def _compute_record(cell, fingerprint: str, config, tasks: dict, models: dict,
     body = cells_lib.compute_canonical_cell(tasks[cell.task], models)
   else:
     body = cells_lib.compute_generate_cell(cell, config, tasks[cell.task], models, tokenizer,
-                                           progress)
+                                           progress, prepared)
   return {"schema": store.SCHEMA_VERSION, "key": cell.key, "fingerprint": fingerprint,
           "cell": dataclasses.asdict(cell), "started": started, "machine": machine,
           "code": code_version(),
@@ -139,17 +139,17 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
   if todo:
     target = model_io.load_lm(config.target_dir)
     models = {"target": target, "draft": model_io.load_draft(config.draft_dir, target)}
-    # Every loop the cells to compute need, two compiles at a time (cells.precompile).
-    t0 = time.perf_counter()
-    cells_lib.precompile([cell for cell, _ in todo], config, tasks, models, tokenizer)
-    precompile_s = time.perf_counter() - t0
-    tqdm.write(f"compiled the cells' decode loops in {precompile_s:.0f} s")
+    # Every loop the cells to compute need, two compiles at a time, then warmed up once
+    # each and their prefills timed (cells.prepare).
+    prepared = cells_lib.prepare([cell for cell, _ in todo], config, tasks, models, tokenizer)
+    tqdm.write(f"compiled the cells' decode loops in {prepared.compile_s:.0f} s, warmed them "
+               f"up and timed their prefills in {prepared.warm_up_s:.0f} s")
   else:
-    precompile_s = 0.0
+    prepared = cells_lib.Prepared()
   bar = tqdm(todo, desc="table 1 cells", unit="cell", disable=not progress)
   for cell, fp in bar:
     bar.set_postfix_str(cell.key)
-    record = _compute_record(cell, fp, config, tasks, models, tokenizer, progress)
+    record = _compute_record(cell, fp, config, tasks, models, tokenizer, progress, prepared)
     cell_store.save(record)
     records[cell.key] = record
     if cell.kind == "generate":
@@ -176,7 +176,8 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
     write_atomic({paths["docsum"]: json.dumps(tasks["xsum"].dataset_info, indent=1) + "\n"})
   results = {
       "command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-      "elapsed_s": time.perf_counter() - t_start, "precompile_s": precompile_s,
+      "elapsed_s": time.perf_counter() - t_start, "precompile_s": prepared.compile_s,
+      "prepare_warm_up_s": prepared.warm_up_s,
       "workdir": workdir,
       "config": config.to_dict(), "paper": {"citation": report.PAPER_CITATION, "table1": [
           {"task": t, "sampling": s, "method": m, "metric": v[0], "value": v[1],
@@ -196,8 +197,8 @@ def run(config, workdir: str, results_dir: str, command: str = "", progress: boo
       "reused": sorted(records.keys() - {c.key for c, _ in todo}),
       "paths": paths,
   }
-  markdown = report.format_markdown(results)
-  write_atomic({paths["markdown"]: markdown})
+  text = markdown.format_markdown(results)
+  write_atomic({paths["markdown"]: text})
   report.write_csv(rows, machines, paths["csv"])
   write_atomic({paths["json"]: json.dumps(results, indent=1, default=float) + "\n"})
-  return {**results, "markdown": markdown}
+  return {**results, "markdown": text}

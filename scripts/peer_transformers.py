@@ -21,7 +21,7 @@ import os
 import platform
 import time
 
-from absl import app, flags
+from absl import flags
 import torch
 import transformers
 

@@ -204,6 +204,10 @@ def test_interpolated_costs_are_affine_between_anchors_and_monotone():
   # A falling pair (noise) gives a flat line; nothing falls below K = 0's cost.
   costs = calibrate.interpolate(choices, {0: 5.0, 1: 4.0, 2: 3.5})
   np.testing.assert_allclose(costs, [5.0] * 5)
+  # A last anchor timed below the one before: past it on the line from K = 1 to it, not
+  # flat at the larger anchor's cost (Table 1's K = 4 would have cost what K = 2 did).
+  costs = calibrate.interpolate((0, 1, 2, 3, 4), {0: 90.0, 1: 118.0, 2: 155.0, 3: 150.0})
+  np.testing.assert_allclose(costs, [90, 118, 155, 155, 166], rtol=1e-6)
   np.testing.assert_allclose(calibrate.interpolate((2, 4, 8), {0: 2.0, 1: 3.0}), [2, 3, 5])
   np.testing.assert_allclose(calibrate.interpolate((0, 4), {1: 3.0, 0: 5.0}), [5.0, 5.0])
 

@@ -18,7 +18,7 @@ import pytest
 
 from specsample.decoding import api
 from specsample.decoding.sampling import Sampling
-from specsample.eval.speed import auto_overhead, benchmark, bound, timing
+from specsample.eval.speed import benchmark, bound, timing
 from specsample.eval.speed import report as benchmark_report
 from specsample.models import io as model_io
 from specsample.models import transformer as tr

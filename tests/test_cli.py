@@ -5,7 +5,6 @@ so the default asset paths (tokenizer, models) must resolve from the repository.
 Every case fails before any model is compiled.
 """
 
-import json
 import os
 import shutil
 import subprocess

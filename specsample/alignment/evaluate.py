@@ -18,7 +18,6 @@ from typing import Sequence
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from specsample import corpus as corpus_lib  # noqa: E402

@@ -109,18 +109,23 @@ def anchors(choices: tuple[int, ...]) -> tuple[int, ...]:
 
 def interpolate(choices: tuple[int, ...], measured: dict[int, float]) -> np.ndarray:
   """[len(choices)] costs from the anchors' (`measured`: {index: ms}), non-decreasing in K:
-  K >= 1 piecewise linear through the measured K >= 1, past the last on the last segment
-  (its slope at least 0; flat with one).
+  K >= 1 piecewise linear through the measured K >= 1, past the last on the last segment,
+  or where that falls (noise) on the line from the first measured K >= 1 to the last
+  (slope at least 0; flat with one).
 
   A larger K does strictly more work (one more draft step, a wider target
   pass), so a cost below a smaller K's is timing noise: on a shared 2-core
   CPU single measurements scatter by +-30%, and an inverted pair would make
-  the rule jump to the larger K for nothing.
+  the rule jump to the larger K for nothing. Nor should one noisy anchor make
+  every larger K as cheap as it (SmolLM2-135M at batch 1, Table 1: K = 1, 2, 3
+  timed at 118, 155 and under 155 ms made K = 4 cost 155 ms, as K = 2).
   """
   known = sorted((choices[i], ms) for i, ms in measured.items() if choices[i] >= 1)
   ks, cs = [k for k, _ in known], [c for _, c in known]
-  (ka, ca), (kb, cb) = known[max(len(known) - 2, 0)], known[-1]
-  slope = max((cb - ca) / (kb - ka), 0.0) if kb > ka else 0.0
+  (k0, c0), (ka, ca), (kb, cb) = known[0], known[max(len(known) - 2, 0)], known[-1]
+  slope = (cb - ca) / (kb - ka) if kb > ka else 0.0
+  if slope <= 0:
+    slope = max((cb - c0) / (kb - k0), 0.0) if kb > k0 else 0.0
   costs = np.array([np.interp(k, ks, cs) if k <= kb else cb + (k - kb) * slope
                     for k in choices], np.float64)
   for i, ms in measured.items():

@@ -25,7 +25,6 @@ import os
 import time
 from typing import Sequence
 
-from specsample import paths
 from specsample.decoding import api, calibrate
 from specsample.decoding.sampling import Sampling
 from specsample.eval.speed import timing

@@ -123,7 +123,7 @@ def run(config, command: str = "") -> dict:
 def markdown(result: dict) -> str:
   """The results as a table: one row per cell and method."""
   m = result["machine"]
-  lines = [f"# Drafting sources against autoregressive\n",
+  lines = ["# Drafting sources against autoregressive\n",
            f"`{result['command']}`\n",
            f"Target `{result['target']}`, draft `{result['draft'] or '(none)'}`, K = {result['num_draft']} "
            f"(lookup(auto): K in {result.get('lookup_auto') or '-'}, capped by its matches), "

@@ -6,6 +6,7 @@ Quality first (no timing), then the timings alone on the machine:
 
   python scripts/eval_kvp.py --config=configs/kvp_eval.py:pair=smollm2,phases=quality
   python scripts/eval_kvp.py --config=configs/kvp_eval.py:pair=smollm2,phases=timing
+  python scripts/eval_kvp.py --config=configs/kvp_eval.py:pair=smollm2,phases=tasks
 
 The embedded pair (results/toy/kvp.*), after training both auxiliary models (configs/kvp.py):
 
@@ -18,13 +19,16 @@ Arguments after the colon (comma separated):
   pair=<name>    toy (default) or smollm2
   stage1=<dir>   smollm2: also score configs/kvp.py's first-stage predictor (its
                  <workdir>/model), as trained and with a 16-token exact tail
-  phases=<a+b>   quality, timing (TTFT and latency), latency, or quality+timing (default)
+  phases=<a+b>   quality, timing (TTFT and latency), latency, tasks (pass@1 / ROUGE-2 on
+                 long prompts, full prefill against KVP), joined by +; default quality+timing
   runlocal       tiny lengths and repeats, for smoke tests
 """
 
 import ml_collections
 
 from specsample import config_common
+
+PHASES = ("quality", "timing", "latency", "tasks")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -44,7 +48,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.corpus_root = ""                       # '' = the standard library corpus
   c.exact_tail = ml_collections.ConfigDict()  # name -> exact tail used instead of the folder's own
   c.max_seq_len = 2048                     # load-time override: a 1024-token prompt + 128 new tokens
-  c.phases = tuple(args["phases"].split("+"))  # quality, timing (TTFT + latency), latency
+  c.phases = tuple(args["phases"].split("+"))  # quality, timing (TTFT + latency), latency, tasks
+  unknown = [p for p in c.phases if p not in PHASES]
+  if unknown:
+    raise ValueError(f"configs/kvp_eval.py: phases must be {', '.join(PHASES)} joined by +, "
+                     f"got {args['phases']!r}")
   c.out_dir = "results/toy"                # kvp.json, kvp.md, kvp_pareto.png
 
   c.ttft_prompt_lens = (256, 512, 1024)    # TTFT prompt lengths
@@ -71,6 +79,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                            # alone, K from its matches (each +KVP)
   c.latency.lookup_choices = tuple(range(9))  # lookup alone's K set (0..8: num_draft="auto"'s)
 
+  # Task quality on long-prompt variants of Table 1's tasks (eval/kvp/tasks.py).
+  c.tasks = ml_collections.ConfigDict()
+  c.tasks.aux = "draft"                    # which KVP (a kvp_dirs name)
+  c.tasks.num_items = 8                    # HumanEval problems and stand-in items, from the first
+  c.tasks.context_tokens = 1024            # validation-split code before each HumanEval prompt
+  c.tasks.shots = 4                        # solved examples before each summarization item
+  c.tasks.max_doc_chars = 1000             # per document, each shot's included (Table 1's)
+  c.tasks.max_new_tokens = 128             # Table 1's
+  c.tasks.pad_to = 128                     # prompt width rounding (one batch a variant)
+  c.tasks.timeout_s, c.tasks.workers = 3.0, 2  # HumanEval execution
+  c.tasks.docsum_dir = "workdirs/docsum"   # the stand-in, built once
+
   if args["pair"] == "smollm2":
     c.pair_name = "the real pair (SmolLM2-135M-Instruct)"
     c.target_dir, c.tokenizer, c.out_dir = "smollm2-135m-instruct", "", "results"
@@ -85,10 +105,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.quality.humaneval_limit = 40         # the first 40 problems: each long row costs ~5 s
     c.latency.aux, c.latency.draft_dir = "pruned4", "assets/smollm2/feature_draft"
     c.latency.prompt_lens, c.latency.num_draft, c.latency.lookup = (1024, 2048), 3, True
+    c.tasks.aux = "pruned4"
   if args["runlocal"]:
     c.ttft_prompt_lens, c.warmup, c.repeats = (32, 64), 1, 2
     c.quality.num_windows, c.quality.prompt_len, c.quality.continuation = 4, 16, 8
     c.quality.humaneval_limit = 4
     c.latency.prompt_lens, c.latency.new_tokens, c.latency.repeats = (32,), 8, 1
     c.latency.lookup_choices = (0, 2)
+    c.tasks.update(num_items=2, context_tokens=24, shots=1, max_doc_chars=120, max_new_tokens=4,
+                   pad_to=16, workers=1)
   return c

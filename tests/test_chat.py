@@ -72,3 +72,30 @@ def test_chat_needs_a_template():
   toy = Tokenizer.load(os.path.join(REPO, "assets", "tokenizer", "tokenizer.model"))
   with pytest.raises(ValueError, match="chat template"):
     chat.chat(toy, "hello")
+
+
+def test_long_prompt_variants_put_context_before_the_task(tok):
+  """eval/kvp/tasks.py's long prompts: HumanEval after module code in the prefilled turn,
+  summarization after solved examples that are never evaluated items."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from specsample.eval.kvp import tasks  # pylint: disable=g-import-not-at-top
+  problems = humaneval.load_problems(limit=2)
+  code = "import os\n\n\ndef helper(path):\n    return os.path.basename(path)\n\n" * 30
+  stream = np.asarray(tok.encode(code, add_bos=False))
+  texts = tasks.humaneval_long(tok, problems, stream, context_tokens=64)
+  for problem, text in zip(problems, texts):
+    prefill = text[text.rindex(OPEN_REPLY) + len(OPEN_REPLY):]
+    assert prefill.startswith("```python\n") and prefill.endswith("\n\n" + problem["prompt"])
+    context = prefill[len("```python\n"):-len(problem["prompt"]) - 1]
+    assert context.endswith("\n") and context.strip() and context.strip() in code
+    assert chat.humaneval_prompt(tok, problem["prompt"]) in text.replace(context + "\n", "")
+  items = [{"document": f"def f{i}():\n    return {i}\n", "summary": f"Return {i}."}
+           for i in range(6)]
+  prompts = tasks.summary_long(tok, items, num_items=2, shots=3, max_doc_chars=1000)
+  for i, text in enumerate(prompts):
+    assert text.count("<|im_start|>user") == 4 and text.endswith(
+        f"{chat.CHAT_INSTRUCTION}{items[i]['document']}<|im_end|>\n{OPEN_REPLY}")
+    shown = [it for it in items if it["summary"] in text]  # shots carry their summaries
+    assert len(shown) == 3 and all(it in items[2:] for it in shown)
+  with pytest.raises(ValueError, match="tasks.shots=1 needs more"):
+    tasks.summary_long(tok, items[:2], num_items=2, shots=1, max_doc_chars=1000)

@@ -205,6 +205,8 @@ def test_the_benchmark_runs_every_phase_and_scores_an_exact_tail(tiny_setup, tmp
   e.exact_tail = ml_collections.ConfigDict({"tail": 4})
   e.quality.humaneval_limit, e.quality.tail = 2, 4
   e.latency.aux, e.latency.lookup = "tail", True
+  e.phases = ("quality", "timing", "tasks")
+  e.tasks.aux, e.tasks.docsum_dir = "tail", str(tmp_path / "docsum")
   results = bench.run(e)
   for task in ("validation", "humaneval"):
     row = results["quality"][task]
@@ -215,8 +217,17 @@ def test_the_benchmark_runs_every_phase_and_scores_an_exact_tail(tiny_setup, tmp
   assert {r["setting"] for r in results["latency"]} == {"sps", "sps_kvp", "ar_kvp", "ar",
                                                        "sps_lookup", "sps_lookup_kvp",
                                                        "lookup_auto", "lookup_auto_kvp"}
+  # Task quality on long prompts: both variants, both settings scored item by item.
+  assert set(results["tasks"]) == {"humaneval_long", "summary_long"}
+  for name, row in results["tasks"].items():
+    assert row["items"] == 2 and len(row["per_item"]["full"]) == len(row["per_item"]["kvp"]) == 2
+    assert row["metric"] == ("pass@1" if name == "humaneval_long" else "ROUGE-2")
+    assert 0 <= row["common_prefix"] <= e.tasks.max_new_tokens and 0 <= row["identical"] <= 1
+    assert row["difference"] == pytest.approx(np.mean(row["per_item"]["kvp"])
+                                              - np.mean(row["per_item"]["full"]))
   report = (tmp_path / "out" / "kvp.md").read_text()
   assert "`tail`: aux_kind=pruned" in report and "exact tail 4" in report
+  assert "## Task quality on long prompts" in report and "| summary_long | 2 |" in report
   # A later phase with another predictor beside them (configs/kvp_eval.py stage1=): each
   # table shows the predictors it has rows for (this crashed two real runs' reports).
   results["config"]["kvp_dirs"]["later"] = "elsewhere"

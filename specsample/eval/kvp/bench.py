@@ -1,4 +1,5 @@
-"""KV Prediction measured: time to first token, its FLOPs, quality, and SpS + KVP latency.
+"""KV Prediction measured: time to first token, its FLOPs, quality, SpS + KVP latency, and
+task quality on long prompts (eval/kvp/tasks.py).
 
 `run(config)` writes results/kvp.json, results/kvp.md and the Pareto plot. TTFT
 is the median wall time (after warm-up) of one jitted call from prompt ids to
@@ -33,6 +34,7 @@ from specsample.decoding.sampling import Sampling
 from specsample.eval.tasks import humaneval
 from specsample.eval.kvp import quality
 from specsample.eval.kvp import report as kvp_report
+from specsample.eval.kvp import tasks as kvp_tasks
 from specsample.eval.speed import timing
 from specsample.models import io as model_io
 from specsample.models import transformer as tr
@@ -184,6 +186,8 @@ def measure_latency(config, target, kvp: kvpd.KVP, prompt_ids: np.ndarray) -> li
 
 def run(config) -> dict:
   """Loads the target and every KVP folder, measures, writes results/kvp.{json,md} and the plot."""
+  if "tasks" in config.phases:
+    kvp_tasks.check_config(config)
   tokenizer = Tokenizer.load(config.tokenizer or config.target_dir)  # '' = the target's own
   target = model_io.load_lm(config.target_dir, max_seq_len=config.max_seq_len)
   kvps = {name: kvpd.load_kvp(path, target, max_seq_len=config.max_seq_len)
@@ -204,6 +208,9 @@ def run(config) -> dict:
   if "timing" in config.phases:
     new["machine_before"] = timing.machine_info()
     new["ttft"] = measure_ttft(config, target, kvps, prompt_ids)
+    results = _save(config, new)
+  if "tasks" in config.phases:
+    new["tasks"] = kvp_tasks.measure_tasks(config, target, kvps[config.tasks.aux], tokenizer, val)
     results = _save(config, new)
   if "timing" in config.phases or "latency" in config.phases:
     new["latency"] = measure_latency(config, target, kvps[config.latency.aux], prompt_ids)

@@ -54,6 +54,31 @@ def _latency_table(rows) -> list[str]:
                  f"{r['tokens_per_call']:.2f} |")
   return lines
 
+def _tasks_section(results: dict) -> list[str]:
+  """Task quality with KVP against full prefill (eval/kvp/tasks.py; results['tasks'])."""
+  rows, t = results.get("tasks"), results["config"].get("tasks", {})
+  if not rows:
+    return []
+  lines = ["", f"## Task quality on long prompts: full prefill against KVP "
+           f"(`{t.get('aux')}`), paired", "",
+           f"Greedy autoregressive, all items in one batch, at most {t.get('max_new_tokens')} new "
+           f"tokens. humaneval_long: the first {t.get('num_items')} HumanEval problems, each after "
+           f"~{t.get('context_tokens')} tokens of validation-split code in the prefilled assistant "
+           f"turn; summary_long: the first {t.get('num_items')} items of the docstring stand-in, "
+           f"each after {t.get('shots')} solved examples (other items). Difference = KVP - full, "
+           "mean over items with a 95% normal interval; identical = items whose tokens are all "
+           "the same; common prefix = tokens before the first that differs.", "",
+           "| variant | items | mean prompt tokens | metric | full prefill | KVP | difference "
+           "| identical outputs | mean common prefix (tokens) | mean new tokens full / KVP |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for name, r in rows.items():
+    lo, hi = r["difference_ci"]
+    lines.append(f"| {name} | {r['items']} | {r['prompt_tokens']:.0f} | {r['metric']} | "
+                 f"{r['full']:.3f} | {r['kvp']:.3f} | {r['difference']:+.3f} [{lo:+.3f}, "
+                 f"{hi:+.3f}] | {r['identical']:.0%} | {r['common_prefix']:.1f} | "
+                 f"{r['new_tokens']['full']:.1f} / {r['new_tokens']['kvp']:.1f} |")
+  return lines
+
 
 def markdown(results: dict) -> str:
   """The report: commands, TTFT / FLOPs, quality, latency, targets met or not."""
@@ -97,6 +122,7 @@ def markdown(results: dict) -> str:
             f"{lat['num_draft']}, batch 1, median of {lat['repeats']}; draft = {draft}, "
             f"KVP = `{lat['aux']}`)", ""]
     out += _latency_table(results["latency"])
+  out += _tasks_section(results)
   out += ["", "## The paper's reported gains (not comparable metrics)", "", PAPER_GAINS, "",
           f"Plot: {config['out_dir']}/kvp_pareto.png (validation quality at the "
           f"{config['quality']['prompt_len']}-token prompts above against TTFT at 512- and "

@@ -63,10 +63,15 @@ def chat(tokenizer, user: str) -> str:
   return render(tokenizer, [{"role": "user", "content": user}])
 
 
-def humaneval_prompt(tokenizer, prompt: str) -> str:
-  """The chat template with a prefilled assistant turn: ends with "```python\\n" + `prompt`."""
+def humaneval_prompt(tokenizer, prompt: str, context: str = "") -> str:
+  """The chat template with a prefilled assistant turn: ends with "```python\\n" + `prompt`.
+
+  context: code the assistant turn holds before the problem's prompt (the
+  long-prompt variant of eval/kvp/tasks.py: the function in a module); the user
+  turn asks for the function alone either way.
+  """
   user = f"{HUMANEVAL_INSTRUCTION}{FENCE}python\n{prompt}{FENCE}"
-  return chat(tokenizer, user) + f"{FENCE}python\n" + prompt
+  return chat(tokenizer, user) + f"{FENCE}python\n" + context + prompt
 
 
 def truncate_code(completion: str) -> str:
@@ -84,19 +89,21 @@ def cut_code(text: str, max_chars: int) -> str:
 
 
 def summary_prompt(tokenizer, document: str, *, code: bool, max_doc_chars: int,
-                   shot: Mapping[str, str] | None = None) -> str:
-  """The summarization chat prompt: [shot exchange,] instruction + document.
+                   shot: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None) -> str:
+  """The summarization chat prompt: [shot exchanges,] instruction + document.
 
   code: the docstring stand-in (CHAT_INSTRUCTION, code kept line by line) or
     news (NEWS_INSTRUCTION, whitespace collapsed as in the raw XSum prompt).
-  shot: {document, summary} shown as a previous exchange; None: zero-shot.
+  shot: {document, summary} shown as a previous exchange, or a sequence of them
+    (many-shot, in order); None: zero-shot.
   """
   instruction = CHAT_INSTRUCTION if code else NEWS_INSTRUCTION
   shorten = ((lambda text: cut_code(text, max_doc_chars)) if code else
              (lambda text: xsum.truncate_document(text, max_doc_chars)))
+  shots = [] if shot is None else [shot] if isinstance(shot, Mapping) else list(shot)
   messages = []
-  if shot is not None:
-    messages += [{"role": "user", "content": instruction + shorten(shot["document"])},
-                 {"role": "assistant", "content": xsum.normalize_whitespace(shot["summary"])}]
+  for example in shots:
+    messages += [{"role": "user", "content": instruction + shorten(example["document"])},
+                 {"role": "assistant", "content": xsum.normalize_whitespace(example["summary"])}]
   messages.append({"role": "user", "content": instruction + shorten(document)})
   return render(tokenizer, messages)

@@ -233,3 +233,20 @@ def test_the_benchmark_runs_every_phase_and_scores_an_exact_tail(tiny_setup, tmp
   results["config"]["kvp_dirs"]["later"] = "elsewhere"
   assert "KVP (later)" not in kvp_report.markdown(results)
   kvp_report.plot(results, str(tmp_path / "plot.png"))
+
+
+def test_eval_config_names_a_bad_phase_or_task_setting_in_one_line():
+  from specsample.eval.kvp import tasks  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("kvp_eval_config", "configs/kvp_eval.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(ValueError, match="phases must be quality, timing, latency, tasks"):
+    module.get_config("phases=quality+task")
+  e = module.get_config("pair=smollm2,phases=tasks")
+  tasks.check_config(e)  # the shipped setting passes
+  e.tasks.aux = "draft"
+  with pytest.raises(ValueError, match=r"config.tasks.aux must name one of config.kvp_dirs \(pruned4\)"):
+    tasks.check_config(e)
+  e.tasks.aux, e.tasks.num_items = "pruned4", 0
+  with pytest.raises(ValueError, match="config.tasks.num_items must be >= 1, got 0"):
+    tasks.check_config(e)

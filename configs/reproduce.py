@@ -58,9 +58,8 @@ cells it affects.
 Arguments after the colon: `toy`, `runlocal` or `full` (default: the README job).
 Any field can be overridden: --config.humaneval.num_problems=8 --config.k_sweep='(2,4)'
 
-The default's size, estimated (not measured) for 2 CPU cores from the target's
-34 ms/token at batch 1 and 97 ms/step at batch 8, a K = 4 iteration at ~1.5 target
-steps, and the decode loops' compiles: see the comment at the grid below.
+The default's time, measured (24.5 minutes on 2 quiet cores): see the comment at
+the grid below.
 """
 
 import ml_collections
@@ -133,17 +132,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.xsum.max_doc_chars = 1000           # per document, the shot's included
   c.xsum.pad_to = 448                   # prompt/cache rounding (see humaneval.pad_to)
 
-  # The default's time, estimated (not measured) for 2 quiet CPU cores, about 15
-  # minutes plus the first use's fetch: decoding ~9.5 minutes (34 ms/token at batch
-  # 1, 97 ms/step at batch 8, a K = 4 iteration ~1.5 steps; prefill of the 448-wide
-  # prompts ~1 s a call at batch 1 and ~7 s at batch 8; a cell's first call runs
-  # twice when it compiles, the rerun timed; HumanEval replies end at eos after ~60
-  # tokens, summaries after a sentence, a batch at its slowest row); 18 decode
-  # loops compile, ~4.5 minutes (AR, K = 4 and auto x greedy / nucleus x batch 1 / 8;
-  # the greedy ones shared by both tasks; ~7-8 s each for AR and K = 4, ~30 s for
-  # auto's 9 loop bodies: seen as 16 / 19 / 60 s at a load average of 4-5); the
-  # calibration and canonical forwards, execution, the docsum build ~1 minute.
-  # Nucleus HumanEval takes 1 sample per problem: a second one would add ~2 minutes.
+  # The default's time, measured on a quiet 2-core VM (2026-12-08, results/table1.json):
+  # 24.5 minutes with the target fetched. 255 s compiling the 12 distinct decode loops
+  # (AR, K = 4 and auto x greedy / nucleus x batch 1 / 8: both tasks share each), 184 s warming each loop up once and timing the prefills, and
+  # per cell 19-70 s at batch 1 (8 calls, each with a 1.3-1.5 s prefill of the
+  # 448-wide prompts) and 29-58 s at batch 8 (one call, ~10 s of it prefill, running
+  # until its slowest row ends), plus ~20 s of calibration scoring per sampled cell.
+  # Nucleus HumanEval takes 1 sample per problem: a second one would add ~3 minutes.
   if setting in ("toy", "runlocal"):
     # The embedded 7.8M pair on the paper's raw prompts (the README job before the
     # real pair): 8 minutes on 2 quiet cores.

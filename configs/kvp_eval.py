@@ -19,6 +19,8 @@ Arguments after the colon (comma separated):
   pair=<name>    toy (default) or smollm2
   stage1=<dir>   smollm2: also score configs/kvp.py's first-stage predictor (its
                  <workdir>/model), as trained and with a 16-token exact tail
+  tail=<n>       the exact tail of every predictor, instead of each folder's own (a
+                 longer tail runs more prompt positions in the target itself)
   phases=<a+b>   quality, timing (TTFT and latency), latency, tasks (pass@1 / ROUGE-2 on
                  long prompts, full prefill against KVP), joined by +; default quality+timing
   runlocal       tiny lengths and repeats, for smoke tests
@@ -34,7 +36,7 @@ PHASES = ("quality", "timing", "latency", "tasks")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_common.parse_arg(arg, "configs/kvp_eval.py", switches=("runlocal",),
                                  options={"phases": "quality+timing", "pair": "toy",
-                                          "stage1": ""})
+                                          "stage1": "", "tail": ""})
   if args["pair"] not in ("toy", "smollm2"):
     raise ValueError(f"configs/kvp_eval.py: pair must be toy or smollm2, got {args['pair']!r}")
   c = ml_collections.ConfigDict()
@@ -106,6 +108,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.latency.aux, c.latency.draft_dir = "pruned4", "assets/smollm2/feature_draft"
     c.latency.prompt_lens, c.latency.num_draft, c.latency.lookup = (1024, 2048), 3, True
     c.tasks.aux = "pruned4"
+  if args["tail"]:
+    if not args["tail"].isdigit():
+      raise ValueError(f"configs/kvp_eval.py: tail must be a whole number >= 0, got {args['tail']!r}")
+    for name in c.kvp_dirs:
+      c.exact_tail[name] = int(args["tail"])
   if args["runlocal"]:
     c.ttft_prompt_lens, c.warmup, c.repeats = (32, 64), 1, 2
     c.quality.num_windows, c.quality.prompt_len, c.quality.continuation = 4, 16, 8

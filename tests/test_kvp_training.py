@@ -242,6 +242,9 @@ def test_eval_config_names_a_bad_phase_or_task_setting_in_one_line():
   spec.loader.exec_module(module)
   with pytest.raises(ValueError, match="phases must be quality, timing, latency, tasks"):
     module.get_config("phases=quality+task")
+  with pytest.raises(ValueError, match="tail must be a whole number >= 0, got 'x'"):
+    module.get_config("tail=x")
+  assert module.get_config("pair=smollm2,tail=256").exact_tail.to_dict() == {"pruned4": 256}
   e = module.get_config("pair=smollm2,phases=tasks")
   tasks.check_config(e)  # the shipped setting passes
   e.tasks.aux = "draft"

@@ -47,18 +47,6 @@ def test_shapes_and_dtypes(model):
   np.testing.assert_array_equal(cache.lengths, [5, 5, 5])
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_head_on_the_features_gives_forward_logits(model, tied):
-  cfg, params = model
-  if tied:
-    cfg = cfg.replace(tie_embeddings=True)
-    params = {k: v for k, v in params.items() if k != "unembed"}
-  tokens = _tokens(cfg, 2, 6, seed=2)
-  logits, _, hidden = jax.jit(tr.forward_with_hidden, static_argnums=0)(cfg, params, tokens)
-  np.testing.assert_array_equal(jax.jit(tr.head, static_argnums=0)(cfg, params, hidden[:, 2:4]),
-                                logits[:, 2:4])
-
-
 def test_bfloat16_compute_keeps_float32_logits(model):
   cfg, params = model
   logits, _ = _forward(cfg.replace(dtype="bfloat16"), params, _tokens(cfg, 2, 4))

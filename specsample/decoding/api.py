@@ -171,9 +171,7 @@ def warm_up(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> None
     target, prompts, kwargs: as `generate` takes them (the same checks, the
       same ValueError before anything compiles).
   """
-  bound = _GENERATE.bind(target, prompts, **kwargs)
-  bound.apply_defaults()
-  _setup(**bound.arguments).warm()
+  _call(target, prompts, kwargs).warm()
 
 
 def precompile(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> None:
@@ -188,9 +186,7 @@ def precompile(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> N
   Args:
     target, prompts, kwargs: as `generate` takes them (the same checks).
   """
-  bound = _GENERATE.bind(target, prompts, **kwargs)
-  bound.apply_defaults()
-  _setup(**bound.arguments).compile()
+  _call(target, prompts, kwargs).compile()
 
 
 def prefill_only(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) -> None:
@@ -204,12 +200,17 @@ def prefill_only(target: LM, prompts: Sequence[Sequence[int]], **kwargs: Any) ->
   Args:
     target, prompts, kwargs: as `generate` takes them (the same checks).
   """
-  bound = _GENERATE.bind(target, prompts, **kwargs)
-  bound.apply_defaults()
-  _setup(**bound.arguments).prefill()
+  _call(target, prompts, kwargs).prefill()
 
 
 _GENERATE = inspect.signature(generate)  # (tests may replace api.generate: not read from it)
+
+
+def _call(target: LM, prompts: Sequence[Sequence[int]], kwargs: dict) -> "_Call":
+  """The _Call of `generate(target, prompts, **kwargs)`: its checks, nothing run."""
+  bound = _GENERATE.bind(target, prompts, **kwargs)
+  bound.apply_defaults()
+  return _setup(**bound.arguments)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +235,7 @@ class _Call:
     if not self.spec.draft_choices:
       self._fixed_loop(1, lower=True).compile()
       return
-    init, advance = make_auto_loop(*self.build[1:-1], **self.build[-1])
+    init, advance = self._auto_programs()
     shardings = init.lower(*self.args, *self.extra).compile().output_shardings
     # The state as advance will get it, else advance compiles again: placed where init
     # leaves it, committed there only if one of init's inputs was (jax's rule for outputs).
@@ -252,12 +253,16 @@ class _Call:
     if not self.spec.draft_choices:
       jax.block_until_ready(self._fixed_loop(0))
       return
-    init, _ = make_auto_loop(*self.build[1:-1], **self.build[-1])
+    init, _ = self._auto_programs()
     jax.block_until_ready(init(*self.args, *self.extra))
+
+  def _auto_programs(self):
+    """num_draft="auto"'s (init, advance) for this call (loops.make_auto_loop, cached)."""
+    return make_auto_loop(*self.build[1:-1], **self.build[-1])
 
   def _auto_loop(self):
     """(the state after the prefill, run(state, cost, index, trips) -> (state, iterations))."""
-    init, advance = make_auto_loop(*self.build[1:-1], **self.build[-1])
+    init, advance = self._auto_programs()
     params, lengths, values = self.args[:2], self.args[3], self.args[5]
 
     def run(state, cost, index, trips):

@@ -322,28 +322,17 @@ class Transformer(nn.Module):
         new_v.append(layer_new[1])
     hidden_BTD = x_BTD  # the residual stream after the last block, before the final norm
     x_BTD = RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), pdtype, name="final_norm")(x_BTD)
+
+    # Logits in float32 whatever the compute dtype: sampling maths needs it.
     if cfg.tie_embeddings:
       unembed_DV = embedding_VD.T
     else:
       unembed_DV = self.param(
           "unembed", _dense_init(cfg.d_model, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size), pdtype)
-    logits_BTV = _logits(x_BTD, unembed_DV)
+    logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD.astype(jnp.float32), unembed_DV.astype(jnp.float32))
 
     new_cache = None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v), lengths=start_B + T)
     return (logits_BTV, new_cache, hidden_BTD) if return_hidden else (logits_BTV, new_cache)
-
-
-def _logits(x_BTD: jax.Array, unembed_DV: jax.Array) -> jax.Array:
-  """Normed features -> logits, in float32 whatever the compute dtype (sampling maths needs it)."""
-  return jnp.einsum("BTD,DV->BTV", x_BTD.astype(jnp.float32), unembed_DV.astype(jnp.float32))
-
-
-def head(config: TransformerConfig, params, hidden_BTD: jax.Array) -> jax.Array:
-  """The final norm and the LM head on forward_with_hidden's features: the logits
-  forward gives at those positions, for a caller that needs only some of them."""
-  norm = RMSNorm(config.norm_eps, jnp.dtype(config.dtype), jnp.dtype(config.param_dtype))
-  x_BTD = norm.apply({"params": params["final_norm"]}, hidden_BTD)
-  return _logits(x_BTD, params["embedding"].T if config.tie_embeddings else params["unembed"])
 
 
 def init_params(config: TransformerConfig, rng: jax.Array) -> Any:
